@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# Deploy the Library API with Docker Compose (default) or Kubernetes (DEPLOY_TARGET=kubernetes).
+#
+#   deploy/deploy.sh check      tools present, .env complete (no `change-me` left), certificates in place
+#   deploy/deploy.sh build      build the image, tagged with the version and commit, and record the release
+#   deploy/deploy.sh migrate    bring the database schema up to date (a one-off container / the migration Job)
+#   deploy/deploy.sh test       the whole test suite of the checkout (make test)
+#   deploy/deploy.sh seed       load the sample catalogue (only books not catalogued yet)
+#   deploy/deploy.sh start      start or update the stack and wait until every service is healthy
+#   deploy/deploy.sh health     probe the running service through its public entry point
+#   deploy/deploy.sh full       check, build, test, migrate, start, health (SKIP_TESTS=1 skips test)
+#   deploy/deploy.sh rollback   go back to the previous release (image) and check its health
+#
+# Settings (environment):
+#   DEPLOY_TARGET       compose (default) or kubernetes
+#   LIBRARY_API_IMAGE   image to run (default: the last one `build` recorded, else library-api:1.0.0)
+#   K8S_OVERLAY         kustomize overlay for kubernetes (default deploy/k8s/overlays/production)
+#   K8S_NAMESPACE       namespace for kubernetes (default library)
+#   HEALTH_BASE_URL     public entry point for `health` (default https://localhost)
+#   HEALTH_CA_FILE      CA bundle to verify the entry point's certificate with (default: the system's)
+#   HEALTH_TOKEN        optional bearer token (a monitor API token) for /health/detailed
+#   HEALTH_TIMEOUT      seconds `health` waits for readiness (default 60)
+#   HEALTH_PUBLIC_ENTRY 1 (default): also check that /metrics is not served publicly
+set -Eeuo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE_DIR="${ROOT}/.deploy"
+DEPLOY_TARGET="${DEPLOY_TARGET:-compose}"
+K8S_OVERLAY="${K8S_OVERLAY:-${ROOT}/deploy/k8s/overlays/production}"
+K8S_NAMESPACE="${K8S_NAMESPACE:-library}"
+HEALTH_BASE_URL="${HEALTH_BASE_URL:-https://localhost}"
+HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-60}"
+HEALTH_PUBLIC_ENTRY="${HEALTH_PUBLIC_ENTRY:-1}"
+
+if [[ -t 1 ]]; then
+    RED=$'\033[0;31m' GREEN=$'\033[0;32m' YELLOW=$'\033[1;33m' RESET=$'\033[0m'
+else
+    RED="" GREEN="" YELLOW="" RESET=""
+fi
+
+step() { printf '%s==> %s%s\n' "${YELLOW}" "$*" "${RESET}"; }
+ok() { printf '%s ok %s%s\n' "${GREEN}" "$*" "${RESET}"; }
+warn() { printf '%swarning: %s%s\n' "${YELLOW}" "$*" "${RESET}" >&2; }
+die() {
+    printf '%serror: %s%s\n' "${RED}" "$*" "${RESET}" >&2
+    exit 1
+}
+
+compose() { docker compose --project-directory "${ROOT}" -f "${ROOT}/compose.yaml" "$@"; }
+
+current_image() {
+    if [[ -n "${LIBRARY_API_IMAGE:-}" ]]; then
+        printf '%s\n' "${LIBRARY_API_IMAGE}"
+    elif [[ -s "${STATE_DIR}/releases" ]]; then
+        tail -n 1 "${STATE_DIR}/releases"
+    else
+        printf 'library-api:1.0.0\n'
+    fi
+}
+
+# Value of KEY in the .env file (last assignment wins, surrounding quotes removed).
+env_value() {
+    local key="$1" line value=""
+    while IFS= read -r line || [[ -n "${line}" ]]; do
+        [[ "${line}" == "${key}="* ]] && value="${line#"${key}="}"
+    done < "${ROOT}/.env"
+    value="${value%\"}"
+    value="${value#\"}"
+    printf '%s' "${value}"
+}
+
+check_compose() {
+    command -v docker > /dev/null || die "docker is not installed"
+    docker compose version > /dev/null 2>&1 || die "the docker compose plugin (Compose v2) is not installed"
+    [[ -f "${ROOT}/.env" ]] || die ".env is missing: cp .env.production.example .env, then set every secret"
+    if [[ -n "$(find "${ROOT}/.env" -perm /077)" ]]; then
+        warn ".env is readable by other users: chmod 600 .env"
+    fi
+    local key value problems=0
+    for key in SECRET_KEY POSTGRES_PASSWORD REDIS_PASSWORD GRAFANA_ADMIN_PASSWORD; do
+        value="$(env_value "${key}")"
+        if [[ -z "${value}" || "${value}" == "change-me" ]]; then
+            printf '%serror: %s: set it in .env (still empty or change-me)%s\n' "${RED}" "${key}" "${RESET}" >&2
+            problems=$((problems + 1))
+        fi
+    done
+    value="$(env_value SECRET_KEY)"
+    if [[ -n "${value}" && "${value}" != "change-me" && ${#value} -lt 32 ]]; then
+        printf '%serror: SECRET_KEY: must be at least 32 characters%s\n' "${RED}" "${RESET}" >&2
+        problems=$((problems + 1))
+    fi
+    local certs="${TLS_CERTS_DIR:-${ROOT}/deploy/nginx/certs}"
+    for key in fullchain.pem privkey.pem; do
+        if [[ ! -f "${certs}/${key}" ]]; then
+            printf '%serror: TLS certificate file %s is missing (see docs/deployment.md, "TLS")%s\n' \
+                "${RED}" "${certs}/${key}" "${RESET}" >&2
+            problems=$((problems + 1))
+        fi
+    done
+    ((problems == 0)) || die "${problems} problem(s) to fix before deploying"
+    local token="${ROOT}/deploy/prometheus/scrape-token"
+    if [[ ! -f "${token}" ]]; then
+        (umask 077 && : > "${token}")
+        warn "created an empty ${token}: Prometheus scrapes fail until it holds a monitor token"
+    fi
+    compose config --quiet || die "compose.yaml does not resolve with this .env"
+    ok "environment checked"
+}
+
+check_kubernetes() {
+    command -v kubectl > /dev/null || die "kubectl is not installed"
+    kubectl version --request-timeout=10s > /dev/null || die "the cluster is not reachable"
+    kubectl kustomize "${K8S_OVERLAY}" > /dev/null || die "${K8S_OVERLAY} does not render"
+    kubectl -n "${K8S_NAMESPACE}" get secret library-api-secrets > /dev/null 2>&1 ||
+        die "secret library-api-secrets is missing in ${K8S_NAMESPACE} (see deploy/k8s/base/shared/secret.template.yaml)"
+    ok "cluster and overlay checked"
+}
+
+check_environment() {
+    step "checking the environment (${DEPLOY_TARGET})"
+    case "${DEPLOY_TARGET}" in
+        compose) check_compose ;;
+        kubernetes) check_kubernetes ;;
+        *) die "DEPLOY_TARGET must be compose or kubernetes (got ${DEPLOY_TARGET})" ;;
+    esac
+}
+
+build_image() {
+    step "building the image"
+    command -v docker > /dev/null || die "docker is not installed"
+    local version revision image
+    version="$(sed -n 's/^version = "\(.*\)"/\1/p' "${ROOT}/pyproject.toml" | head -n 1)"
+    revision="$(git -C "${ROOT}" rev-parse --short HEAD 2> /dev/null || printf 'local')"
+    image="${LIBRARY_API_IMAGE:-library-api:${version}-${revision}}"
+    docker build --pull -t "${image}" "${ROOT}"
+    mkdir -p "${STATE_DIR}"
+    if [[ "$(tail -n 1 "${STATE_DIR}/releases" 2> /dev/null)" != "${image}" ]]; then
+        printf '%s\n' "${image}" >> "${STATE_DIR}/releases"
+    fi
+    ok "built ${image}"
+}
+
+run_migrations() {
+    step "migrating the database"
+    if [[ "${DEPLOY_TARGET}" == kubernetes ]]; then
+        kubectl -n "${K8S_NAMESPACE}" delete job library-api-migrate --ignore-not-found
+        kubectl kustomize "${K8S_OVERLAY}" |
+            kubectl -n "${K8S_NAMESPACE}" apply -f - --selector app.kubernetes.io/component=migrate
+        kubectl -n "${K8S_NAMESPACE}" wait --for=condition=complete --timeout=900s job/library-api-migrate ||
+            die "the migration Job did not complete: kubectl -n ${K8S_NAMESPACE} logs job/library-api-migrate"
+    else
+        LIBRARY_API_IMAGE="$(current_image)" compose run --rm --no-build migrate
+    fi
+    ok "schema up to date"
+}
+
+run_tests() {
+    step "running the test suite"
+    make -C "${ROOT}" test
+    ok "tests passed"
+}
+
+load_sample_data() {
+    step "loading the sample catalogue"
+    if [[ "${DEPLOY_TARGET}" == kubernetes ]]; then
+        kubectl -n "${K8S_NAMESPACE}" exec deployment/library-api -- library-api seed
+    else
+        LIBRARY_API_IMAGE="$(current_image)" compose run --rm --no-build migrate library-api seed
+    fi
+    ok "sample catalogue loaded"
+}
+
+start_application() {
+    step "starting the application"
+    if [[ "${DEPLOY_TARGET}" == kubernetes ]]; then
+        kubectl apply -k "${K8S_OVERLAY}"
+        kubectl -n "${K8S_NAMESPACE}" rollout status deployment/library-api --timeout=900s ||
+            die "the rollout did not finish: deploy/deploy.sh rollback returns to the previous release"
+    else
+        # --wait: returns once every service is running and healthy (or fails with the one that is not).
+        LIBRARY_API_IMAGE="$(current_image)" compose up -d --no-build --remove-orphans --wait --wait-timeout 300 ||
+            {
+                compose logs --tail 50 migrate api nginx >&2 || true
+                die "the stack did not become healthy"
+            }
+    fi
+    ok "application started ($(current_image))"
+}
+
+# HTTP status of a GET through the entry point; extra arguments go to curl.
+http_status() {
+    local path="$1"
+    shift
+    local -a tls=()
+    [[ -n "${HEALTH_CA_FILE:-}" ]] && tls=(--cacert "${HEALTH_CA_FILE}")
+    curl --silent --show-error --output /dev/null --write-out '%{http_code}' --max-time 10 \
+        "${tls[@]}" "$@" "${HEALTH_BASE_URL}${path}" || printf '000'
+}
+
+health_check() {
+    step "checking health at ${HEALTH_BASE_URL}"
+    command -v curl > /dev/null || die "curl is not installed"
+    local status deadline failures=0
+    deadline=$((SECONDS + HEALTH_TIMEOUT))
+    until [[ "$(http_status /health/ready)" == 200 ]]; do
+        ((SECONDS < deadline)) || die "/health/ready did not answer 200 within ${HEALTH_TIMEOUT} s"
+        sleep 2
+    done
+    ok "/health/ready 200"
+
+    # expected: one status or several separated by | (e.g. 200|401)
+    check_status() {
+        local expected="$1" path="$2" label="$3"
+        shift 3
+        status="$(http_status "${path}" "$@")"
+        if [[ "|${expected}|" == *"|${status}|"* ]]; then
+            ok "${label}: ${path} ${status}"
+        else
+            printf '%s FAIL %s: %s answered %s, expected %s%s\n' "${RED}" "${label}" "${path}" "${status}" \
+                "${expected}" "${RESET}" >&2
+            failures=$((failures + 1))
+        fi
+    }
+    check_status 200 /health "liveness"
+    check_status 200 /health/startup "startup"
+    # The service's own authentication answers through the proxy: a 401 problem for an anonymous caller.
+    check_status 401 /api/v1/auth/me "authentication required"
+    if [[ -n "${HEALTH_TOKEN:-}" ]]; then
+        check_status 200 /api/v1/books "catalogue (authenticated)" -H "Authorization: Bearer ${HEALTH_TOKEN}"
+        check_status 200 /health/detailed "detailed health" -H "Authorization: Bearer ${HEALTH_TOKEN}"
+    else
+        # Public by default; 401 when ROLE_PERMISSIONS takes books:read away from anonymous callers.
+        check_status "200|401" /api/v1/books "catalogue"
+    fi
+    if [[ "${HEALTH_PUBLIC_ENTRY}" == 1 ]]; then
+        check_status 404 /metrics "metrics not public"
+    fi
+
+    local -a tls=()
+    [[ -n "${HEALTH_CA_FILE:-}" ]] && tls=(--cacert "${HEALTH_CA_FILE}")
+    local headers
+    headers="$(curl --silent --max-time 10 --dump-header - --output /dev/null "${tls[@]}" "${HEALTH_BASE_URL}/health" || true)"
+    if grep -qi '^x-request-id: ' <<< "${headers}"; then
+        ok "responses carry X-Request-ID"
+    else
+        printf '%s FAIL responses carry no X-Request-ID%s\n' "${RED}" "${RESET}" >&2
+        failures=$((failures + 1))
+    fi
+
+    if [[ "${HEALTH_BASE_URL}" == https://* ]] && command -v openssl > /dev/null; then
+        local hostport="${HEALTH_BASE_URL#https://}"
+        hostport="${hostport%%/*}"
+        [[ "${hostport}" == *:* ]] || hostport="${hostport}:443"
+        if openssl s_client -connect "${hostport}" -servername "${hostport%:*}" < /dev/null 2> /dev/null |
+            openssl x509 -noout -checkend $((14 * 86400)) > /dev/null; then
+            ok "TLS certificate valid for at least 14 more days"
+        else
+            warn "the TLS certificate expires within 14 days (or could not be read): renew it"
+        fi
+    fi
+    ((failures == 0)) || die "${failures} health check(s) failed"
+    ok "all health checks passed"
+}
+
+rollback() {
+    step "rolling back"
+    if [[ "${DEPLOY_TARGET}" == kubernetes ]]; then
+        kubectl -n "${K8S_NAMESPACE}" rollout undo deployment/library-api
+        kubectl -n "${K8S_NAMESPACE}" rollout status deployment/library-api --timeout=900s
+    else
+        [[ -s "${STATE_DIR}/releases" ]] || die "no release recorded in ${STATE_DIR}/releases"
+        local count previous
+        count="$(wc -l < "${STATE_DIR}/releases")"
+        ((count >= 2)) || die "only one release recorded: nothing to go back to"
+        previous="$(tail -n 2 "${STATE_DIR}/releases" | head -n 1)"
+        # The failed release leaves the history; the previous one becomes the current one again.
+        sed -i '$d' "${STATE_DIR}/releases"
+        # Migrations only move forward: the previous image must work with the current schema (expand first,
+        # contract in a later release; docs/deployment.md).
+        LIBRARY_API_IMAGE="${previous}" compose up -d --no-build --no-deps --wait --wait-timeout 300 api
+    fi
+    ok "rolled back to $(current_image)"
+    health_check
+}
+
+main() {
+    local command="${1:-}"
+    case "${command}" in
+        check) check_environment ;;
+        build) build_image ;;
+        migrate) run_migrations ;;
+        test) run_tests ;;
+        seed) load_sample_data ;;
+        start) start_application ;;
+        health) health_check ;;
+        full)
+            check_environment
+            [[ "${DEPLOY_TARGET}" == compose ]] && build_image
+            if [[ "${SKIP_TESTS:-0}" != 1 ]]; then run_tests; fi
+            run_migrations
+            start_application
+            health_check
+            ;;
+        rollback) rollback ;;
+        *)
+            printf 'usage: %s {check|build|migrate|test|seed|start|health|full|rollback}\n' "$0" >&2
+            exit 2
+            ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,272 @@
+"""The application factory: the one place where every part of the service meets.
+
+:func:`create_app` builds a complete, independent application from validated :class:`Settings`: database,
+security, services, routers, middleware and error handling, all kept on one :class:`AppContext`. The lifespan
+opens what needs opening (and, for the embedded database, migrates and seeds it) and closes everything on the
+way out. Nothing is global, so tests build as many apps as they like, side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from library_api.auth.router import router as auth_router
+from library_api.auth.service import AuthService
+from library_api.bookings.router import router as bookings_router
+from library_api.bookings.service import BookingService
+from library_api.books.covers import CoverStore
+from library_api.books.router import router as books_router
+from library_api.books.seed import catalogue_is_empty, load_catalogue, seed_catalogue
+from library_api.books.service import BookService
+from library_api.cache.backends import CacheBackend, MemoryBackend, RedisBackend
+from library_api.cache.catalogue import CatalogueCache
+from library_api.config import Settings
+from library_api.context import AppContext
+from library_api.db import migrate
+from library_api.db.engine import Database, attach_replica, create_database
+from library_api.events import EventBus
+from library_api.http.limiter import RateLimiter, RateLimitPolicies, builtin_route_limits
+from library_api.http.networks import Networks
+from library_api.http.problems import install_problem_handlers
+from library_api.http.responses import add_problem_responses, use_problem_media_type
+from library_api.http.stack import install_middleware
+from library_api.notifications.service import Notifier
+from library_api.observability import multiprocess
+from library_api.observability.health import HealthMonitor
+from library_api.observability.health import router as health_router
+from library_api.observability.metrics import Metrics
+from library_api.observability.scrape import router as metrics_router
+from library_api.observability.sentry import init_sentry
+from library_api.realtime.broker import Broker, MemoryBroker
+from library_api.realtime.hub import Hub
+from library_api.realtime.router import api_router as realtime_router
+from library_api.realtime.router import router as websocket_router
+from library_api.resilience.breaker import CircuitBreaker, CircuitState
+from library_api.resilience.database import install_database_unavailable_handler
+from library_api.resilience.redis import GuardedRedis
+from library_api.resilience.retry import Backoff
+from library_api.security.accounts import AccountStateCache
+from library_api.security.authentication import Authenticator
+from library_api.security.passwords import PasswordService
+from library_api.security.permissions import PermissionPolicy
+from library_api.security.tokens import TokenService
+from library_api.server.shutdown import ShutdownCoordinator
+from library_api.users.router import router as users_router
+from library_api.users.service import UserService
+from library_api.web.router import router as web_router
+
+logger = logging.getLogger("library_api.app")
+
+DESCRIPTION = """
+The Library API: a catalogue of books, bookings of copies for a period, and accounts.
+
+Errors are `application/problem+json` (RFC 9457) with a stable `type`. Authenticate with
+`Authorization: Bearer <access token>` from `POST /api/v1/auth/login`.
+"""
+
+
+class LibraryAPI(FastAPI):
+    """FastAPI with the service's OpenAPI conventions (problem responses documented as such)."""
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document, built once, with error responses as ``application/problem+json``.
+
+        Every API operation also lists 503 (database unreachable) and, when rate limiting is on, 429.
+        """
+        if self.openapi_schema is None:
+            schema = get_openapi(
+                title=self.title, version=self.version, description=self.description, routes=self.routes
+            )
+            settings: Settings = self.state.context.settings
+            statuses = (429, 503) if settings.effective_rate_limit_enabled else (503,)
+            add_problem_responses(schema, settings.api_v1_str, statuses)
+            self.openapi_schema = use_problem_media_type(schema)
+        return self.openapi_schema
+
+
+def _redis(settings: Settings, metrics: Metrics) -> GuardedRedis | None:
+    """The application's Redis client behind its circuit breaker, when ``REDIS_URL`` is set."""
+    if settings.redis_url is None:
+        return None
+    state = metrics.circuit_state.labels("redis")
+    state.set(CircuitState.CLOSED)
+    breaker = CircuitBreaker(
+        "Redis",
+        failure_threshold=settings.redis_breaker_failures,
+        reset_timeout=settings.redis_breaker_reset_seconds,
+        on_change=state.set,
+    )
+    return GuardedRedis(
+        settings.redis_url.get_secret_value(), socket_timeout=settings.redis_socket_timeout, breaker=breaker
+    )
+
+
+def build_broker(settings: Settings) -> Broker:
+    """Redis Streams when ``REDIS_URL`` is set (several workers or hosts), the in-process broker otherwise."""
+    if settings.redis_url is not None:
+        from library_api.realtime.redis_broker import RedisBroker  # noqa: PLC0415 - redis-py takes 0.4 s to import
+
+        return RedisBroker(
+            settings.redis_url.get_secret_value(), settings.realtime_redis_prefix, settings.ws_history_size
+        )
+    return MemoryBroker(settings.ws_history_size)
+
+
+def build_context(settings: Settings, database: Database) -> AppContext:
+    """Wire every service of one application from its settings and database."""
+    events = EventBus()
+    metrics = Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
+    metrics.build_info.labels(settings.version).set(1)
+    redis = _redis(settings, metrics)
+    backoff = Backoff(settings.database_retry_base_delay, settings.database_retry_max_delay)
+    policy = PermissionPolicy.from_overrides(settings.role_permissions)
+    passwords = PasswordService(
+        PasswordHasher(
+            time_cost=settings.password_hash_time_cost,
+            memory_cost=settings.password_hash_memory_kib,
+            parallelism=settings.password_hash_parallelism,
+        )
+    )
+    tokens = TokenService(settings)
+    accounts = AccountStateCache(database.reader, settings.principal_cache_ttl)
+    users = UserService(passwords, accounts, settings.password_min_length)
+    books = BookService(events, CoverStore(settings.upload_dir), settings.api_v1_str)
+    cache_type = settings.effective_cache_type
+    backend: CacheBackend = (
+        RedisBackend(redis, settings.cache_key_prefix)
+        if redis is not None and (cache_type or "redis") == "redis"
+        else MemoryBackend(settings.cache_max_entries)
+    )
+    catalogue = CatalogueCache(
+        backend=backend,
+        enabled=cache_type is not None,
+        ttl=settings.cache_default_timeout,
+        database=database,
+        books=books,
+        metrics=metrics,
+        retry_attempts=settings.database_retry_attempts,
+        backoff=backoff,
+    )
+    # The cache hears of a change before anyone else does, so a client told of it reads the new state.
+    events.subscribe(catalogue.on_event)
+    events.subscribe(metrics.on_event)
+    shutdown = ShutdownCoordinator(settings.shutdown_timeout, settings.shutdown_progress_interval)
+    hub = Hub(settings, build_broker(settings), shutdown)
+    shutdown.add_drainer(hub)
+    events.subscribe(hub.on_domain_event)
+    notifier = Notifier(settings, database)
+    events.subscribe(notifier.on_domain_event)
+    return AppContext(
+        settings=settings,
+        database=database,
+        events=events,
+        policy=policy,
+        passwords=passwords,
+        tokens=tokens,
+        accounts=accounts,
+        authenticator=Authenticator(policy, tokens, accounts),
+        users=users,
+        auth=AuthService(users, passwords, tokens, accounts, timedelta(days=settings.refresh_token_expire_days)),
+        books=books,
+        bookings=BookingService(
+            events,
+            max_length=timedelta(days=settings.booking_max_days),
+            start_grace=timedelta(seconds=settings.booking_start_grace_seconds),
+        ),
+        shutdown=shutdown,
+        metrics=metrics,
+        redis=redis,
+        catalogue=catalogue,
+        rate_limiter=RateLimiter(
+            redis=redis if settings.effective_rate_limit_storage == "redis" else None,
+            key_prefix=settings.cache_key_prefix,
+        ),
+        rate_limit_policies=RateLimitPolicies(
+            settings.rate_limit_default,
+            settings.rate_limit_routes,
+            builtin_route_limits(settings.api_v1_str),
+            settings.rate_limit_login_account,
+        ),
+        monitoring_networks=Networks(settings.monitoring_allowed_networks),
+        health=HealthMonitor(settings, database, redis, shutdown, backoff, metrics.health_ready),
+        hub=hub,
+        notifier=notifier,
+    )
+
+
+async def prepare_embedded_database(context: AppContext) -> None:
+    """Migrate the database and, when configured and the catalogue is empty, load the sample catalogue."""
+    settings = context.settings
+    async with migrate.exclusive_transaction(context.database.engine) as connection:
+        await connection.run_sync(migrate.upgrade_on)
+        if settings.should_seed_on_empty and await catalogue_is_empty(connection):
+            added = await seed_catalogue(connection, load_catalogue())
+            logger.info("loaded the sample catalogue into the empty database: %d books", added)
+
+
+def create_app(settings: Settings, *, database: Database | None = None) -> FastAPI:
+    """Build the application. ``database`` lets a caller (tests) supply one it owns and will close itself."""
+    database = database or create_database(settings)
+    attach_replica(database, settings)
+    context = build_context(settings, database)
+    init_sentry(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.should_auto_migrate:
+            await prepare_embedded_database(context)
+        if settings.workers > 1 and settings.redis_url is None:
+            logger.warning(
+                "%d workers without REDIS_URL: each worker's WebSocket clients see only the events of that worker",
+                settings.workers,
+            )
+        if settings.metrics_enabled:
+            context.metrics.instrument(*database.engines)
+        await context.health.begin_startup()
+        await context.hub.start()
+        await context.notifier.start()
+        try:
+            yield
+        finally:
+            await context.hub.stop()
+            await context.notifier.stop()
+            await context.health.stop()
+            context.metrics.release(*database.engines)
+            if context.redis is not None:
+                await context.redis.close()
+            await database.dispose()
+            if context.metrics.multiprocess_dir is not None:
+                multiprocess.mark_process_dead_gauges(context.metrics.multiprocess_dir)
+
+    app = LibraryAPI(
+        title=settings.project_name,
+        version=settings.version,
+        description=DESCRIPTION,
+        debug=False,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    app.state.context = context
+    install_problem_handlers(app)
+    install_database_unavailable_handler(app)
+
+    for router in (auth_router, users_router, books_router, bookings_router, realtime_router):
+        app.include_router(router, prefix=settings.api_v1_str)
+    app.include_router(health_router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_router)
+    app.include_router(websocket_router)
+    app.include_router(web_router)
+
+    install_middleware(app, context)
+    return app

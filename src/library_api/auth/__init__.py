@@ -1,0 +1,1 @@
+"""Authentication of users: password login, access JWTs, rotating refresh tokens, logout."""

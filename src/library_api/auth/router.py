@@ -1,0 +1,103 @@
+"""``/auth``: registration, OAuth2 password login, refresh, logout and the caller's own account."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, status
+
+from library_api.auth.schemas import RefreshRequest, TokenPair
+from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.http.problems import Forbidden
+from library_api.http.rate_limit import limit_login_attempts
+from library_api.http.responses import problems
+from library_api.security.dependencies import public, require
+from library_api.security.permissions import Permission
+from library_api.security.principal import Principal
+from library_api.users.schemas import UserCreate, UserOut, UserSelfUpdate
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+SignedIn = Annotated[Principal, require(Permission.ACCOUNT_SELF)]
+
+
+def _user_id(principal: Principal) -> int:
+    if principal.user_id is None:
+        raise Forbidden("This operation is for user accounts; this credential does not belong to one.")
+    return principal.user_id
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[public()],
+    responses=problems(409, 422),
+    summary="Register a reader account",
+)
+async def register(body: UserCreate, session: SessionDep, ctx: ContextDep) -> UserOut:
+    """Create an account with the reader role; the role cannot be chosen here."""
+    user = await ctx.users.create(session, email=str(body.email), password=body.password, full_name=body.full_name)
+    ctx.metrics.users_registered.inc()
+    return UserOut.model_validate(user)
+
+
+@router.post(
+    "/login",
+    dependencies=[public(), Depends(limit_login_attempts)],
+    responses=problems(401, 403, 422, 429),
+    summary="Log in (OAuth2 password)",
+)
+async def login(
+    username: Annotated[str, Form(min_length=1, max_length=320, description="The account's e-mail address")],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+    session: SessionDep,
+    ctx: ContextDep,
+) -> TokenPair:
+    """Exchange an e-mail address (``username``) and password for an access and a refresh token.
+
+    The OAuth2 password grant's form fields; ``grant_type``, ``scope`` and client credentials are accepted and
+    ignored, since scopes are not how this service grants permissions (roles are).
+    """
+    return await ctx.auth.login(session, username, password)
+
+
+@router.post("/refresh", dependencies=[public()], responses=problems(401, 422), summary="Rotate a refresh token")
+async def refresh(body: RefreshRequest, session: SessionDep, ctx: ContextDep) -> TokenPair:
+    """Spend a refresh token for a new pair; presenting a spent token revokes its whole family."""
+    return await ctx.auth.refresh(session, body.refresh_token)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[public()],
+    responses=problems(422),
+    summary="Log out this session",
+)
+async def logout(body: RefreshRequest, session: SessionDep, ctx: ContextDep) -> None:
+    """Revoke the refresh token's family; the access token expires on its own shortly after."""
+    await ctx.auth.logout(session, body.refresh_token)
+
+
+@router.post(
+    "/logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(401, 403),
+    summary="Log out everywhere",
+)
+async def logout_all(principal: SignedIn, session: SessionDep, ctx: ContextDep) -> None:
+    """End every session of the caller: all refresh families and, within a second, all access tokens."""
+    await ctx.users.end_all_sessions(session, _user_id(principal))
+
+
+@router.get("/me", responses=problems(401, 403), summary="The caller's account")
+async def me(principal: SignedIn, session: ReadSessionDep, ctx: ContextDep) -> UserOut:
+    """The account behind the access token."""
+    return UserOut.model_validate(await ctx.users.get(session, _user_id(principal)))
+
+
+@router.patch("/me", responses=problems(401, 403, 422), summary="Change the caller's name or password")
+async def update_me(body: UserSelfUpdate, principal: SignedIn, session: SessionDep, ctx: ContextDep) -> UserOut:
+    """Change one's own name or password (with the current one); role and id cannot be changed here."""
+    user = await ctx.users.update_self(session, _user_id(principal), body)
+    return UserOut.model_validate(user)

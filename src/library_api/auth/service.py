@@ -1,0 +1,141 @@
+"""Login, refresh-token rotation with reuse detection, and logout.
+
+Each login starts a refresh *family*. Refreshing spends the presented token (an atomic conditional update, so
+two concurrent refreshes cannot both win) and issues the next one in the same family. Presenting a token that
+was already spent means it was copied: the whole family is revoked, and the thief and the owner both have to
+log in again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from library_api.auth.models import RefreshFamily, RefreshToken
+from library_api.auth.schemas import TokenPair
+from library_api.db.base import utcnow
+from library_api.db.engine import begin_write
+from library_api.http.problems import Forbidden, Unauthorized
+from library_api.security.accounts import AccountState, AccountStateCache
+from library_api.security.passwords import PasswordService
+from library_api.security.tokens import TokenService, digest_token, new_refresh_token
+from library_api.users.models import User
+from library_api.users.service import UserService
+
+
+class AuthService:
+    """Issues and rotates credentials for user accounts."""
+
+    def __init__(
+        self,
+        users: UserService,
+        passwords: PasswordService,
+        tokens: TokenService,
+        accounts: AccountStateCache,
+        refresh_lifetime: timedelta,
+    ) -> None:
+        self._users = users
+        self._passwords = passwords
+        self._tokens = tokens
+        self._accounts = accounts
+        self._refresh_lifetime = refresh_lifetime
+
+    async def login(self, session: AsyncSession, email: str, password: str) -> TokenPair:
+        """Check the password and start a new refresh family; wrong e-mail and wrong password look the same."""
+        await begin_write(session)
+        user = await self._users.find_by_email(session, email)
+        if not await self._passwords.verify(user.password_hash if user else None, password) or user is None:
+            raise Unauthorized("Incorrect e-mail address or password.", error="invalid_grant")
+        if not user.is_active:
+            raise Forbidden("This account is deactivated.")
+        if self._passwords.needs_rehash(user.password_hash):
+            user.password_hash = await self._passwords.hash(password)
+        family = RefreshFamily(id=str(uuid.uuid4()), user_id=user.id, created_at=utcnow())
+        session.add(family)
+        pair = self._issue(session, user, family.id)
+        await session.commit()
+        return pair
+
+    async def refresh(self, session: AsyncSession, presented: str) -> TokenPair:
+        """Rotate a refresh token; a spent or revoked one revokes its whole family and is refused."""
+        await begin_write(session)
+        now = utcnow()
+        row = (
+            await session.execute(
+                select(RefreshToken, RefreshFamily)
+                .join(RefreshFamily, RefreshFamily.id == RefreshToken.family_id)
+                .where(RefreshToken.token_hash == digest_token(presented))
+            )
+        ).one_or_none()
+        if row is None:
+            raise Unauthorized("Unknown refresh token.", error="invalid_grant")
+        token, family = row[0], row[1]
+        if family.revoked_at is not None:
+            raise Unauthorized("This refresh token has been revoked.", error="invalid_grant")
+        if token.expires_at <= now:
+            raise Unauthorized("This refresh token has expired.", error="invalid_grant")
+        spent = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if spent.rowcount != 1:  # type: ignore[attr-defined]
+            await self._revoke_family(session, family.id, reason="reuse_detected")
+            await session.commit()
+            raise Unauthorized(
+                "Refresh token reuse detected; every session of this login was ended.", error="invalid_grant"
+            )
+        user = await session.get(User, family.user_id)
+        if user is None or not user.is_active:
+            await self._revoke_family(session, family.id, reason="account_inactive")
+            await session.commit()
+            raise Unauthorized("This account can no longer sign in.", error="invalid_grant")
+        pair = self._issue(session, user, family.id)
+        await session.commit()
+        return pair
+
+    async def logout(self, session: AsyncSession, presented: str) -> None:
+        """Revoke the family of a refresh token; unknown tokens are ignored (logout is idempotent)."""
+        await begin_write(session)
+        family_id = (
+            await session.execute(
+                select(RefreshToken.family_id).where(RefreshToken.token_hash == digest_token(presented))
+            )
+        ).scalar_one_or_none()
+        if family_id is not None:
+            await self._revoke_family(session, family_id, reason="logout")
+            await session.commit()
+
+    async def _revoke_family(self, session: AsyncSession, family_id: str, *, reason: str) -> None:
+        await session.execute(
+            update(RefreshFamily)
+            .where(RefreshFamily.id == family_id, RefreshFamily.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+
+    def _issue(self, session: AsyncSession, user: User, family_id: str) -> TokenPair:
+        now = utcnow()
+        refresh = new_refresh_token()
+        session.add(
+            RefreshToken(
+                family_id=family_id,
+                token_hash=digest_token(refresh),
+                created_at=now,
+                expires_at=now + self._refresh_lifetime,
+            )
+        )
+        access = self._tokens.issue_access(user_id=user.id, role=user.role, token_version=user.token_version, now=now)
+        self._accounts.remember(
+            user.id, AccountState(role=user.role, is_active=user.is_active, token_version=user.token_version)
+        )
+        return TokenPair(
+            access_token=access.token,
+            expires_in=access.expires_in,
+            refresh_token=refresh,
+            refresh_expires_in=int(self._refresh_lifetime.total_seconds()),
+        )

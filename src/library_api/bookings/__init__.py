@@ -1,0 +1,1 @@
+"""Bookings of book copies for a period, never more at any instant than the book has copies."""

@@ -1,0 +1,71 @@
+"""``/bookings``: readers book and see their own; librarians see all and record returns."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from library_api.bookings.models import BookingStatus
+from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
+from library_api.bookings.service import BookingFilters
+from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.http.responses import problems
+from library_api.security.dependencies import require
+from library_api.security.permissions import Permission
+from library_api.security.principal import Principal
+
+router = APIRouter(prefix="/bookings", tags=["bookings"])
+
+BookingId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+Booker = Annotated[Principal, require(Permission.BOOKINGS_CREATE)]
+Viewer = Annotated[Principal, require(Permission.BOOKINGS_READ)]
+Canceller = Annotated[Principal, require(Permission.BOOKINGS_CANCEL)]
+Manager = Annotated[Principal, require(Permission.BOOKINGS_MANAGE)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=problems(401, 403, 404, 409, 422),
+    summary="Book a copy",
+)
+async def create_booking(body: BookingCreate, principal: Booker, session: SessionDep, ctx: ContextDep) -> BookingOut:
+    """Book one copy of a book for ``[start, end)``; 409 when no copy is free for the whole period."""
+    return await ctx.bookings.create(session, principal, body)
+
+
+@router.get("", responses=problems(401, 403, 422), summary="List bookings")
+async def list_bookings(
+    principal: Viewer,
+    session: ReadSessionDep,
+    ctx: ContextDep,
+    user_id: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Librarians only")] = None,
+    book_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    status: BookingStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> BookingPage:
+    """The caller's bookings, newest first; librarians see everyone's and may filter by user."""
+    filters = BookingFilters(user_id=user_id, book_id=book_id, status=status)
+    return await ctx.bookings.page(session, principal, filters, limit, offset)
+
+
+@router.get("/{booking_id}", responses=problems(401, 403, 404, 422), summary="One booking")
+async def get_booking(booking_id: BookingId, principal: Viewer, session: ReadSessionDep, ctx: ContextDep) -> BookingOut:
+    """A booking of the caller's (or anyone's, for librarians); others' are reported as not found."""
+    return await ctx.bookings.get(session, principal, booking_id)
+
+
+@router.post("/{booking_id}/cancel", responses=problems(401, 403, 404, 409, 422), summary="Cancel a booking")
+async def cancel_booking(
+    booking_id: BookingId, principal: Canceller, session: SessionDep, ctx: ContextDep
+) -> BookingOut:
+    """Cancel an active booking: one's own, or any with ``bookings:manage``."""
+    return await ctx.bookings.cancel(session, principal, booking_id)
+
+
+@router.post("/{booking_id}/return", responses=problems(401, 403, 404, 409, 422), summary="Record a return")
+async def return_booking(booking_id: BookingId, principal: Manager, session: SessionDep, ctx: ContextDep) -> BookingOut:
+    """Mark an active booking's copy as returned."""
+    return await ctx.bookings.mark_returned(session, principal, booking_id)

@@ -1,0 +1,41 @@
+"""Request and response bodies for bookings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from library_api.bookings.models import BookingStatus
+
+
+class BookingCreate(BaseModel):
+    """A request for one copy of a book over ``[start, end)``; both instants carry a time zone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    book_id: int = Field(ge=1, le=2**31 - 1)
+    start: AwareDatetime
+    end: AwareDatetime
+
+
+class BookingOut(BaseModel):
+    """A booking as its owner and librarians see it."""
+
+    id: int
+    book_id: int
+    user_id: int
+    start: datetime
+    end: datetime
+    status: BookingStatus
+    created_at: datetime
+    closed_at: datetime | None
+
+
+class BookingPage(BaseModel):
+    """One page of bookings with the total number matching."""
+
+    items: list[BookingOut]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,174 @@
+"""Booking rules: never more active bookings at one instant than the book has copies.
+
+The check and the insert happen under a lock on the book: ``SELECT ... FOR UPDATE`` of the book row on
+PostgreSQL, ``BEGIN IMMEDIATE`` (the database write lock) on SQLite. Concurrent requests for the same book,
+from any connection or server process, therefore decide one after another, each seeing the bookings
+committed before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from library_api.bookings.models import Booking, BookingStatus
+from library_api.bookings.periods import peak_overlap
+from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
+from library_api.books.repository import BookRepository
+from library_api.db.base import utcnow
+from library_api.db.engine import begin_write
+from library_api.events import DomainEvent, EventBus
+from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
+from library_api.security.permissions import Permission
+from library_api.security.principal import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class BookingFilters:
+    """What a librarian's booking list narrows by (readers always see only their own)."""
+
+    user_id: int | None = None
+    book_id: int | None = None
+    status: BookingStatus | None = None
+
+
+def present(booking: Booking) -> BookingOut:
+    """The public view of a booking."""
+    return BookingOut(
+        id=booking.id,
+        book_id=booking.book_id,
+        user_id=booking.user_id,
+        start=booking.start_at,
+        end=booking.end_at,
+        status=BookingStatus(booking.status),
+        created_at=booking.created_at,
+        closed_at=booking.closed_at,
+    )
+
+
+class BookingService:
+    """Creating, listing, cancelling and returning bookings."""
+
+    def __init__(self, events: EventBus, max_length: timedelta, start_grace: timedelta) -> None:
+        self._events = events
+        self._books = BookRepository()
+        self._max_length = max_length
+        self._start_grace = start_grace
+
+    async def create(self, session: AsyncSession, principal: Principal, data: BookingCreate) -> BookingOut:
+        """Book one copy for the caller, or 409 when every copy is taken at some instant of the period."""
+        user_id = self._owner(principal)
+        start, end = data.start.astimezone(UTC), data.end.astimezone(UTC)
+        now = utcnow()
+        if end <= start:
+            raise InvalidInput("The booking must end after it starts.", field="body.end")
+        if start < now - self._start_grace:
+            raise InvalidInput("The booking cannot start in the past.", field="body.start")
+        if end - start > self._max_length:
+            days = self._max_length.total_seconds() / 86400
+            raise InvalidInput(f"A booking lasts at most {days:g} days.", field="body.end")
+        await begin_write(session)
+        book = await self._books.lock(session, data.book_id)
+        if book is None:
+            raise NotFound(f"No book with id {data.book_id}.")
+        periods = await self._books.active_periods(session, book.id, start)
+        if peak_overlap(periods, start, end) + 1 > book.copies:
+            raise Conflict("No copy of this book is free for the whole period.")
+        booking = Booking(book_id=book.id, user_id=user_id, start_at=start, end_at=end, status=BookingStatus.ACTIVE)
+        session.add(booking)
+        await session.commit()
+        view = present(booking)
+        await self._publish("booking.created", view)
+        return view
+
+    async def page(
+        self, session: AsyncSession, principal: Principal, filters: BookingFilters, limit: int, offset: int
+    ) -> BookingPage:
+        """Bookings the caller may see, newest first: their own, or anyone's with ``bookings:read:any``."""
+        conditions: list[ColumnElement[bool]] = []
+        if principal.can(Permission.BOOKINGS_READ_ANY):
+            if filters.user_id is not None:
+                conditions.append(Booking.user_id == filters.user_id)
+        else:
+            conditions.append(Booking.user_id == self._owner(principal))
+        if filters.book_id is not None:
+            conditions.append(Booking.book_id == filters.book_id)
+        if filters.status is not None:
+            conditions.append(Booking.status == filters.status)
+        statement = (
+            select(Booking, func.count().over())
+            .where(*conditions)
+            .order_by(Booking.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        rows = (await session.execute(statement)).all()
+        if rows:
+            total = rows[0][1]
+        elif offset == 0:
+            total = 0
+        else:
+            total = (await session.execute(select(func.count()).select_from(Booking).where(*conditions))).scalar_one()
+        return BookingPage(items=[present(row[0]) for row in rows], total=total, limit=limit, offset=offset)
+
+    async def get(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
+        """One booking; another reader's booking is reported as not found."""
+        return present(await self._visible(session, principal, booking_id))
+
+    async def cancel(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
+        """Cancel an active booking: its owner may, and so may anyone with ``bookings:manage``."""
+        await begin_write(session)
+        booking = await self._visible(session, principal, booking_id, lock=True)
+        if booking.user_id != principal.user_id and not principal.can(Permission.BOOKINGS_MANAGE):
+            raise NotFound(f"No booking with id {booking_id}.")
+        return await self._close(session, booking, BookingStatus.CANCELLED, "booking.cancelled")
+
+    async def mark_returned(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
+        """Record the copy's return (librarians, via the route's ``bookings:manage``)."""
+        await begin_write(session)
+        booking = await self._visible(session, principal, booking_id, lock=True)
+        return await self._close(session, booking, BookingStatus.RETURNED, "booking.returned")
+
+    async def _close(
+        self, session: AsyncSession, booking: Booking, status: BookingStatus, event_type: str
+    ) -> BookingOut:
+        if booking.status != BookingStatus.ACTIVE:
+            raise Conflict(f"The booking is already {booking.status}.")
+        booking.status = status
+        booking.closed_at = utcnow()
+        await session.commit()
+        view = present(booking)
+        await self._publish(event_type, view)
+        return view
+
+    async def _visible(
+        self, session: AsyncSession, principal: Principal, booking_id: int, *, lock: bool = False
+    ) -> Booking:
+        statement = select(Booking).where(Booking.id == booking_id)
+        if not principal.can(Permission.BOOKINGS_READ_ANY):
+            statement = statement.where(Booking.user_id == self._owner(principal))
+        if lock:
+            statement = statement.with_for_update()
+        booking = (await session.execute(statement)).scalar_one_or_none()
+        if booking is None:
+            raise NotFound(f"No booking with id {booking_id}.")
+        return booking
+
+    @staticmethod
+    def _owner(principal: Principal) -> int:
+        if principal.user_id is None:
+            raise Forbidden("Bookings belong to user accounts; this credential does not belong to one.")
+        return principal.user_id
+
+    async def _publish(self, event_type: str, view: BookingOut) -> None:
+        await self._events.publish(
+            DomainEvent(
+                type=event_type,
+                topics=("bookings", f"book:{view.book_id}"),
+                data=view.model_dump(mode="json"),
+                owner_id=view.user_id,
+            )
+        )

@@ -1,0 +1,58 @@
+"""The ``books`` table and its author and tag index tables.
+
+Authors and tags are kept twice on purpose: as JSON lists on the book (what a response shows, in order, with
+no join) and as rows in ``book_authors`` / ``book_tags`` keyed by their lower-cased form (what the filters
+query through an index). The service writes both in the same transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from library_api.db.base import Base, TimestampMixin
+
+
+class Book(TimestampMixin, Base):
+    """A title in the catalogue with a number of physical copies that can be booked."""
+
+    __tablename__ = "books"
+    __table_args__ = (
+        CheckConstraint("copies >= 1", name="copies_positive"),
+        Index("ix_books_title", "title"),
+        Index("ix_books_year", "year"),
+        Index("ix_books_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    isbn: Mapped[str] = mapped_column(String(13), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    authors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    year: Mapped[int | None] = mapped_column(default=None)
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    copies: Mapped[int] = mapped_column(default=1)
+    search_text: Mapped[str] = mapped_column(Text, default="")
+    cover_file: Mapped[str | None] = mapped_column(String(64), default=None)
+    cover_content_type: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class BookAuthor(Base):
+    """One author of a book, lower-cased in ``name_key`` for the author filter."""
+
+    __tablename__ = "book_authors"
+    __table_args__ = (Index("ix_book_authors_name_key", "name_key", "book_id"),)
+
+    book_id: Mapped[int] = mapped_column(ForeignKey("books.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    name_key: Mapped[str] = mapped_column(String(300))
+
+
+class BookTag(Base):
+    """One tag of a book (lower-cased), indexed for the tag filter."""
+
+    __tablename__ = "book_tags"
+    __table_args__ = (Index("ix_book_tags_tag", "tag", "book_id"),)
+
+    book_id: Mapped[int] = mapped_column(ForeignKey("books.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,0 +1,173 @@
+"""``/books``: the catalogue.
+
+Reads are open to anyone the role table lets read (anonymous by default); changes need ``books:write``. Reads
+go through the catalogue cache (:mod:`library_api.cache.catalogue`) and answer with an ``ETag``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Header, Path, Query, UploadFile, status
+from fastapi.responses import FileResponse
+from starlette.responses import Response
+
+from library_api.books.covers import detect_image
+from library_api.books.repository import BookFilters
+from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, BookUpdate
+from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.http.conditional import conditional_response
+from library_api.http.problems import ContentTooLarge, NotFound, UnsupportedMediaType
+from library_api.http.responses import problems
+from library_api.security.dependencies import require
+from library_api.security.permissions import Permission
+
+router = APIRouter(prefix="/books", tags=["books"])
+
+BookId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+NOT_MODIFIED = {"description": "The client's copy (its `If-None-Match`) is current"}
+IfNoneMatch = Annotated[str | None, Header(description="An ETag from an earlier answer; a match gives 304")]
+Reader = require(Permission.BOOKS_READ)
+Librarian = require(Permission.BOOKS_WRITE)
+_CHUNK = 64 * 1024
+
+
+@router.get(
+    "",
+    dependencies=[Reader],
+    response_model=BookPage,
+    responses={304: NOT_MODIFIED, **problems(401, 403, 422)},
+    summary="Search the catalogue",
+)
+async def list_books(
+    ctx: ContextDep,
+    q: Annotated[str | None, Query(min_length=1, max_length=200, description="Words in the title or authors")] = None,
+    author: Annotated[str | None, Query(min_length=1, max_length=300, description="An author's full name")] = None,
+    tag: Annotated[list[str] | None, Query(max_length=10, description="Books carrying every tag given")] = None,
+    year_from: Annotated[int | None, Query(ge=-3000, le=2100)] = None,
+    year_to: Annotated[int | None, Query(ge=-3000, le=2100)] = None,
+    available: Annotated[bool | None, Query(description="Only books with (or without) a copy free now")] = None,
+    sort: BookSort = BookSort.TITLE,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Books matching every filter given, one page at a time, with the total number of matches."""
+    filters = BookFilters(
+        q=q, author=author, tags=tuple(tag or ()), year_from=year_from, year_to=year_to, available=available
+    )
+    answer = await ctx.catalogue.page(filters, sort, limit, offset)
+    return conditional_response(answer.body, answer.etag, if_none_match)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Librarian],
+    responses=problems(401, 403, 409, 422),
+    summary="Add a book",
+)
+async def create_book(body: BookCreate, session: SessionDep, ctx: ContextDep) -> BookOut:
+    """Add a book to the catalogue; the ISBN is checked and normalised to ISBN-13."""
+    return await ctx.books.create(session, body)
+
+
+@router.get(
+    "/{book_id}",
+    dependencies=[Reader],
+    response_model=BookOut,
+    responses={304: NOT_MODIFIED, **problems(401, 403, 404, 422)},
+    summary="One book",
+)
+async def get_book(book_id: BookId, ctx: ContextDep, if_none_match: IfNoneMatch = None) -> Response:
+    """A book with the number of its copies free right now; ``ETag`` and ``If-None-Match`` give 304s."""
+    answer = await ctx.catalogue.book(book_id)
+    if answer is None:
+        raise NotFound(f"No book with id {book_id}.")
+    return conditional_response(answer.body, answer.etag, if_none_match)
+
+
+@router.patch(
+    "/{book_id}", dependencies=[Librarian], responses=problems(401, 403, 404, 409, 422), summary="Change a book"
+)
+async def update_book(book_id: BookId, body: BookUpdate, session: SessionDep, ctx: ContextDep) -> BookOut:
+    """Change only the fields sent; copies cannot drop below what future active bookings hold."""
+    return await ctx.books.update(session, book_id, body)
+
+
+@router.delete(
+    "/{book_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Librarian],
+    responses=problems(401, 403, 404, 409, 422),
+    summary="Remove a book",
+)
+async def delete_book(book_id: BookId, session: SessionDep, ctx: ContextDep) -> None:
+    """Remove a book with its booking history; refused while any booking of it is active."""
+    await ctx.books.delete(session, book_id)
+
+
+@router.get(
+    "/{book_id}/cover",
+    dependencies=[Reader],
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The cover image"},
+        **problems(401, 403, 404, 422),
+    },
+    summary="A book's cover image",
+)
+async def get_cover(book_id: BookId, session: ReadSessionDep, ctx: ContextDep) -> FileResponse:
+    """The stored cover, with the content type recognised at upload."""
+    book = await ctx.books.get_model(session, book_id)
+    if book.cover_file is None or book.cover_content_type is None:
+        raise NotFound("This book has no cover image.")
+    path = ctx.books.cover_path(book)
+    if not path.is_file():
+        raise NotFound("This book has no cover image.")
+    return FileResponse(
+        path,
+        media_type=book.cover_content_type,
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.put(
+    "/{book_id}/cover",
+    dependencies=[Librarian],
+    responses=problems(401, 403, 404, 413, 415, 422),
+    summary="Upload a cover image",
+)
+async def put_cover(
+    book_id: BookId,
+    session: SessionDep,
+    ctx: ContextDep,
+    file: Annotated[UploadFile, File(description="A JPEG or PNG image")],
+) -> BookOut:
+    """Store a JPEG or PNG cover, recognised by its content; the size limit is ``MAX_UPLOAD_SIZE``."""
+    limit = ctx.settings.max_upload_size
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await file.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ContentTooLarge(f"The image is larger than the limit of {limit} bytes.")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    kind = detect_image(data[:32])
+    if kind is None or kind.extension not in ctx.settings.allowed_file_types:
+        allowed = ", ".join(t for t in ctx.settings.allowed_file_types if t in {".jpg", ".jpeg", ".png"})
+        raise UnsupportedMediaType(f"The file is not an image of an accepted type ({allowed}).")
+    return await ctx.books.set_cover(session, book_id, data, kind)
+
+
+@router.delete(
+    "/{book_id}/cover",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Librarian],
+    responses=problems(401, 403, 404, 422),
+    summary="Remove a cover image",
+)
+async def delete_cover(book_id: BookId, session: SessionDep, ctx: ContextDep) -> None:
+    """Delete the book's cover image."""
+    await ctx.books.remove_cover(session, book_id)

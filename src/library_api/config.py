@@ -1,0 +1,647 @@
+"""Settings: the one place where configuration is read, merged and validated.
+
+Values come from five layers, highest precedence first:
+
+1. command-line flags (passed as ``overrides``),
+2. process environment variables,
+3. the ``.env`` file,
+4. an optional TOML or YAML configuration file (``--config`` or ``CONFIG_FILE``),
+5. the defaults below.
+
+The deploy environment beats files shipped with the release (the twelve-factor convention) and an explicit
+flag beats everything. Keys keep the names of the seed's production ``.env`` (``DATABASE_URL``,
+``SECRET_KEY``, ...). Nothing else in the package reads ``os.environ``: the loader here is the single door.
+
+Every problem is reported as one readable line naming the key, what is wrong and where the value came from;
+:class:`ConfigError` carries the whole list so that start-up can print all of them at once and exit non-zero
+before any port is opened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from limits import parse_many
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+DEFAULT_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+"""A policy under which the service's own pages (their script, styles and a same-host WebSocket) work and
+nothing else loads; ``'self'`` covers ``ws://``/``wss://`` to the page's own host (CSP Level 3)."""
+
+DEFAULT_SECRET_KEY = "development-only-insecure-secret-key-change-me"  # noqa: S105 - refused in production
+"""The secret used when none is configured; accepted only in development."""
+
+KNOWN_PLACEHOLDER_SECRETS = frozenset(
+    {
+        DEFAULT_SECRET_KEY,
+        "your-256-bit-secret-change-this-in-production",
+        "change-me",
+        "changeme",
+        "secret",
+    }
+)
+"""Secrets copied from examples; production refuses every one of them."""
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Request methods the service answers; anything else is grouped as ``OTHER`` in metrics."""
+
+OVERRIDES_ENV = "LIBRARY_API_OVERRIDES"
+"""Environment key through which a parent process hands its command-line overrides to worker processes."""
+
+
+class Environment(StrEnum):
+    """Where the service runs; production turns on the strict checks."""
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON array or a comma-separated string for list settings, as the seed's ``.env`` uses both."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the service, with defaults that run the embedded development setup.
+
+    Instances are immutable; build them with :func:`load_settings` (which merges the layers and reports
+    problems) or directly with keyword arguments in tests.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # ----- basics -----
+    project_name: str = "Library API"
+    version: str = "1.0.0"
+    api_v1_str: str = "/api/v1"
+    environment: Environment = Environment.DEVELOPMENT
+    debug: bool = False
+    docs_enabled: bool = True
+
+    # ----- database -----
+    database_url: str = "sqlite+aiosqlite:///var/library.db"
+    database_replica_url: str | None = None
+    database_echo: bool = False
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_max_overflow: int = Field(default=10, ge=0, le=1000)
+    database_pool_timeout: float = Field(default=5.0, gt=0, le=300)
+    database_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    auto_migrate: bool | None = None
+    seed_sample_on_empty: bool | None = None
+    database_retry_attempts: int = Field(default=3, ge=1, le=20)
+    database_retry_base_delay: float = Field(default=0.05, gt=0, le=10)
+    database_retry_max_delay: float = Field(default=2.0, gt=0, le=60)
+
+    # ----- security -----
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    refresh_token_expire_days: int = Field(default=30, ge=1, le=365)
+    jwt_issuer: str = "library-api"
+    jwt_audience: str = "library-api"
+    principal_cache_ttl: float = Field(default=1.0, ge=0, le=60)
+    role_permissions: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    password_min_length: int = Field(default=8, ge=8, le=128)
+    password_hash_time_cost: int = Field(default=3, ge=1, le=20)
+    password_hash_memory_kib: int = Field(default=65_536, ge=1024, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(default=4, ge=1, le=64)
+
+    # ----- HTTP -----
+    max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
+    backend_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    content_security_policy: str = DEFAULT_CONTENT_SECURITY_POLICY
+    hsts_max_age: int = Field(default=63_072_000, ge=0)
+    gzip_minimum_size: int = Field(default=1000, ge=0)
+
+    # ----- rate limiting -----
+    rate_limit_enabled: bool | None = None
+    rate_limit_storage: Literal["memory", "redis"] | None = None
+    rate_limit_default: str = "600/minute"
+    rate_limit_routes: dict[str, str] = Field(default_factory=dict)
+    rate_limit_login_account: str = "10/15 minutes"
+
+    # ----- cache / broker -----
+    redis_url: SecretStr | None = None
+    redis_socket_timeout: float = Field(default=0.5, gt=0, le=30)
+    redis_breaker_failures: int = Field(default=3, ge=1, le=100)
+    redis_breaker_reset_seconds: float = Field(default=5.0, gt=0, le=600)
+    cache_enabled: bool = True
+    cache_type: Literal["memory", "redis"] | None = None
+    cache_default_timeout: int = Field(default=300, ge=1, le=86_400)
+    cache_key_prefix: str = Field(default="library_", max_length=64)
+    cache_max_entries: int = Field(default=10_000, ge=10, le=10_000_000)
+
+    # ----- observability -----
+    metrics_enabled: bool = True
+    prometheus_multiproc_dir: Path | None = None
+    monitoring_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"]
+    )
+    access_log: bool = True
+    health_check_timeout: float = Field(default=2.0, gt=0, le=60)
+    health_disk_warning_percent: float = Field(default=90.0, gt=0, le=100)
+    health_disk_critical_percent: float = Field(default=95.0, gt=0, le=100)
+    health_memory_warning_percent: float = Field(default=85.0, gt=0, le=100)
+    health_memory_critical_percent: float = Field(default=95.0, gt=0, le=100)
+    sentry_dsn: SecretStr | None = None
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+
+    # ----- logging -----
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] | None = None
+
+    # ----- uploads -----
+    upload_dir: Path = Path("var/uploads")
+    max_upload_size: int = Field(default=5 * 1024 * 1024, ge=1)
+    allowed_file_types: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png"])
+
+    # ----- domain -----
+    booking_max_days: int = Field(default=30, ge=1, le=3650)
+    booking_start_grace_seconds: int = Field(default=300, ge=0, le=86_400)
+
+    # ----- real time -----
+    broadcast_interval: float = Field(default=10.0, ge=0, le=86_400)
+    ws_allow_anonymous: bool = False
+    ws_auth_timeout: float = Field(default=10.0, gt=0, le=300)
+    ws_send_queue_size: int = Field(default=256, ge=1, le=100_000)
+    ws_history_size: int = Field(default=1000, ge=0, le=1_000_000)
+    ws_max_subscriptions: int = Field(default=100, ge=1, le=10_000)
+    ws_per_message_deflate: bool = False
+    ws_max_size: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    ws_ping_interval: float = Field(default=20.0, ge=0, le=3600)
+    ws_ping_timeout: float = Field(default=20.0, ge=0, le=3600)
+    realtime_redis_prefix: str = Field(default="library-api:realtime", min_length=1, max_length=100)
+
+    # ----- e-mail -----
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout: float = Field(default=10.0, gt=0, le=300)
+    email_from: str | None = None
+    email_from_name: str = "Library System"
+    email_max_attempts: int = Field(default=6, ge=1, le=100)
+    email_poll_interval: float = Field(default=30.0, gt=0, le=3600)
+    email_retry_delay: float = Field(default=30.0, gt=0, le=3600)
+    booking_reminder_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+
+    # ----- server -----
+    shutdown_timeout: float = Field(default=1800.0, ge=0, le=86_400)
+    shutdown_progress_interval: float = Field(default=10.0, gt=0, le=3600)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    reload: bool = False
+
+    @field_validator(
+        "backend_cors_origins",
+        "allowed_file_types",
+        "allowed_hosts",
+        "trusted_proxies",
+        "monitoring_allowed_networks",
+        mode="before",
+    )
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_file_types")
+    @classmethod
+    def _extensions(cls, value: list[str]) -> list[str]:
+        return [item if item.startswith(".") else f".{item}" for item in (v.lower() for v in value)]
+
+    @field_validator("role_permissions", "rate_limit_routes", mode="before")
+    @classmethod
+    def _json_tables(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        """Whether the strict production checks apply."""
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is the embedded SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_cache_type(self) -> Literal["memory", "redis"] | None:
+        """Where catalogue answers are cached, or ``None`` when caching is off.
+
+        Redis when ``REDIS_URL`` is set (shared by every worker, so invalidation reaches all of them), the
+        process's memory otherwise. With several workers and no Redis the cache is off unless chosen
+        explicitly: a worker cannot tell the others that an answer changed.
+        """
+        if not self.cache_enabled:
+            return None
+        if self.cache_type is not None:
+            return self.cache_type
+        if self.redis_url is not None:
+            return "redis"
+        return "memory" if self.workers == 1 else None
+
+    @property
+    def effective_rate_limit_enabled(self) -> bool:
+        """Rate limits are on in production unless turned off, and off in development unless turned on.
+
+        Development runs (load tests, scripts, many accounts from one machine) should not be throttled by
+        surprise; a production deployment is protected without having to ask.
+        """
+        return self.rate_limit_enabled if self.rate_limit_enabled is not None else self.is_production
+
+    @property
+    def effective_rate_limit_storage(self) -> Literal["memory", "redis"]:
+        """Redis (exact across workers) when ``REDIS_URL`` is set, per-process counters otherwise."""
+        if self.rate_limit_storage is not None:
+            return self.rate_limit_storage
+        return "redis" if self.redis_url is not None else "memory"
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        """JSON in production, readable lines in development, unless set explicitly."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.is_production else "console"
+
+    @property
+    def email_enabled(self) -> bool:
+        """Whether e-mail notifications are on: only when an SMTP server is configured."""
+        return bool(self.smtp_host)
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        """The embedded default migrates itself; servers with a real database run ``migrate`` explicitly."""
+        return self.auto_migrate if self.auto_migrate is not None else self.is_sqlite
+
+    @property
+    def should_seed_on_empty(self) -> bool:
+        """Load the sample catalogue into an empty embedded database so a newcomer sees books at once."""
+        if self.seed_sample_on_empty is not None:
+            return self.seed_sample_on_empty
+        return self.is_sqlite and not self.is_production
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only keyword arguments count: :func:`load_settings` merges the layers itself to know each source."""
+        return (init_settings,)
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+SECRET_FIELDS = frozenset(name for name, field in Settings.model_fields.items() if _is_secret(field.annotation))
+"""Settings whose values are masked wherever configuration is shown (every ``SecretStr`` field)."""
+
+
+class ConfigError(Exception):
+    """Configuration that cannot start the service; ``problems`` holds one readable line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _env_name(field: str) -> str:
+    return field.upper()
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML configuration file into a flat mapping of setting names to values."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"CONFIG_FILE: cannot read {path}: {exc.strerror or exc}"]) from exc
+    try:
+        if path.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix.lower() in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError([f"CONFIG_FILE: {path} must end in .toml, .yaml or .yml"])
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError([f"CONFIG_FILE: {path} is not valid: {first_line}"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"CONFIG_FILE: {path} must hold a table of settings"])
+    return {str(key).lower(): value for key, value in data.items()}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge every configuration layer and validate the result, raising :class:`ConfigError` on any problem.
+
+    ``env`` replaces the process environment (tests pass their own); ``overrides`` are command-line flags.
+    Overrides handed down by a parent process through ``LIBRARY_API_OVERRIDES`` sit just below ``overrides``.
+    """
+    environ = dict(os.environ if env is None else env)
+    layers: list[tuple[str, dict[str, Any]]] = []
+
+    inherited: dict[str, Any] = {}
+    if environ.get(OVERRIDES_ENV):
+        try:
+            inherited = {k.lower(): v for k, v in json.loads(environ[OVERRIDES_ENV]).items()}
+        except (ValueError, AttributeError):
+            raise ConfigError([f"{OVERRIDES_ENV}: not a JSON object"]) from None
+
+    explicit = {key.lower(): value for key, value in (overrides or {}).items() if value is not None}
+    file_path = config_file or explicit.pop("config_file", None) or inherited.pop("config_file", None)
+    file_path = file_path or environ.get("CONFIG_FILE")
+    if file_path:
+        layers.append((f"config file {file_path}", read_config_file(Path(file_path))))
+    try:
+        if env_file is not None and env_file.is_file():
+            layers.append((f"{env_file}", dict(DotEnvSettingsSource(Settings, env_file=env_file)())))
+        layers.append(("environment", _environment_values(environ)))
+    except SettingsError as exc:
+        field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"
+        raise ConfigError([f"{_env_name(field)}: not valid JSON"]) from None
+    layers.append(("inherited flags", inherited))
+    layers.append(("command line", explicit))
+
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, values in layers:
+        for key, value in values.items():
+            if key in Settings.model_fields:
+                merged[key] = value
+                origin[key] = source
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation(exc, origin) + _remaining_problems(exc, merged)) from None
+    problems = validate_settings(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _remaining_problems(exc: ValidationError, merged: Mapping[str, Any]) -> list[str]:
+    """The semantic problems of everything that did validate, so one run reports every problem at once."""
+    invalid = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+    try:
+        partial = Settings(**{key: value for key, value in merged.items() if key not in invalid})
+    except ValidationError:  # pragma: no cover - every invalid field was left out above
+        return []
+    return [line for line in validate_settings(partial) if line.split(":")[0].lower() not in invalid]
+
+
+def _environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Values for known settings from an environment mapping (the real one or a test's)."""
+    source = EnvSettingsSource(Settings)
+    source.env_vars = {key.lower(): value for key, value in environ.items()}
+    return dict(source())
+
+
+def _describe_validation(exc: ValidationError, origin: Mapping[str, str]) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "configuration"
+        where = origin.get(field, "default")
+        value = error.get("input")
+        shown = "" if field in SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r} from {where})"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{_env_name(field)}: {message}{shown}")
+    return lines
+
+
+def validate_settings(settings: Settings) -> list[str]:
+    """Semantic checks that no single field can make on its own; one readable line per problem."""
+    problems: list[str] = []
+    secret = settings.secret_key.get_secret_value()
+    if settings.is_production:
+        if secret in KNOWN_PLACEHOLDER_SECRETS:
+            problems.append(
+                "SECRET_KEY: must be set to a unique secret in production (the default or an example is in use)"
+            )
+        elif len(secret) < 32:
+            problems.append("SECRET_KEY: must be at least 32 characters in production")
+        if settings.debug:
+            problems.append("DEBUG: must be off in production")
+        if settings.password_hash_memory_kib < 19_456 or settings.password_hash_time_cost < 2:
+            problems.append(
+                "PASSWORD_HASH_MEMORY_KIB/PASSWORD_HASH_TIME_COST: production needs at least 19456 KiB and 2 "
+                "passes (the OWASP minimum for argon2id)"
+            )
+    if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        problems.append(
+            "DATABASE_URL: must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
+            f"(got a URL starting {settings.database_url.split('://')[0]!r})"
+        )
+    if not settings.api_v1_str.startswith("/") or settings.api_v1_str.endswith("/"):
+        problems.append(f"API_V1_STR: must start with '/' and not end with one (got {settings.api_v1_str!r})")
+    if not {".jpg", ".jpeg", ".png"} & set(settings.allowed_file_types):
+        problems.append("ALLOWED_FILE_TYPES: covers need at least one of .jpg, .jpeg, .png")
+    problems.extend(_role_table_problems(settings.role_permissions))
+    problems.extend(_hardening_problems(settings))
+    problems.extend(_realtime_problems(settings))
+    problems.extend(_email_problems(settings))
+    return problems
+
+
+def _realtime_problems(settings: Settings) -> list[str]:
+    """Checks of the WebSocket settings that depend on the environment or on each other."""
+    problems = []
+    if settings.is_production and settings.ws_allow_anonymous:
+        problems.append("WS_ALLOW_ANONYMOUS: anonymous WebSocket clients are a development setting; turn it off")
+    if any(char.isspace() for char in settings.realtime_redis_prefix):
+        problems.append(f"REALTIME_REDIS_PREFIX: must not contain spaces (got {settings.realtime_redis_prefix!r})")
+    return problems
+
+
+def _email_problems(settings: Settings) -> list[str]:
+    """E-mail is off without SMTP_HOST; with it, the sender address must be usable."""
+    if not settings.email_enabled:
+        return []
+    problems = []
+    address = settings.email_from or ""
+    local, at, domain = address.partition("@")
+    if not (local and at and "." in domain) or any(char.isspace() or char in "<>," for char in address):
+        problems.append(f"EMAIL_FROM: SMTP_HOST is set, so a sender address is needed (got {address!r})")
+    if (settings.smtp_user is None) != (settings.smtp_password is None):
+        problems.append("SMTP_USER/SMTP_PASSWORD: set both to log in to the SMTP server, or neither")
+    if any(char in settings.email_from_name for char in "\r\n"):
+        problems.append("EMAIL_FROM_NAME: must be a single line")
+    return problems
+
+
+def _hardening_problems(settings: Settings) -> list[str]:
+    """Checks of the observability, HTTP hygiene, rate limiting, cache and replica settings."""
+    return [
+        *_network_problems(settings),
+        *_rate_limit_problems(settings),
+        *_dependency_problems(settings),
+    ]
+
+
+def _network_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    for key, networks in (
+        ("TRUSTED_PROXIES", settings.trusted_proxies),
+        ("MONITORING_ALLOWED_NETWORKS", settings.monitoring_allowed_networks),
+    ):
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                problems.append(f"{key}: {network!r} is not an IP address or network (CIDR)")
+    for host in settings.allowed_hosts:
+        wildcard_ok = host == "*" or not host.startswith("*") or host.startswith("*.")
+        if not host or not wildcard_ok or "*" in host[1:] or "/" in host or " " in host:
+            problems.append(f"ALLOWED_HOSTS: {host!r} must be a host name, '*.' followed by a domain, or '*'")
+    if any(char in settings.content_security_policy for char in "\r\n"):
+        problems.append("CONTENT_SECURITY_POLICY: must be a single line")
+    return problems
+
+
+def _rate_limit_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    limits = [
+        ("RATE_LIMIT_DEFAULT", settings.rate_limit_default),
+        ("RATE_LIMIT_LOGIN_ACCOUNT", settings.rate_limit_login_account),
+    ]
+    for route, limit in settings.rate_limit_routes.items():
+        method, _, path = str(route).partition(" ")
+        if method.upper() not in HTTP_METHODS or not path.startswith("/"):
+            problems.append(f"RATE_LIMIT_ROUTES: {route!r} must be 'METHOD /path/template' (e.g. 'POST /api/v1/x')")
+        limits.append((f"RATE_LIMIT_ROUTES[{route}]", str(limit)))
+    for key, limit in limits:
+        if not _valid_rate_limit(limit):
+            problems.append(f"{key}: {limit!r} is not a rate limit such as '100/minute' or '5/second;100/hour'")
+    return problems
+
+
+def _dependency_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    for name, warning, critical in (
+        ("DISK", settings.health_disk_warning_percent, settings.health_disk_critical_percent),
+        ("MEMORY", settings.health_memory_warning_percent, settings.health_memory_critical_percent),
+    ):
+        if warning >= critical:
+            problems.append(f"HEALTH_{name}_WARNING_PERCENT: must be below HEALTH_{name}_CRITICAL_PERCENT")
+    if settings.redis_url is None:
+        if settings.cache_enabled and settings.cache_type == "redis":
+            problems.append("CACHE_TYPE: 'redis' needs REDIS_URL")
+        if settings.rate_limit_storage == "redis":
+            problems.append("RATE_LIMIT_STORAGE: 'redis' needs REDIS_URL")
+    if settings.cache_enabled and settings.cache_type == "memory" and settings.workers > 1:
+        problems.append(
+            f"CACHE_TYPE: the in-process cache cannot be invalidated across {settings.workers} workers; "
+            "use CACHE_TYPE=redis (with REDIS_URL) or CACHE_ENABLED=false"
+        )
+    if settings.database_retry_base_delay > settings.database_retry_max_delay:
+        problems.append("DATABASE_RETRY_BASE_DELAY: must not exceed DATABASE_RETRY_MAX_DELAY")
+    if settings.database_replica_url is not None:
+        if not settings.database_replica_url.startswith("postgresql+asyncpg://") or settings.is_sqlite:
+            problems.append(
+                "DATABASE_REPLICA_URL: a read replica needs PostgreSQL for both DATABASE_URL and the replica "
+                "(postgresql+asyncpg://...)"
+            )
+        if settings.workers > 1 and settings.redis_url is None:
+            problems.append(
+                "DATABASE_REPLICA_URL: with several workers, REDIS_URL is needed so that every worker knows how "
+                "far the replica must have caught up (read-your-writes)"
+            )
+    return problems
+
+
+def _valid_rate_limit(text: str) -> bool:
+    try:
+        return bool(parse_many(text))
+    except ValueError:
+        return False
+
+
+def _role_table_problems(table: Mapping[str, Any]) -> list[str]:
+    """Check the shape of a ROLE_PERMISSIONS override: ``{role: {"inherits": [...], "permissions": [...]}}``."""
+    problems = []
+    for role, entry in table.items():
+        if not isinstance(entry, dict) or not set(entry) <= {"inherits", "permissions"}:
+            problems.append(
+                f"ROLE_PERMISSIONS: role {role!r} must map to an object with 'inherits' and/or 'permissions'"
+            )
+            continue
+        for key in ("inherits", "permissions"):
+            value = entry.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                problems.append(f"ROLE_PERMISSIONS: {role}.{key} must be a list of strings")
+    return problems
+
+
+def public_view(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with every secret masked, for ``check-config`` and logs."""
+    view: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS:
+            view[_env_name(name)] = None if value is None else "********"
+        elif name.endswith("_url") and isinstance(value, str):
+            view[_env_name(name)] = mask_url(value)
+        else:
+            view[_env_name(name)] = value.value if isinstance(value, StrEnum) else value
+    return view
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of a connection URL (``scheme://user:***@host/db``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+def hand_down_overrides(overrides: Mapping[str, Any]) -> None:
+    """Put command-line overrides into this process's environment for the worker processes it will start.
+
+    Workers rebuild their settings with :func:`load_settings`, which reads them back from
+    ``LIBRARY_API_OVERRIDES``; a flag therefore means the same thing in every process.
+    """
+    encoded = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items() if v is not None}
+    os.environ[OVERRIDES_ENV] = json.dumps(encoded)

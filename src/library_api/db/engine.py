@@ -1,0 +1,165 @@
+"""Engine and session factory built from settings: SQLite in WAL mode, or PostgreSQL with a bounded pool.
+
+With ``DATABASE_REPLICA_URL`` a second engine reaches a streaming replica; only catalogue reads use it (see
+:mod:`library_api.cache.catalogue`, which also keeps them read-your-writes consistent). Statement parameters are
+never put into error messages or logs (``hide_parameters``): they can hold password hashes and tokens.
+
+SQLite gets ``BEGIN`` statements from us rather than from the driver, so that a write transaction can ask for
+``BEGIN IMMEDIATE`` (see :data:`SQLITE_BEGIN_OPTION`) and take the database write lock before it reads; that is
+how bookings are serialised across connections and processes on the embedded database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from library_api.config import Settings
+
+SQLITE_BEGIN_OPTION = "library_sqlite_begin"
+"""Execution option naming the SQLite transaction mode (``DEFERRED`` or ``IMMEDIATE``) for a connection."""
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite connection waits for another writer before it reports the database as locked."""
+
+
+@dataclass(slots=True)
+class Database:
+    """The engine and the session factories the application uses; ``owned`` says whether closing is ours.
+
+    ``sessionmaker`` opens transactions (every write goes through it); ``read_sessionmaker`` runs each
+    statement on its own in autocommit mode, which spares read-only requests the ``BEGIN`` and ``ROLLBACK``
+    round trips. A read that needs several statements to agree uses ``sessionmaker`` instead.
+    """
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    owned: bool = True
+    replica: AsyncEngine | None = None
+    replica_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engines(self) -> tuple[AsyncEngine, ...]:
+        """The primary engine and, when configured, the replica's."""
+        return (self.engine,) if self.replica is None else (self.engine, self.replica)
+
+    def __post_init__(self) -> None:
+        if self.read_sessionmaker is None:
+            self.read_sessionmaker = self.sessionmaker
+
+    @property
+    def reader(self) -> async_sessionmaker[AsyncSession]:
+        """The factory of autocommit sessions for read-only work."""
+        assert self.read_sessionmaker is not None
+        return self.read_sessionmaker
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: the few places that must differ ask this."""
+        return self.engine.dialect.name
+
+    async def dispose(self) -> None:
+        """Close every pooled connection, when this object created them."""
+        if self.owned:
+            await self.engine.dispose()
+        if self.replica is not None:
+            await self.replica.dispose()
+
+
+def create_engine(settings: Settings, url_text: str | None = None) -> AsyncEngine:
+    """Build the async engine for ``DATABASE_URL`` (or ``url_text``) with the pool and connection settings it needs."""
+    url_text = url_text or settings.database_url
+    url = make_url(url_text)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(settings, url.database)
+    connect_args: dict[str, Any] = {
+        "server_settings": {
+            "application_name": "library-api",
+            "statement_timeout": str(settings.database_statement_timeout_ms),
+        },
+    }
+    return create_async_engine(
+        url_text,
+        echo=settings.database_echo,
+        hide_parameters=True,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(settings: Settings, database: str | None) -> AsyncEngine:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        settings.database_url,
+        echo=settings.database_echo,
+        hide_parameters=True,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA foreign_keys=ON",
+            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        options = connection.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        connection.exec_driver_sql(f"BEGIN {options.get(SQLITE_BEGIN_OPTION, 'DEFERRED')}")
+
+    return engine
+
+
+def create_database(settings: Settings) -> Database:
+    """The engine with a transactional and an autocommit session factory (objects stay usable after commit)."""
+    engine = create_engine(settings)
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    database = Database(
+        engine=engine,
+        sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+        read_sessionmaker=async_sessionmaker(autocommit, expire_on_commit=False),
+    )
+    attach_replica(database, settings)
+    return database
+
+
+def attach_replica(database: Database, settings: Settings) -> None:
+    """Give ``database`` the replica engine of ``DATABASE_REPLICA_URL`` (autocommit reads), when configured."""
+    if settings.database_replica_url is None or database.replica is not None:
+        return
+    database.replica = create_engine(settings, settings.database_replica_url)
+    autocommit = database.replica.execution_options(isolation_level="AUTOCOMMIT")
+    database.replica_sessionmaker = async_sessionmaker(autocommit, expire_on_commit=False)
+
+
+async def begin_write(session: AsyncSession) -> None:
+    """Open the session's transaction as a writer, before its first statement.
+
+    On SQLite this is ``BEGIN IMMEDIATE``: the transaction takes the write lock up front, so a read followed
+    by a write can never fail on a snapshot another writer has moved on from, and writers queue on
+    ``busy_timeout`` instead. On PostgreSQL it is a plain ``BEGIN``; row locks do the serialising there.
+    """
+    await session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})

@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every route: RFC 9457 problem responses and pure ASGI middleware."""

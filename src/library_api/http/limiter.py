@@ -1,0 +1,208 @@
+"""Rate-limit policies and the counting behind them: the moving-window algorithm, in Redis or in process.
+
+Across workers the counts live in Redis through the ``limits`` library (its moving-window strategy and atomic
+Lua scripts), so exactly N of N+k requests pass within a window whichever workers serve them. Without Redis, or
+while the Redis circuit is open, each worker counts in its own memory: the limit then holds per process, which
+is documented as the degraded mode.
+
+The in-process count is ours (:class:`LocalWindows`, tested to decide exactly as ``limits`` does): the
+library's in-memory store expires entries from a task that hops to the thread pool on every call, which
+nothing on this service's request path may use, and its per-call layers cost more than the count itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from library_api.resilience.redis import GuardedRedis, RedisUnavailable
+
+_SWEEP_EVERY = 4096
+
+
+class LocalWindows:
+    """Moving windows in this process's memory: ``limits``' moving-window semantics, answered in one step.
+
+    A hit is admitted when fewer than ``limit`` hits lie in the last ``expiry`` seconds (as ``limits``'
+    ``acquire_entry``); the answer also carries what ``get_moving_window`` would report (the oldest hit in the
+    window and their number). Windows expire lazily; idle keys are swept every few thousand calls or when
+    ``max_keys`` is reached, so the memory stays bounded whatever the number of callers.
+    """
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self.max_keys = max_keys
+        self._windows: dict[str, tuple[float, deque[float]]] = {}
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def _sweep(self, now: float) -> None:
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY and len(self._windows) < self.max_keys:
+            return
+        self._windows = {
+            key: (expiry, window)
+            for key, (expiry, window) in self._windows.items()
+            if window and window[-1] > now - expiry
+        }
+        while len(self._windows) >= self.max_keys:
+            del self._windows[next(iter(self._windows))]
+
+    def count(self, key: str, limit: int, expiry: int) -> tuple[bool, float, int]:
+        """One hit: whether it is admitted, the oldest hit still in the window, and how many the window holds."""
+        now = time.time()
+        self._sweep(now)
+        entry = self._windows.get(key)
+        if entry is None:
+            window: deque[float] = deque()
+            self._windows[key] = (expiry, window)
+        else:
+            window = entry[1]
+            horizon = now - expiry
+            while window and window[0] <= horizon:
+                window.popleft()
+        admitted = len(window) < limit
+        if admitted:
+            window.append(now)
+        return admitted, window[0] if window else now, len(window)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one request against a policy, with what the ``RateLimit`` header reports."""
+
+    allowed: bool
+    item: RateLimitItem
+    remaining: int
+    reset_after: int
+    shared: bool
+
+
+class RateLimiter:
+    """Applies lists of limits to identities, in Redis when it can and in process memory otherwise."""
+
+    def __init__(self, *, redis: GuardedRedis | None, key_prefix: str) -> None:
+        self.local = LocalWindows()
+        self.redis = redis
+        self.shared: MovingWindowRateLimiter | None = None
+        if redis is not None:
+            shared_pool: dict[str, Any] = {"connection_pool": redis.pool}
+            storage = RedisStorage(
+                "async+redis://", implementation="redispy", key_prefix=f"{key_prefix}ratelimit", **shared_pool
+            )
+            self.shared = MovingWindowRateLimiter(storage)
+
+    async def hit(self, items: Sequence[RateLimitItem], *identity: str) -> Decision:
+        """Count one request against every item; the decision reports the refusing or the tightest item."""
+        if self.shared is not None and self.redis is not None:
+            shared = self.shared
+            try:
+                return await self.redis.call(lambda _client: _hit(shared, items, identity, shared=True))
+            except RedisUnavailable:
+                pass
+        return self._hit_local(items, identity)
+
+    def _hit_local(self, items: Sequence[RateLimitItem], identity: Sequence[str]) -> Decision:
+        tightest: Decision | None = None
+        for item in items:
+            expiry = item.get_expiry()
+            admitted, oldest, hits = self.local.count(item.key_for(*identity), item.amount, expiry)
+            reset_after = max(0, math.ceil(oldest + expiry - time.time()))
+            decision = Decision(admitted, item, max(item.amount - hits, 0), reset_after, False)
+            if not admitted:
+                return decision
+            if tightest is None or decision.remaining < tightest.remaining:
+                tightest = decision
+        assert tightest is not None, "a policy has at least one limit"
+        return tightest
+
+
+async def _hit(
+    limiter: MovingWindowRateLimiter, items: Sequence[RateLimitItem], identity: Sequence[str], *, shared: bool
+) -> Decision:
+    tightest: Decision | None = None
+    for item in items:
+        allowed = await limiter.hit(item, *identity)
+        stats = await limiter.get_window_stats(item, *identity)
+        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+        decision = Decision(allowed, item, max(stats.remaining, 0), reset_after, shared)
+        if not allowed:
+            return decision
+        if tightest is None or decision.remaining < tightest.remaining:
+            tightest = decision
+    assert tightest is not None, "a policy has at least one limit"
+    return tightest
+
+
+DEFAULT_POLICY = "default"
+LOGIN_ACCOUNT_POLICY = "login-account"
+
+
+def builtin_route_limits(api_prefix: str) -> dict[str, str]:
+    """The stricter per-address limits of the authentication routes (an operator's entries replace them)."""
+    return {
+        f"POST {api_prefix}/auth/login": "10/minute;100/hour",
+        f"POST {api_prefix}/auth/register": "20/hour",
+        f"POST {api_prefix}/auth/refresh": "60/minute",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A named list of limits, counted per client address or per caller, with its ``RateLimit-Policy`` value."""
+
+    name: str
+    items: tuple[RateLimitItem, ...]
+    per_address: bool
+    header: bytes
+
+    def item_name(self, item: RateLimitItem) -> str:
+        """The name under which ``item`` appears in the headers (the policy's, qualified by window if several)."""
+        return self.name if len(self.items) == 1 else f"{self.name}/{item.get_expiry()}s"
+
+
+def _policy(name: str, text: str, *, per_address: bool) -> Policy:
+    items = tuple(parse_many(text))
+    names = [name if len(items) == 1 else f"{name}/{item.get_expiry()}s" for item in items]
+    header = ", ".join(f'"{n}";q={item.amount};w={item.get_expiry()}' for n, item in zip(names, items, strict=True))
+    return Policy(name, items, per_address, header.encode())
+
+
+class RateLimitPolicies:
+    """The policy of every route, resolved from the settings once."""
+
+    def __init__(self, default: str, routes: Mapping[str, str], builtin: Mapping[str, str], login_account: str) -> None:
+        self.default = _policy(DEFAULT_POLICY, default, per_address=False)
+        self.routes: dict[tuple[str, str], Policy] = {}
+        for key, text in builtin.items():
+            self._add(key, text, per_address=True)
+        for key, text in routes.items():
+            self._add(key, text, per_address=key in builtin)
+        self.login_account = _policy(LOGIN_ACCOUNT_POLICY, login_account, per_address=False)
+
+    def _add(self, key: str, text: str, *, per_address: bool) -> None:
+        method, _, template = key.partition(" ")
+        self.routes[(method.upper(), template.strip())] = _policy(key, text, per_address=per_address)
+
+    def for_route(self, method: str, template: str) -> Policy:
+        """The policy for a method and route template."""
+        return self.routes.get((method, template), self.default)
+
+
+def ratelimit_header(policy: Policy, decision: Decision) -> bytes:
+    """The ``RateLimit`` field value for a decision."""
+    return f'"{policy.item_name(decision.item)}";r={decision.remaining};t={decision.reset_after}'.encode()
+
+
+def limit_headers(policy: Policy, decision: Decision) -> list[tuple[bytes, bytes]]:
+    """``RateLimit-Policy`` and ``RateLimit`` as raw header pairs."""
+    return [(b"ratelimit-policy", policy.header), (b"ratelimit", ratelimit_header(policy, decision))]

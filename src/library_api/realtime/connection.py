@@ -1,0 +1,198 @@
+"""One client connection: its subscriptions, its bounded send queue and the writer task that empties it.
+
+Delivery never awaits: :meth:`Connection.offer` appends the already-encoded text to the queue and makes sure
+the connection's writer task runs, so a broadcast costs one append per subscriber and a slow client only ever
+slows its own writer. When the queue is full the hub closes the connection with 1013 (try again later) and
+counts it.
+
+A message for a connection with nothing queued is handed to the server at once: the send coroutine is started
+right there, and when the socket takes the frame without waiting (the common case) it completes on the spot,
+as in a plain ``for ws in clients: await ws.send_text(...)`` loop but without anyone waiting on anyone. Only
+when the socket cannot take it (the client reads slowly) does the connection get a writer task, which carries
+that send on (see :class:`_Resume`) and then empties the queue; the task ends when the queue is empty. So an
+idle connection holds no task and no future, a broadcast allocates nothing that outlives it (which keeps
+Python's full garbage collections, half a second with 5,000 connections, away from the fan-out), and a slow
+client still only ever slows itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from library_api.security.principal import Principal
+
+if TYPE_CHECKING:
+    from library_api.realtime.hub import Hub
+
+logger = logging.getLogger("library_api.realtime")
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds a close frame may take to leave; a client whose TCP window is full never takes it."""
+
+
+class _Resume:
+    """An awaitable that carries on a coroutine which was started outside any task and then had to wait.
+
+    ``coroutine.send(None)`` ran it up to its first suspension, which yielded ``waiting_on`` (the future it
+    waits for); awaiting this object inside a task yields that future to the task and then drives the rest
+    of the coroutine exactly as ``await coroutine`` would have (``yield from`` semantics: values, exceptions
+    and cancellation pass through both ways).
+    """
+
+    __slots__ = ("coroutine", "waiting_on")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self.coroutine = coroutine
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, yielded = self.coroutine, self.waiting_on
+        while True:
+            try:
+                received = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (cancellation): pass it on
+                try:
+                    yielded = coroutine.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                yielded = coroutine.send(received)
+            except StopIteration:
+                return
+
+
+class Connection:
+    """A registered WebSocket client, as the hub sees it."""
+
+    __slots__ = (
+        "abandoned",
+        "client_id",
+        "closed",
+        "handler",
+        "hub",
+        "listed",
+        "nonce",
+        "pending",
+        "principal",
+        "queue_limit",
+        "replaying",
+        "streams",
+        "topics",
+        "websocket",
+        "writer",
+    )
+
+    def __init__(
+        self, hub: Hub, websocket: WebSocket, client_id: str, principal: Principal, nonce: str, queue_limit: int
+    ) -> None:
+        self.hub = hub
+        self.websocket = websocket
+        self.client_id = client_id
+        self.principal = principal
+        self.nonce = nonce
+        self.queue_limit = queue_limit
+        self.pending: deque[str] = deque()
+        self.streams: dict[str, int] = {}
+        """Subscribed stream -> id of the last message queued from it (later ones only are sent)."""
+        self.topics: dict[str, str] = {}
+        """Subscribed stream -> the topic name the client used for it."""
+        self.replaying: dict[str, list[tuple[int, str]]] = {}
+        """Streams whose history is being fetched, with the live messages that arrived meanwhile."""
+        self.closed = False
+        self.handler = asyncio.current_task()
+        """The task serving this connection (its receive loop), created by the server for the handshake."""
+        self.abandoned = False
+        """Set when the hub gave up on a client that would not take a close frame and cancelled its handler."""
+        self.listed = False
+        """Whether the hub counts it as open (set on registration, cleared once when it leaves)."""
+        self.writer: asyncio.Task[None] | None = None
+        """The running writer, while the queue has something to send."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Who and which id: a newer connection with the same key replaces this one."""
+        return (self.principal.subject, self.client_id)
+
+    def offer(self, text: str) -> None:
+        """Send ``text`` now if the socket takes it, else queue it; a full queue gets the connection closed (1013)."""
+        if self.closed:
+            return
+        if self.writer is None:
+            self._send_now(text)
+            return
+        if len(self.pending) >= self.queue_limit:
+            self.hub.overflowed(self)
+            return
+        self.pending.append(text)
+
+    def _send_now(self, text: str) -> None:
+        """Start sending ``text``; if the socket makes the send wait, a writer task carries it on."""
+        sending = self.websocket.send({"type": "websocket.send", "text": text})
+        try:
+            waiting_on = sending.send(None)
+        except StopIteration:
+            self.hub.messages_sent += 1
+            return
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return  # the peer is gone: the receiving side notices and unregisters
+        self.writer = asyncio.get_running_loop().create_task(self._write(_Resume(sending, waiting_on)))
+
+    def offer_event(self, stream: str, event_id: int, text: str) -> None:
+        """Queue a stream message unless it was already queued (ids only ever move forward per stream)."""
+        buffer = self.replaying.get(stream) if self.replaying else None
+        if buffer is not None:
+            buffer.append((event_id, text))
+            return
+        if event_id <= self.streams.get(stream, 0):
+            return
+        self.streams[stream] = event_id
+        self.offer(text)
+
+    async def _write(self, in_flight: _Resume) -> None:
+        pending = self.pending
+        send = self.websocket.send
+        try:
+            await in_flight
+            self.hub.messages_sent += 1
+            while pending:
+                await send({"type": "websocket.send", "text": pending.popleft()})
+                self.hub.messages_sent += 1
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            # The peer is gone (or the socket was closed under us): the receiving side notices and unregisters.
+            pending.clear()
+        if not self.closed:
+            self.writer = None
+
+    async def close(self, code: int, reason: str, on_closed: Callable[[], None] | None = None) -> None:
+        """Stop writing and send a close frame (bounded in time: a stalled client cannot hold this up)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pending.clear()
+        if self.writer is not None:
+            self.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.writer
+        if on_closed is not None:
+            on_closed()
+        try:
+            await asyncio.wait_for(self.websocket.close(code, reason), timeout=CLOSE_TIMEOUT)
+        except (TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
+            # A client that stopped reading may never let the close frame through; its handler would wait
+            # for it forever, so end the handler instead (it returns quietly, seeing ``abandoned``).
+            logger.debug("close frame %d to %s could not be sent", code, self.client_id)
+            handler = self.handler
+            if handler is not None and handler is not asyncio.current_task() and not handler.done():
+                self.abandoned = True
+                handler.cancel()

@@ -1,0 +1,440 @@
+"""The connection hub of one worker: registry, subscriptions, delivery, heartbeats and graceful drain.
+
+The registry (client key -> connection) changes only under the hub's lock; delivery reads it without
+awaiting, so a message reaches every subscriber in one pass of the event loop. Domain events are queued by
+:meth:`Hub.on_domain_event` (never blocking the request that committed them) and published in order by one
+background task, which retries while the broker is unreachable.
+
+The hub is a :class:`~library_api.server.shutdown.Drainer`: on shutdown it refuses new connections (they are
+accepted and closed at once with 1001, so that browsers see a close code and a reason), tells every client the
+deadline with a ``shutdown`` message, keeps serving them while they leave, and closes the rest with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from library_api.config import Settings
+from library_api.events import DomainEvent
+from library_api.realtime.broker import Broker, BrokerUnavailable
+from library_api.realtime.connection import Connection
+from library_api.realtime.topics import (
+    AUTOMATIC_TOPICS,
+    HEARTBEAT,
+    Subscription,
+    control,
+    envelope_tail,
+    now_iso,
+    resolve,
+    routes_for,
+    with_id,
+)
+from library_api.security.permissions import Permission
+from library_api.security.principal import Principal
+from library_api.server.shutdown import ShutdownCoordinator
+
+logger = logging.getLogger("library_api.realtime")
+
+CLOSE_REPLACED = 4000
+CLOSE_OVERFLOW = 1013
+CLOSE_GOING_AWAY = 1001
+REASON_REPLACED = "replaced by a newer connection with the same client id"
+REASON_OVERFLOW = "send queue full: the client reads too slowly"
+REASON_SHUTDOWN = "server shutting down; reconnect later"
+
+PUBLISH_QUEUE_SIZE = 10_000
+"""Domain events waiting to be published; beyond this (a long broker outage) the oldest are dropped."""
+
+FLUSH_TIMEOUT = 5.0
+"""How long stopping waits for queued domain events to reach the broker."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    message_type: str
+    routes: Sequence[Subscription]
+    data: Any
+
+
+class Hub:
+    """Connections of this worker, their subscriptions, and the tasks that feed them."""
+
+    name = "websocket"
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        shutdown: ShutdownCoordinator | None = None,
+        *,
+        publish_queue_size: int = PUBLISH_QUEUE_SIZE,
+        flush_timeout: float = FLUSH_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.worker = str(os.getpid())
+        self._shutdown = shutdown
+        self._lock = asyncio.Lock()
+        self._connections: dict[tuple[str, str], Connection] = {}
+        self._subscribers: dict[str, dict[Connection, None]] = {}
+        """Stream -> its local subscribers, in subscription order (a dict as an ordered set)."""
+        self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=publish_queue_size)
+        self._flush_timeout = flush_timeout
+        self._unpublished = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._heartbeat_id = 0
+        self._draining = False
+        self._started = False
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.connections_replaced = 0
+        self.connections_refused = 0
+        self.overflow_closes = 0
+        self.messages_sent = 0
+        self.messages_published = 0
+        self.publish_failures = 0
+        self.events_dropped = 0
+        self.resyncs = 0
+
+    # ----- lifecycle -----
+
+    async def start(self) -> None:
+        """Connect the broker and start publishing and heartbeats."""
+        if self._started:
+            return
+        self._started = True
+        await self.broker.start(self.deliver, self.on_control)
+        self._tasks.append(asyncio.create_task(self._publish_loop(), name="realtime-publisher"))
+        if self.settings.broadcast_interval > 0:
+            self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="realtime-heartbeat"))
+
+    async def stop(self) -> None:
+        """Close what is left (1001), publish what is queued (bounded), stop the tasks, close the broker."""
+        if not self._started:
+            return
+        self._started = False
+        await self.close_remaining()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outgoing.join(), timeout=self._flush_timeout)
+        if self._unpublished:
+            logger.warning("%d live event(s) were not published before shutdown", self._unpublished)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.broker.close()
+
+    # ----- counters -----
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this worker's hub, for metrics and tests."""
+        return {
+            "connections_active": len(self._connections),
+            "connections_opened": self.connections_opened,
+            "connections_closed": self.connections_closed,
+            "connections_replaced": self.connections_replaced,
+            "connections_refused": self.connections_refused,
+            "overflow_closes": self.overflow_closes,
+            "messages_sent": self.messages_sent,
+            "messages_published": self.messages_published,
+            "publish_failures": self.publish_failures,
+            "events_dropped": self.events_dropped,
+            "resyncs": self.resyncs,
+        }
+
+    # ----- publishing -----
+
+    async def on_domain_event(self, event: DomainEvent) -> None:
+        """The event bus handler: queue the event for publishing and return at once."""
+        routes = routes_for(event)
+        if not routes:
+            return
+        outgoing = _Outgoing(event.type, routes, event.data)
+        self._unpublished += 1
+        try:
+            self._outgoing.put_nowait(outgoing)
+        except asyncio.QueueFull:
+            self._outgoing.get_nowait()
+            self._outgoing.task_done()
+            self._outgoing.put_nowait(outgoing)
+            self.events_dropped += 1
+            self._unpublished -= 1
+            logger.warning("live event queue full (broker unreachable?): dropped the oldest event")
+
+    async def publish(self, message_type: str, routes: Sequence[Subscription], data: Any) -> list[int]:
+        """Publish now and return the message's id in each route's stream (raises :class:`BrokerUnavailable`)."""
+        try:
+            ids = await self.broker.publish(message_type, routes, data)
+        except BrokerUnavailable:
+            self.publish_failures += 1
+            raise
+        self.messages_published += len(ids)
+        return ids
+
+    async def _publish_loop(self) -> None:
+        delay = 0.1
+        while True:
+            outgoing = await self._outgoing.get()
+            while True:
+                try:
+                    await self.publish(outgoing.message_type, outgoing.routes, outgoing.data)
+                    self._unpublished -= 1
+                    delay = 0.1
+                    break
+                except BrokerUnavailable as exc:
+                    if delay == 0.1:
+                        logger.warning("cannot publish live events (%s); retrying", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            self._outgoing.task_done()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.broadcast_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Send every subscriber of ``heartbeat`` the server time and this worker's connection count."""
+        self._heartbeat_id += 1
+        ts = now_iso()
+        data = {"server_time": ts, "connections": len(self._connections), "worker": self.worker}
+        if self._draining:
+            data["draining"] = True
+        text = with_id(self._heartbeat_id, envelope_tail(HEARTBEAT, HEARTBEAT, ts, data))
+        self.deliver(HEARTBEAT, self._heartbeat_id, text)
+
+    # ----- delivery -----
+
+    def deliver(self, stream: str, event_id: int, text: str) -> None:
+        """Queue a numbered message for every local subscriber of ``stream`` (never awaits)."""
+        subscribers = self._subscribers.get(stream)
+        if subscribers:
+            for connection in subscribers:
+                connection.offer_event(stream, event_id, text)
+
+    def on_control(self, notice: dict[str, Any]) -> None:
+        """Act on a notice from any worker: a client id reconnected elsewhere, or a fanout gap to resync."""
+        kind = notice.get("kind")
+        if kind == "replace":
+            key = (str(notice.get("subject")), str(notice.get("client_id")))
+            current = self._connections.get(key)
+            if current is not None and current.nonce != notice.get("nonce"):
+                self._close_soon(current, CLOSE_REPLACED, REASON_REPLACED, replaced=True)
+        elif kind == "resync":
+            # Messages were lost (or Redis lost its data and ids start again): positions mean nothing now.
+            for connection in list(self._connections.values()):
+                for stream, topic in connection.topics.items():
+                    if stream != HEARTBEAT:
+                        self.resyncs += 1
+                        connection.streams[stream] = 0
+                        connection.offer(
+                            control("resync", {"topic": topic, "latest": None, "reason": "messages were lost"})
+                        )
+
+    def overflowed(self, connection: Connection) -> None:
+        """A connection's queue is full: close it with 1013 (from a task, since delivery cannot await)."""
+        self.overflow_closes += 1
+        logger.warning(
+            "closing WebSocket client %s: %d messages queued and not read", connection.client_id, connection.queue_limit
+        )
+        self._close_soon(connection, CLOSE_OVERFLOW, REASON_OVERFLOW)
+
+    # ----- registry -----
+
+    @property
+    def draining(self) -> bool:
+        """Whether new connections are being refused."""
+        return self._draining
+
+    async def register(self, connection: Connection) -> bool:
+        """Add a connection (replacing one with the same key); ``False`` when the hub is draining."""
+        async with self._lock:
+            if self._draining:
+                self.connections_refused += 1
+                return False
+            previous = self._connections.get(connection.key)
+            self._connections[connection.key] = connection
+            self.connections_opened += 1
+            connection.listed = True
+            for topic in AUTOMATIC_TOPICS:
+                self._add_subscriber(connection, Subscription(topic, topic), 0)
+        if previous is not None:
+            self.connections_replaced += 1
+            await previous.close(CLOSE_REPLACED, REASON_REPLACED, functools.partial(self._forget, previous))
+        with contextlib.suppress(BrokerUnavailable):
+            await self.broker.announce(
+                {
+                    "kind": "replace",
+                    "subject": connection.principal.subject,
+                    "client_id": connection.client_id,
+                    "nonce": connection.nonce,
+                }
+            )
+        return True
+
+    async def unregister(self, connection: Connection) -> None:
+        """Remove a connection that has ended (idempotent) and stop its writer."""
+        async with self._lock:
+            self._forget(connection)
+        if not connection.closed:
+            connection.closed = True
+            if connection.writer is not None:
+                connection.writer.cancel()
+
+    def _forget(self, connection: Connection) -> None:
+        if self._connections.get(connection.key) is connection:
+            del self._connections[connection.key]
+        if connection.listed:
+            connection.listed = False
+            self.connections_closed += 1
+        for stream in list(connection.streams):
+            self._remove_subscriber(connection, stream)
+        if self._draining and self._shutdown is not None:
+            self._shutdown.notify()
+
+    def _close_soon(self, connection: Connection, code: int, reason: str, *, replaced: bool = False) -> None:
+        if connection.closed:
+            return
+        if replaced:
+            self.connections_replaced += 1
+        task = asyncio.create_task(connection.close(code, reason, functools.partial(self._forget, connection)))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def active(self) -> int:
+        """Open connections of this worker."""
+        return len(self._connections)
+
+    def connections(self) -> list[Connection]:
+        """The open connections of this worker (a snapshot)."""
+        return list(self._connections.values())
+
+    # ----- subscriptions -----
+
+    def _add_subscriber(self, connection: Connection, subscription: Subscription, last_id: int) -> None:
+        connection.streams[subscription.stream] = last_id
+        connection.topics[subscription.stream] = subscription.topic
+        self._subscribers.setdefault(subscription.stream, {})[connection] = None
+
+    def _remove_subscriber(self, connection: Connection, stream: str) -> None:
+        connection.streams.pop(stream, None)
+        connection.topics.pop(stream, None)
+        connection.replaying.pop(stream, None)
+        subscribers = self._subscribers.get(stream)
+        if subscribers is not None:
+            subscribers.pop(connection, None)
+            if not subscribers:
+                del self._subscribers[stream]
+
+    async def subscribe(self, connection: Connection, topic: str, last_event_id: int | None) -> None:
+        """Subscribe (raises :class:`~library_api.realtime.topics.TopicError`); replays from ``last_event_id``.
+
+        Live messages arriving while the history is read are held back and sent after it, each once, in id
+        order; the ``subscribed`` reply names the id the subscription starts after, so the client can
+        resume from it even if nothing arrives before it disconnects.
+        """
+        subscription = resolve(topic, connection.principal)
+        limit = self.settings.ws_max_subscriptions
+        if subscription.stream not in connection.streams and len(connection.streams) >= limit:
+            connection.offer(
+                control("error", {"request": "subscribe", "topic": topic, "message": "too many subscriptions"})
+            )
+            return
+        self._remove_subscriber(connection, subscription.stream)
+        self._add_subscriber(connection, subscription, 0)
+        if not subscription.replayable:
+            connection.offer(control("subscribed", {"topic": topic, "last_event_id": None, "replayed": 0}))
+            return
+        connection.replaying[subscription.stream] = []
+        messages: list[tuple[int, str]] = []
+        resync = unknown = False
+        try:
+            if last_event_id is None:
+                start = await self.broker.latest(subscription.stream)
+            else:
+                replay = await self.broker.history(subscription.stream, last_event_id)
+                if replay.complete:
+                    start, messages = last_event_id, replay.messages
+                else:
+                    start, resync = replay.latest, True
+        except BrokerUnavailable:
+            start, resync, unknown = 0, last_event_id is not None, True
+        held = connection.replaying.pop(subscription.stream, None)
+        if held is None or connection.closed:
+            return  # unsubscribed or closed while the history was read
+        if resync:
+            self.resyncs += 1
+            connection.offer(
+                control(
+                    "resync", {"topic": topic, "last_event_id": last_event_id, "latest": None if unknown else start}
+                )
+            )
+        connection.offer(
+            control(
+                "subscribed",
+                {"topic": topic, "last_event_id": None if unknown else start, "replayed": len(messages)},
+            )
+        )
+        connection.streams[subscription.stream] = start
+        for event_id, text in (*messages, *held):
+            connection.offer_event(subscription.stream, event_id, text)
+
+    def unsubscribe(self, connection: Connection, topic: str) -> bool:
+        """Stop a subscription; ``False`` when the connection had none for ``topic``."""
+        for stream, name in list(connection.topics.items()):
+            if name == topic:
+                self._remove_subscriber(connection, stream)
+                return True
+        return False
+
+    # ----- graceful drain (the Drainer protocol) -----
+
+    async def begin_drain(self, deadline: float) -> None:
+        """Refuse newcomers from now on and tell every client when the server will close their connection."""
+        async with self._lock:
+            self._draining = True
+            connections = list(self._connections.values())
+        notice = control(
+            "shutdown",
+            {
+                "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(timespec="seconds"),
+                "seconds_left": max(0, round(deadline - time.time())),
+                "message": "the server is shutting down; finish and reconnect (another instance will take you)",
+            },
+        )
+        for connection in connections:
+            connection.offer(notice)
+        logger.info("told %d WebSocket client(s) that the server is shutting down", len(connections))
+
+    async def close_remaining(self) -> None:
+        """Close every connection still open with 1001 (going away), all at once."""
+        async with self._lock:
+            self._draining = True
+            connections = list(self._connections.values())
+        await asyncio.gather(
+            *(
+                connection.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN, functools.partial(self._forget, connection))
+                for connection in connections
+            )
+        )
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def may_connect(self, principal: Principal) -> bool:
+        """Whether ``principal`` may hold a connection (anonymous ones only when the setting allows)."""
+        if not principal.is_authenticated:
+            return self.settings.ws_allow_anonymous
+        return principal.can(Permission.EVENTS_SUBSCRIBE)

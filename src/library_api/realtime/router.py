@@ -1,0 +1,274 @@
+"""``/ws/{client_id}`` (the live event stream) and ``POST /broadcast``.
+
+A handshake is authenticated before it is accepted whenever the credential comes with it: an
+``Authorization: Bearer`` header, a client certificate (through the application's authenticator), or, for
+browsers, which cannot set headers, the subprotocol ``bearer.<token>`` offered next to ``library-api.v1``
+(the server only ever selects ``library-api.v1``, so the token is never echoed). A bad credential is refused
+with close code 4401. Otherwise the connection is accepted and its first message must be
+``{"type": "auth", "token": ...}`` within ``WS_AUTH_TIMEOUT`` seconds (close 4401 if not), unless
+``WS_ALLOW_ANONYMOUS`` lets it stay anonymous. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, WebSocket, status
+from pydantic import ValidationError
+from starlette.websockets import WebSocketDisconnect
+
+from library_api.context import AppContext, get_context
+from library_api.deps import ContextDep
+from library_api.http.problems import InvalidInput, ServiceUnavailable, Unauthorized
+from library_api.http.responses import problems
+from library_api.realtime.broker import BrokerUnavailable
+from library_api.realtime.connection import Connection
+from library_api.realtime.hub import CLOSE_GOING_AWAY, REASON_SHUTDOWN, Hub
+from library_api.realtime.schemas import (
+    COMMANDS,
+    AuthCommand,
+    BroadcastIn,
+    BroadcastOut,
+    PingCommand,
+    SubscribeCommand,
+    UnsubscribeCommand,
+)
+from library_api.realtime.topics import (
+    BROADCAST,
+    Subscription,
+    TopicError,
+    control,
+    is_public_topic,
+    is_valid_client_id,
+    now_iso,
+)
+from library_api.security.authentication import Authenticator
+from library_api.security.dependencies import PERMISSION_ATTRIBUTE, require
+from library_api.security.permissions import Permission
+from library_api.security.principal import Principal
+
+logger = logging.getLogger("library_api.realtime")
+
+router = APIRouter()
+"""The WebSocket route, mounted at the root (``/ws/{client_id}``)."""
+
+api_router = APIRouter(tags=["live events"])
+"""HTTP routes of live events, mounted under the API prefix."""
+
+SUBPROTOCOL = "library-api.v1"
+TOKEN_SUBPROTOCOL_PREFIX = "bearer."  # noqa: S105 - a prefix, not a secret
+CLOSE_POLICY = 1008
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+Broadcaster = Annotated[Principal, require(Permission.BROADCAST_SEND)]
+
+
+def _handshake_authorised() -> Any:
+    """Marks the route's permission for route audits; the check itself runs in the handshake (see module doc)."""
+
+    async def dependency() -> None:
+        return None
+
+    setattr(dependency, PERMISSION_ATTRIBUTE, Permission.EVENTS_SUBSCRIBE.value)
+    dependency.__name__ = "handshake_requires_events_subscribe"
+    return Depends(dependency)
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    """Refuse a connection with a close code and a reason the client can read (browsers included).
+
+    A close frame rather than an HTTP denial response: browsers never see the status of a refused handshake,
+    only a close code, and Uvicorn's default WebSocket protocol logs every denial response as an error.
+    """
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    await websocket.close(code, reason[:120])
+
+
+async def _handshake_principal(websocket: WebSocket, authenticator: Authenticator) -> Principal:
+    """The principal proven by the handshake itself (header, certificate or token subprotocol), else anonymous."""
+    principal = await authenticator.authenticate(websocket)
+    if principal.is_authenticated:
+        return principal
+    for offered in websocket.scope.get("subprotocols", []):
+        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            return await authenticator.from_bearer(offered.removeprefix(TOKEN_SUBPROTOCOL_PREFIX))
+    return principal
+
+
+async def _first_message_principal(
+    websocket: WebSocket, hub: Hub, authenticator: Authenticator, anonymous: Principal
+) -> tuple[Principal | None, str | None]:
+    """Wait for ``{"type": "auth"}``; returns the principal (``None`` once closed) and a command to run next."""
+    settings = hub.settings
+    try:
+        message = await asyncio.wait_for(websocket.receive(), timeout=settings.ws_auth_timeout)
+    except TimeoutError:
+        message = None
+    if message is not None and message["type"] == "websocket.disconnect":
+        return None, None
+    text = None if message is None else _text_of(message)
+    try:
+        command = COMMANDS.validate_json(text) if text is not None else None
+    except ValidationError:
+        command = None
+    if isinstance(command, AuthCommand) and command.token:
+        try:
+            return await authenticator.from_bearer(command.token), None
+        except Unauthorized as exc:
+            await websocket.close(CLOSE_UNAUTHENTICATED, (exc.detail or "invalid token")[:120])
+            return None, None
+    if settings.ws_allow_anonymous:
+        return anonymous, None if isinstance(command, AuthCommand) else text
+    reason = "authentication timed out" if message is None else "authentication required"
+    await websocket.close(CLOSE_UNAUTHENTICATED, f'{reason}: send {{"type": "auth", "token": ...}} first')
+    return None, None
+
+
+def _text_of(message: Any) -> str | None:
+    if message.get("text") is not None:
+        return str(message["text"])
+    raw = message.get("bytes")
+    if raw is None:
+        return None
+    try:
+        return bytes(raw).decode()
+    except UnicodeDecodeError:
+        return None
+
+
+async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Principal, str | None] | None:
+    """Accept the handshake and establish who is calling; ``None`` when refused (the socket is then closed)."""
+    subprotocol = SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
+    try:
+        principal = await _handshake_principal(websocket, context.authenticator)
+    except Unauthorized as exc:
+        await _refuse(websocket, CLOSE_UNAUTHENTICATED, exc.detail or "invalid credentials")
+        return None
+    await websocket.accept(subprotocol)
+    first_command: str | None = None
+    if not principal.is_authenticated:
+        found, first_command = await _first_message_principal(websocket, context.hub, context.authenticator, principal)
+        if found is None:
+            return None
+        principal = found
+    if not context.hub.may_connect(principal):
+        await websocket.close(CLOSE_FORBIDDEN, f"this credential lacks the '{Permission.EVENTS_SUBSCRIBE}' permission")
+        return None
+    return principal, first_command
+
+
+async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str | None] | None:
+    """Validate, authenticate, accept and register; ``None`` when the handshake was refused or closed."""
+    context = get_context(websocket)
+    hub = context.hub
+    if not is_valid_client_id(client_id):
+        await _refuse(websocket, CLOSE_POLICY, "client_id must be 1-64 of A-Z a-z 0-9 _ -")
+        return None
+    if hub.draining:
+        hub.connections_refused += 1
+        await _refuse(websocket, CLOSE_GOING_AWAY, REASON_SHUTDOWN)
+        return None
+    authenticated = await _authenticate(websocket, context)
+    if authenticated is None:
+        return None
+    principal, first_command = authenticated
+    connection = Connection(
+        hub, websocket, client_id, principal, uuid.uuid4().hex, queue_limit=hub.settings.ws_send_queue_size
+    )
+    if not await hub.register(connection):
+        await websocket.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN)
+        return None
+    connection.offer(
+        control(
+            "welcome",
+            {
+                "client_id": client_id,
+                "subject": principal.subject,
+                "roles": sorted(principal.roles),
+                "worker": hub.worker,
+                "server_time": now_iso(),
+                "topics": sorted(connection.topics.values()),
+            },
+        )
+    )
+    return connection, first_command
+
+
+@router.websocket("/ws/{client_id}", dependencies=[_handshake_authorised()])
+async def live_events(websocket: WebSocket, client_id: str) -> None:
+    """The live event stream of one client (see ``docs/realtime.md`` for the protocol)."""
+    opened = await _open(websocket, client_id)
+    if opened is None:
+        return
+    connection, first_command = opened
+    hub = connection.hub
+    try:
+        if first_command is not None:
+            await _run(hub, connection, first_command)
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = _text_of(message)
+            if text is None:
+                connection.offer(control("error", {"message": "messages must be UTF-8 JSON text"}))
+                continue
+            await _run(hub, connection, text)
+    except WebSocketDisconnect:
+        pass
+    except asyncio.CancelledError:
+        if not connection.abandoned:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # our own cancellation (see Connection.close): end quietly
+    finally:
+        await hub.unregister(connection)
+
+
+async def _run(hub: Hub, connection: Connection, text: str) -> None:
+    """Carry out one client command; every problem is answered with an ``error`` message, never a close."""
+    try:
+        command = COMMANDS.validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "message"
+        connection.offer(control("error", {"message": f"{where}: {first['msg']}"}))
+        return
+    if isinstance(command, SubscribeCommand):
+        try:
+            await hub.subscribe(connection, command.topic, command.last_event_id)
+        except TopicError as exc:
+            connection.offer(control("error", {"request": "subscribe", "topic": command.topic, "message": str(exc)}))
+    elif isinstance(command, UnsubscribeCommand):
+        found = hub.unsubscribe(connection, command.topic)
+        connection.offer(control("unsubscribed", {"topic": command.topic, "was_subscribed": found}))
+    elif isinstance(command, PingCommand):
+        connection.offer(control("pong", {"server_time": now_iso()}))
+    else:
+        connection.offer(control("error", {"request": "auth", "message": "already authenticated"}))
+
+
+@api_router.post(
+    "/broadcast",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problems(401, 403, 422, 503),
+    summary="Broadcast a message",
+)
+async def broadcast(body: BroadcastIn, principal: Broadcaster, ctx: ContextDep) -> BroadcastOut:
+    """Send a message to every connected client (topic `broadcast`) or to one public topic's subscribers."""
+    topic = body.topic or BROADCAST
+    if not is_public_topic(topic):
+        raise InvalidInput("A broadcast goes to 'broadcast', 'books' or 'book:<id>'.", field="body.topic")
+    try:
+        ids = await ctx.hub.publish(
+            "broadcast", [Subscription(topic, topic)], {"message": body.message, "sender": principal.subject}
+        )
+    except BrokerUnavailable:
+        raise ServiceUnavailable("Live events are unavailable right now; retry shortly.", retry_after=2) from None
+    return BroadcastOut(topic=topic, id=ids[0])

@@ -1,0 +1,80 @@
+"""Telling a database that is unreachable from one that refused a statement, and what each means to a client.
+
+An unreachable database (connection refused or reset, the server shutting down or starting up, a connection
+that died under a query) is *transient*: reads retry it with backoff and, when it persists, the client gets a
+503 problem with ``Retry-After`` instead of a 500. Everything else (a constraint, a syntax error) is not
+retried and stays what it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+
+from fastapi import FastAPI, Request
+from sqlalchemy.exc import DBAPIError
+from starlette.responses import Response
+
+from library_api.http.problems import problem_response
+
+logger = logging.getLogger("library_api.resilience")
+
+UNAVAILABLE_RETRY_AFTER = 5
+"""Seconds a client is asked to wait after a 503 caused by an unreachable database."""
+
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+"""admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections."""
+
+_NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.gaierror)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached (rather than that it refused a statement)."""
+    if isinstance(exc, _NETWORK_ERRORS):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        original = exc.orig
+        sqlstate = str(getattr(original, "sqlstate", "") or getattr(original, "pgcode", "") or "")
+        if sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES:
+            return True
+        cause = original.__cause__ if original is not None else None
+        return isinstance(cause, _NETWORK_ERRORS) or type(cause).__name__ in {
+            "ConnectionDoesNotExistError",
+            "CannotConnectNowError",
+            "ConnectionFailureError",
+        }
+    return False
+
+
+def unavailable_response(request: Request) -> Response:
+    """The 503 problem a request gets when the database it needs cannot be reached."""
+    return problem_response(
+        503,
+        "database-unavailable",
+        "Database unavailable",
+        "The database cannot be reached right now; retry shortly.",
+        instance=request.url.path,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+def install_database_unavailable_handler(app: FastAPI) -> None:
+    """Answer requests that fail on an unreachable database with 503 + ``Retry-After``; others stay 500."""
+    fallback = app.exception_handlers.get(Exception)
+
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        if is_database_unavailable(exc):
+            logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+            return unavailable_response(request)
+        assert fallback is not None
+        response = fallback(request, exc)
+        if inspect.isawaitable(response):
+            response = await response
+        assert isinstance(response, Response)
+        return response
+
+    for error_type in (DBAPIError, *_NETWORK_ERRORS):
+        app.add_exception_handler(error_type, on_database_error)

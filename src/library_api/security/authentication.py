@@ -1,0 +1,62 @@
+"""Turn the credentials on a connection into a :class:`Principal`.
+
+One authenticator serves HTTP requests and WebSocket handshakes alike. A bearer access token is verified
+cryptographically and then against the account's live state (:mod:`library_api.security.accounts`); no
+credential at all yields the anonymous principal, whose permissions the role table decides. A credential that
+is present but wrong is always an error, never a silent downgrade to anonymous.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from library_api.http.problems import Unauthorized
+from library_api.security.accounts import AccountStateCache
+from library_api.security.permissions import PermissionPolicy, Role
+from library_api.security.principal import CredentialKind, Principal
+from library_api.security.tokens import InvalidToken, TokenService
+
+
+class Authenticator:
+    """Resolves the caller of each request from its credentials."""
+
+    def __init__(self, policy: PermissionPolicy, tokens: TokenService, accounts: AccountStateCache) -> None:
+        self.policy = policy
+        self.tokens = tokens
+        self.accounts = accounts
+        anonymous_roles = frozenset({Role.ANONYMOUS.value})
+        self.anonymous = Principal(
+            subject="anonymous",
+            credential=CredentialKind.ANONYMOUS,
+            roles=anonymous_roles,
+            permissions=policy.permissions_for(anonymous_roles),
+        )
+
+    async def authenticate(self, connection: HTTPConnection) -> Principal:
+        """The principal behind ``connection``'s ``Authorization`` header, or the anonymous one."""
+        header = connection.headers.get("authorization")
+        if header is None:
+            return self.anonymous
+        scheme, _, credentials = header.partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() != "bearer" or not credentials:
+            raise Unauthorized("Send credentials as 'Authorization: Bearer <token>'.", error="invalid_request")
+        return await self.from_bearer(credentials)
+
+    async def from_bearer(self, token: str) -> Principal:
+        """The user behind an access token, if the token is valid and the account still honours it."""
+        try:
+            claims = self.tokens.verify_access(token)
+        except InvalidToken as exc:
+            raise Unauthorized(f"The {exc}.", error="invalid_token") from None
+        state = await self.accounts.get(claims.user_id)
+        if state is None or not state.is_active or state.token_version != claims.token_version:
+            raise Unauthorized("The access token has been revoked.", error="invalid_token")
+        roles = frozenset({state.role})
+        return Principal(
+            subject=f"user:{claims.user_id}",
+            credential=CredentialKind.ACCESS_TOKEN,
+            roles=roles,
+            permissions=self.policy.permissions_for(roles),
+            user_id=claims.user_id,
+        )

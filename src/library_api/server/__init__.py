@@ -1,0 +1,1 @@
+"""Running the application under an ASGI server, chosen by settings and the ``serve`` command."""

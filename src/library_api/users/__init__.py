@@ -1,0 +1,1 @@
+"""User accounts: registration, profiles and role management by administrators."""

@@ -1,0 +1,144 @@
+"""Accounts: creation, lookup, self-service changes and administration.
+
+Role and activity changes bump ``token_version`` (invalidating issued access tokens) and revoke refresh
+families, so a demoted or deactivated user loses access at once rather than when their tokens expire.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from library_api.auth.models import RefreshFamily
+from library_api.db.base import utcnow
+from library_api.db.engine import begin_write
+from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
+from library_api.security.accounts import AccountState, AccountStateCache
+from library_api.security.passwords import PasswordService
+from library_api.security.permissions import USER_ROLES, Role
+from library_api.users.models import User
+from library_api.users.schemas import UserAdminUpdate, UserSelfUpdate
+
+
+def normalize_email(email: str) -> str:
+    """E-mail addresses are compared case-insensitively; they are stored lower-cased."""
+    return email.strip().lower()
+
+
+class UserService:
+    """Operations on user accounts; each method runs in the caller's session and commits its own work."""
+
+    def __init__(self, passwords: PasswordService, accounts: AccountStateCache, password_min_length: int) -> None:
+        self._passwords = passwords
+        self._accounts = accounts
+        self._min_length = password_min_length
+
+    def _check_password(self, password: str) -> None:
+        if len(password) < self._min_length:
+            raise InvalidInput(f"The password needs at least {self._min_length} characters.", field="body.password")
+
+    async def create(
+        self, session: AsyncSession, *, email: str, password: str, full_name: str, role: Role = Role.READER
+    ) -> User:
+        """Create an account; a taken e-mail address is a 409 conflict."""
+        if role not in USER_ROLES:
+            raise InvalidInput(f"A user account cannot hold the role '{role}'.", field="role")
+        self._check_password(password)
+        user = User(
+            email=normalize_email(email),
+            password_hash=await self._passwords.hash(password),
+            full_name=full_name,
+            role=role.value,
+            is_active=True,
+            token_version=0,
+        )
+        session.add(user)
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            raise Conflict("An account with this e-mail address already exists.") from None
+        return user
+
+    async def get(self, session: AsyncSession, user_id: int) -> User:
+        """The account with this id, or 404."""
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(f"No user with id {user_id}.")
+        return user
+
+    async def find_by_email(self, session: AsyncSession, email: str) -> User | None:
+        """The account registered under ``email``, if any."""
+        result = await session.execute(select(User).where(User.email == normalize_email(email)))
+        return result.scalar_one_or_none()
+
+    async def list(self, session: AsyncSession, *, limit: int, offset: int) -> tuple[list[User], int]:
+        """A page of accounts ordered by id, with the total count."""
+        total = (await session.execute(select(func.count()).select_from(User))).scalar_one()
+        rows = await session.execute(select(User).order_by(User.id).limit(limit).offset(offset))
+        return list(rows.scalars()), total
+
+    async def update_self(self, session: AsyncSession, user_id: int, changes: UserSelfUpdate) -> User:
+        """Apply a user's own changes; changing the password ends every other session."""
+        await begin_write(session)
+        user = await self.get(session, user_id)
+        if changes.full_name is not None:
+            user.full_name = changes.full_name
+        if changes.password is not None:
+            if changes.current_password is None or not await self._passwords.verify(
+                user.password_hash, changes.current_password
+            ):
+                raise Forbidden("The current password is required to set a new one, and it did not match.")
+            self._check_password(changes.password)
+            user.password_hash = await self._passwords.hash(changes.password)
+            await self._end_sessions(session, user, reason="password_changed")
+        await session.commit()
+        self._remember(user)
+        return user
+
+    async def update_by_admin(
+        self, session: AsyncSession, actor_id: int | None, user_id: int, changes: UserAdminUpdate
+    ) -> User:
+        """Apply an administrator's changes; administrators cannot demote or deactivate themselves."""
+        await begin_write(session)
+        user = await self.get(session, user_id)
+        if actor_id == user_id and (
+            (changes.role is not None and changes.role != user.role) or changes.is_active is False
+        ):
+            raise Conflict("Administrators cannot change their own role or deactivate themselves.")
+        if changes.full_name is not None:
+            user.full_name = changes.full_name
+        revoke = False
+        if changes.role is not None and changes.role != user.role:
+            user.role = changes.role
+            revoke = True
+        if changes.is_active is not None and changes.is_active != user.is_active:
+            user.is_active = changes.is_active
+            revoke = True
+        if revoke:
+            await self._end_sessions(session, user, reason="account_changed")
+        await session.commit()
+        self._remember(user)
+        return user
+
+    async def end_all_sessions(self, session: AsyncSession, user_id: int) -> None:
+        """Log a user out everywhere: issued access tokens stop working and refresh families are revoked."""
+        await begin_write(session)
+        user = await self.get(session, user_id)
+        await self._end_sessions(session, user, reason="logout_all")
+        await session.commit()
+        self._remember(user)
+
+    async def _end_sessions(self, session: AsyncSession, user: User, *, reason: str) -> None:
+        user.token_version += 1
+        await session.execute(
+            update(RefreshFamily)
+            .where(RefreshFamily.user_id == user.id, RefreshFamily.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+
+    def _remember(self, user: User) -> None:
+        self._accounts.remember(
+            user.id, AccountState(role=user.role, is_active=user.is_active, token_version=user.token_version)
+        )

@@ -1,0 +1,149 @@
+"""Fixtures shared by the whole suite.
+
+Every API test runs twice, on SQLite and on PostgreSQL: the ``backend`` fixture is parametrised and the
+database fixtures depend on it. Each backend gets one template database built by running the real Alembic
+migrations; tests run in a transaction on a clone of it that is rolled back afterwards, or, when they need
+committed data seen by other connections or processes, on a clone of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from library_api.app import create_app
+from library_api.config import Settings
+from library_api.context import AppContext
+from library_api.db.engine import Database, create_engine
+from tests.support.databases import DatabaseTemplate, build_template, drop_template
+from tests.support.services import require_postgres
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def fast_settings(**values: object) -> Settings:
+    """Settings for tests: cheap (but real argon2id) hashing and everything else at its default."""
+    defaults: dict[str, object] = {
+        "password_hash_time_cost": 1,
+        "password_hash_memory_kib": 1024,
+        "password_hash_parallelism": 1,
+        "auto_migrate": False,
+        "seed_sample_on_empty": False,
+        "rate_limit_enabled": False,  # tests of rate limiting turn it on; others must not depend on it
+    }
+    defaults.update(values)
+    return Settings(**defaults)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("databases")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        require_postgres()
+    return str(request.param)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def db_template(backend: str, session_dir: Path) -> AsyncIterator[DatabaseTemplate]:
+    template = await build_template(backend, session_dir / backend if backend == "sqlite" else session_dir)
+    yield template
+    await drop_template(template)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sqlite_dirs(session_dir: Path) -> None:
+    (session_dir / "sqlite").mkdir(exist_ok=True)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def shared_engine(db_template: DatabaseTemplate, session_dir: Path) -> AsyncIterator[AsyncEngine]:
+    url = await db_template.clone(session_dir)
+    engine = create_engine(fast_settings(database_url=url))
+    yield engine
+    await engine.dispose()
+    await db_template.drop_clone(url)
+
+
+@pytest_asyncio.fixture
+async def database(shared_engine: AsyncEngine) -> AsyncIterator[Database]:
+    """A database whose every change is rolled back when the test ends."""
+    async with shared_engine.connect() as connection:
+        transaction = await connection.begin()
+        sessionmaker = async_sessionmaker(
+            bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
+        yield Database(engine=shared_engine, sessionmaker=sessionmaker, owned=False)
+        if transaction.is_active:
+            await transaction.rollback()
+
+
+@pytest.fixture
+def settings(shared_engine: AsyncEngine, tmp_path: Path) -> Settings:
+    return fast_settings(
+        database_url=shared_engine.url.render_as_string(hide_password=False), upload_dir=tmp_path / "uploads"
+    )
+
+
+@pytest_asyncio.fixture
+async def app(settings: Settings, database: Database) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, database=database)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def ctx(app: FastAPI) -> AppContext:
+    context: AppContext = app.state.context
+    return context
+
+
+@pytest_asyncio.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest_asyncio.fixture
+async def committed_url(db_template: DatabaseTemplate, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of this test's own, whose commits are real (for concurrency and multi-process tests)."""
+    url = await db_template.clone(tmp_path)
+    yield url
+    await db_template.drop_clone(url)
+
+
+AppFactory = Callable[..., Awaitable[FastAPI]]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def sqlite_template(session_dir: Path) -> DatabaseTemplate:
+    """A migrated SQLite template for tests of HTTP behaviour that does not depend on the database engine."""
+    directory = session_dir / "sqlite-plain"
+    directory.mkdir(exist_ok=True)
+    return await build_template("sqlite", directory)
+
+
+@pytest_asyncio.fixture
+async def app_factory(sqlite_template: DatabaseTemplate, tmp_path: Path) -> AsyncIterator[AppFactory]:
+    """Build started applications with chosen settings (on a private SQLite clone unless given a URL)."""
+    async with AsyncExitStack() as stack:
+
+        async def build(**values: object) -> FastAPI:
+            url = values.pop("database_url", None) or await sqlite_template.clone(tmp_path)
+            settings = fast_settings(database_url=url, upload_dir=tmp_path / "uploads", **values)
+            application = create_app(settings)
+            await stack.enter_async_context(application.router.lifespan_context(application))
+            return application
+
+        yield build

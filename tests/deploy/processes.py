@@ -1,0 +1,168 @@
+"""Real processes for the deployment tests: nginx with the repository's configuration, Uvicorn, Gunicorn,
+Prometheus. Each runs on free loopback ports in a temporary directory and is always stopped.
+
+The nginx configuration is the repository's own, with only the addresses changed to the test's (each
+substitution must match exactly once, so a change in the real file cannot go unnoticed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+from tests.deploy.support import DEPLOY
+from tests.support.services import free_port
+
+
+def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts connections on 127.0.0.1:``port`` (fail if the process dies first)."""
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wait_until(condition: object, timeout: float, message: str) -> None:
+    """Poll ``condition()`` until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(message)
+
+
+@contextmanager
+def running(
+    command: list[str], *, log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose output goes to ``log``; terminated (then killed) on the way out."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=dict(env) if env else None, cwd=cwd
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+
+
+def substitute(text: str, old: str, new: str) -> str:
+    """Replace ``old`` with ``new``, insisting that ``old`` occurs exactly once."""
+    count = text.count(old)
+    if count != 1:
+        raise AssertionError(f"expected exactly one {old!r} in the nginx configuration, found {count}")
+    return text.replace(old, new)
+
+
+@dataclass
+class NginxSite:
+    """A prepared nginx prefix: configuration, certificates, uploads root and the ports it will listen on."""
+
+    prefix: Path
+    http_port: int
+    https_port: int
+    ca: trustme.CA
+    client_ca: trustme.CA
+
+    @property
+    def config(self) -> Path:
+        return self.prefix / "conf" / "nginx.conf"
+
+    @property
+    def uploads(self) -> Path:
+        return self.prefix / "srv" / "uploads"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.prefix / "ca.pem"
+
+    def url(self, path: str = "/") -> str:
+        return f"https://localhost:{self.https_port}{path}"
+
+    def command(self, *extra: str, foreground: bool = False) -> list[str]:
+        """The nginx command line for this prefix (``extra`` such as ``-t`` appended)."""
+        nginx = shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin")
+        assert nginx is not None
+        directives = f"pid {self.prefix}/nginx.pid;"
+        if os.geteuid() == 0:
+            # Workers would otherwise switch to an unprivileged user that cannot enter the temporary prefix.
+            directives += " user root;"
+        if foreground:
+            directives += " daemon off;"
+        return [nginx, "-p", str(self.prefix), "-c", str(self.config), "-e", "stderr", "-g", directives, *extra]
+
+
+def prepare_nginx(directory: Path, *, upstream_port: int, client_certificates: bool = False) -> NginxSite:
+    """Copy deploy/nginx into ``directory`` with the test's ports, certificates and uploads directory."""
+    conf = directory / "conf"
+    shutil.copytree(DEPLOY / "nginx", conf)
+    site = NginxSite(directory, free_port(), free_port(), trustme.CA(), trustme.CA())
+    server = site.ca.issue_cert("localhost", "127.0.0.1")
+    (conf / "certs").mkdir()
+    (conf / "certs" / "privkey.pem").write_bytes(server.private_key_pem.bytes())
+    (conf / "certs" / "fullchain.pem").write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    site.ca.cert_pem.write_to_path(str(site.ca_file))
+    if client_certificates:
+        site.client_ca.cert_pem.write_to_path(str(conf / "certs" / "client-ca.pem"))
+        shutil.copy(conf / "snippets" / "client-certificate.conf", conf / "mtls.d" / "client-certificate.conf")
+    site.uploads.mkdir(parents=True)
+    (directory / "acme").mkdir()
+    (directory / "logs").mkdir()
+
+    main = (conf / "nginx.conf").read_text()
+    main = substitute(main, "server api:8000;", f"server 127.0.0.1:{upstream_port};")
+    main = substitute(main, "access_log /dev/stdout library_json;", f"access_log {directory}/access.log library_json;")
+    (conf / "nginx.conf").write_text(main)
+
+    servers = (conf / "library-api.conf").read_text()
+    servers = substitute(servers, "listen 80 default_server;", f"listen 127.0.0.1:{site.http_port} default_server;")
+    servers = substitute(servers, "listen [::]:80 default_server;", "")
+    servers = substitute(
+        servers, "listen 443 ssl http2 default_server;", f"listen 127.0.0.1:{site.https_port} ssl http2 default_server;"
+    )
+    servers = substitute(servers, "listen [::]:443 ssl http2 default_server;", "")
+    servers = substitute(servers, "root /srv/library;", f"root {directory}/srv;")
+    servers = substitute(servers, "root /var/www/acme;", f"root {directory}/acme;")
+    (conf / "library-api.conf").write_text(servers)
+    return site
+
+
+@contextmanager
+def nginx_running(site: NginxSite) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx in the foreground on the site's ports; stopped gracefully (SIGQUIT) on the way out."""
+    log = site.prefix / "nginx.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(site.command(foreground=True), stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(site.https_port, time.monotonic() + 15, process)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGQUIT)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)

@@ -1,0 +1,136 @@
+"""The Dockerfile: linted by hadolint, multi-stage, non-root, signal-ready; .dockerignore keeps secrets out."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.support import ROOT, run, tool
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    pairs = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, arguments = stripped.partition(" ")
+            pairs.append((keyword.upper(), arguments.strip()))
+    return pairs
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(index for index, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def test_hadolint_passes() -> None:
+    result = run(tool("hadolint"), "--failure-threshold", "info", DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install -y curl\nCMD python app.py\n")
+    assert run(tool("hadolint"), bad).returncode != 0
+
+
+def test_multi_stage_on_a_pinned_slim_python() -> None:
+    steps = instructions()
+    arguments = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for k, a in steps if k == "ARG")))
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", arguments["PYTHON_IMAGE"])
+    stages = [a for k, a in steps if k == "FROM"]
+    assert stages == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
+
+
+def test_the_builder_installs_exactly_the_lock() -> None:
+    runs = " ".join(a for k, a in instructions() if k == "RUN")
+    assert runs.count("uv sync --locked --no-dev") == 2
+    assert "--no-editable" in runs
+
+
+def test_the_runtime_has_no_build_tools_and_runs_unprivileged_as_pid_1() -> None:
+    stage = final_stage()
+    runs = " ".join(a for k, a in stage if k == "RUN")
+    for forbidden in ("apt-get", "pip install", "uv ", "gcc", "build-essential"):
+        assert forbidden not in runs, f"the runtime stage runs {forbidden!r}"
+    copies = [a for k, a in stage if k == "COPY"]
+    assert any("--from=builder /opt/venv /opt/venv" in copy for copy in copies)
+    assert not any(copy.split()[-2:-1] == ["."] for copy in copies), "the runtime must not COPY the whole context"
+    env = " ".join(a for k, a in stage if k == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
+    assert "PYTHONUNBUFFERED=1" in env
+    users = [a for k, a in stage if k == "USER"]
+    assert users == ["10001:10001"]
+    assert ("STOPSIGNAL", "SIGTERM") in stage
+    health = next(a for k, a in stage if k == "HEALTHCHECK")
+    assert "/app/healthcheck.py" in health
+    assert "/health" in (ROOT / "deploy" / "healthcheck.py").read_text()
+    command = next(a for k, a in stage if k == "CMD")
+    assert json.loads(command) == ["gunicorn", "--config", "/app/gunicorn.conf.py"], "CMD must be exec form"
+    assert not any(k == "ENTRYPOINT" for k, _ in stage)
+
+
+def _ignored(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent directories decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: index + 1]) for index in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern.removeprefix("!").strip("/")
+        regex = re.escape(body).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        regex = regex.replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            ignored = not negate
+    return ignored
+
+
+@pytest.fixture(scope="module")
+def ignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_everything_the_dockerfile_copies_is_in_the_build_context(ignore_patterns: list[str]) -> None:
+    sources = []
+    for keyword, arguments in instructions():
+        if keyword == "COPY" and "--from=" not in arguments:
+            sources += [part for part in arguments.split()[:-1] if not part.startswith("--")]
+    assert sources
+    for source in sources:
+        assert not _ignored(ignore_patterns, source.rstrip("/")), f"{source} is excluded by .dockerignore"
+        assert (ROOT / source).exists(), f"{source} does not exist"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".git/HEAD",
+        ".env",
+        "src/.env.local",
+        ".venv/bin/python",
+        ".cache/coverage.json",
+        "tests/conftest.py",
+        "var/library.db",
+        "deploy/nginx/certs/privkey.pem",
+        "deploy/prometheus/scrape-token",
+        "src/library_api/__pycache__/app.cpython-311.pyc",
+        "backups/library-20250101T000000Z.dump",
+        ".deploy/releases",
+    ],
+)
+def test_dockerignore_keeps_secrets_caches_and_tests_out(ignore_patterns: list[str], path: str) -> None:
+    assert _ignored(ignore_patterns, path)
+
+
+def test_dockerignore_lets_the_package_in(ignore_patterns: list[str]) -> None:
+    assert not _ignored(ignore_patterns, "src/library_api/app.py")
+    assert not _ignored(ignore_patterns, "uv.lock")

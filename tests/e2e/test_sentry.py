@@ -1,0 +1,101 @@
+"""Errors reach Sentry when ``SENTRY_DSN`` is set: a real server, a real SDK, and a local HTTP endpoint standing in
+for the Sentry ingest API (it receives the very envelopes the SDK would send to sentry.io)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import pytest
+
+from tests.support.live_server import LiveServer
+from tests.support.private_services import wait_for
+from tests.support.processes import TEST_ENVIRONMENT
+
+pytestmark = pytest.mark.e2e
+
+SECRET_KEY = f"sentry-test-secret-{uuid.uuid4().hex}-{uuid.uuid4().hex}"
+
+
+class Ingest(BaseHTTPRequestHandler):
+    """Accepts envelopes like the Sentry API and keeps their decoded bodies."""
+
+    received: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        Ingest.received.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def ingest() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    Ingest.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ingest)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://public0123456789abcdef@127.0.0.1:{server.server_address[1]}/42", Ingest.received
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+async def test_an_unhandled_error_is_reported_without_secrets(
+    ingest: tuple[str, list[tuple[str, bytes]]], tmp_path: Path
+) -> None:
+    dsn, received = ingest
+    unmigrated = tmp_path / "unmigrated.db"  # a schema that is missing makes every catalogue read fail
+    server = LiveServer(
+        {**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{unmigrated}", "AUTO_MIGRATE": "false",
+         "SENTRY_DSN": dsn, "SECRET_KEY": SECRET_KEY}
+    )  # fmt: skip
+    await asyncio.to_thread(server.start)
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            failed = await http.get("/api/v1/books/1")
+        assert failed.status_code == 500
+        assert failed.json()["type"] == "urn:library-api:problem:internal-error"
+
+        def reported() -> bool:
+            return any(b'"exception"' in body for _, body in received)
+
+        await asyncio.to_thread(wait_for, reported, 30, "the error to reach the Sentry endpoint")
+    finally:
+        assert await asyncio.to_thread(server.stop)
+    path, envelope = next((path, body) for path, body in received if b'"exception"' in body)
+    assert path == "/api/42/envelope/"
+    items = [json.loads(line) for line in envelope.splitlines() if line.startswith(b"{")]
+    event = next(item for item in items if "exception" in item)
+    assert event["environment"] == "development"
+    assert event["release"] == "library-api@1.0.0"
+    assert any("OperationalError" in value["type"] for value in event["exception"]["values"])
+    assert SECRET_KEY.encode() not in envelope
+
+
+async def test_nothing_is_sent_without_a_dsn(ingest: tuple[str, list[tuple[str, bytes]]], tmp_path: Path) -> None:
+    _, received = ingest
+    server = LiveServer({**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"})
+    await asyncio.to_thread(server.start)
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            assert (await http.get("/api/v1/books/1")).status_code == 404
+    finally:
+        assert await asyncio.to_thread(server.stop)
+    assert "error reporting to Sentry" not in server.log_text()
+    assert received == []

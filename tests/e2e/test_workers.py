@@ -1,0 +1,270 @@
+"""``library-api serve --workers 2`` for real: metrics summed across workers (and across a killed worker),
+rate limits exact across workers through Redis, cache invalidation seen by the other worker, the client address
+from trusted proxies only, and not one secret in the whole log.
+
+The server runs with a password in its database URL and in its Redis URL (a private Redis started with
+``requirepass``), a secret key of its own, and ``LOG_LEVEL=DEBUG``; the log is searched for every one of them
+and for every password and token the test used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.live_server import LiveServer
+from tests.support.private_services import PrivateRedis, wait_for
+from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
+
+DB_PASSWORD = f"db-pw-{uuid.uuid4().hex}"
+REDIS_PASSWORD = f"redis-pw-{uuid.uuid4().hex}"
+SECRET_KEY = f"secret-key-{uuid.uuid4().hex}-{uuid.uuid4().hex}"
+USER_PASSWORD = f"user-pw-{uuid.uuid4().hex[:12]}"
+PROXY = "127.0.0.2"  # the trusted "reverse proxy"; the test's other requests come from 127.0.0.1
+LIST_LIMIT = 30
+
+
+@pytest.fixture(scope="module")
+def redis_with_password() -> Iterator[PrivateRedis]:
+    server = PrivateRedis(password=REDIS_PASSWORD)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def database_name() -> AsyncIterator[str]:
+    require_postgres()
+    name = f"library_e2e_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield name
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def server(
+    database_name: str, redis_with_password: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveServer]:
+    metrics_dir = tmp_path_factory.mktemp("metrics")
+    env = {
+        **TEST_ENVIRONMENT,
+        "DATABASE_URL": f"postgresql+asyncpg://postgres:{DB_PASSWORD}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database_name}",
+        "REDIS_URL": redis_with_password.url,
+        "SECRET_KEY": SECRET_KEY,
+        "LOG_LEVEL": "DEBUG",
+        "LOG_FORMAT": "json",
+        "CACHE_KEY_PREFIX": f"e2e{uuid.uuid4().hex[:8]}_",
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_DEFAULT": "100000/minute",
+        "RATE_LIMIT_ROUTES": json.dumps({"GET /api/v1/books": f"{LIST_LIMIT}/minute"}),
+        "TRUSTED_PROXIES": PROXY,
+        "MONITORING_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    live = LiveServer(env, workers=2)
+    migrated = await asyncio.to_thread(live.run_cli, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    await asyncio.to_thread(live.start, timeout=180)
+    await both_workers_serving(live)
+    yield live
+    assert await asyncio.to_thread(live.stop)
+    assert_no_secrets(live.log_text())
+
+
+SEEN_SECRETS: set[str] = {DB_PASSWORD, REDIS_PASSWORD, SECRET_KEY, USER_PASSWORD}
+
+
+def assert_no_secrets(log: str) -> None:
+    assert log.count("\n") > 50, "the log should hold plenty of lines to search"
+    for secret in SEEN_SECRETS:
+        assert secret not in log, f"a secret reached the log: {secret[:8]}..."
+
+
+def client(server: LiveServer, source: str = "127.0.0.1") -> httpx.AsyncClient:
+    """A client whose every request opens a new connection, so the kernel spreads them over the workers."""
+    transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(max_keepalive_connections=0))
+    return httpx.AsyncClient(base_url=server.base_url, transport=transport, timeout=30)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def worker_pids(server: LiveServer, request_ids: set[str]) -> dict[str, int]:
+    """Which worker process served each request (the pid on its access line)."""
+    return {r["request_id"]: r["pid"] for r in server.access_records() if r.get("request_id") in request_ids}
+
+
+async def both_workers_serving(server: LiveServer, path: str = "/api/v1/users") -> None:
+    """Wait until requests are answered by two different worker processes (the second may start later)."""
+    deadline = time.monotonic() + 180
+    async with client(server, PROXY) as http:
+        while True:
+            traced = await asyncio.gather(*(traced_get(http, path) for _ in range(20)))
+            pids = await asyncio.to_thread(wait_for_pids, server, {rid for _, rid in traced})
+            if len(set(pids.values())) == 2:
+                return
+            assert time.monotonic() < deadline, "the second worker never served a request"
+
+
+async def traced_get(http: httpx.AsyncClient, path: str) -> tuple[httpx.Response, str]:
+    """GET through the trusted proxy with a request id of our own, so its access line can be found."""
+    request_id = f"t-{uuid.uuid4().hex}"
+    response = await http.get(path, headers={"X-Request-ID": request_id})
+    assert response.headers["x-request-id"] == request_id
+    return response, request_id
+
+
+async def register_and_login(http: httpx.AsyncClient, email: str) -> dict[str, str]:
+    body = {"email": email, "password": USER_PASSWORD, "full_name": "E2E Reader"}
+    assert (await http.post("/api/v1/auth/register", json=body)).status_code == 201
+    login = await http.post("/api/v1/auth/login", data={"username": email, "password": USER_PASSWORD})
+    assert login.status_code == 200
+    tokens = login.json()
+    SEEN_SECRETS.update({tokens["access_token"], tokens["refresh_token"]})
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def test_metrics_are_summed_across_workers_and_survive_a_killed_worker(server: LiveServer) -> None:
+    async with client(server, PROXY) as http:
+        traced = await asyncio.gather(*(traced_get(http, "/api/v1/auth/me") for _ in range(60)))
+        assert all(response.status_code == 401 for response, _ in traced)
+        pids = await asyncio.to_thread(lambda: wait_for_pids(server, {rid for _, rid in traced}))
+        assert len(set(pids.values())) == 2, "both workers should have served some of the 60 requests"
+        before = samples((await http.get("/metrics")).text)
+        key = ("http_requests_total", (("endpoint", "/api/v1/auth/me"), ("method", "GET"), ("status", "401")))
+        assert before[key] == 60
+
+        victim, survivor = sorted(set(pids.values()))
+        os.kill(victim, signal.SIGKILL)
+        directory = Path(server.env["PROMETHEUS_MULTIPROC_DIR"])
+
+        def replaced() -> bool:
+            writers = {path.name.removeprefix("counter_").removesuffix(".db") for path in directory.glob("counter_*")}
+            return not is_alive(victim) and bool(writers - {str(victim), str(survivor), "archive"})
+
+        await asyncio.to_thread(wait_for, replaced, 120, "the supervisor to replace the killed worker")
+        after = samples((await http.get("/metrics")).text)
+        assert after[key] == 60  # the killed worker's counts were folded, not lost and not doubled
+        names = await asyncio.to_thread(lambda: {path.name for path in directory.glob("*.db")})
+        assert "counter_archive.db" in names
+        assert not any(f"_{victim}.db" in name for name in names)
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for_pids(server: LiveServer, request_ids: set[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+
+    def all_logged() -> bool:
+        found.update(worker_pids(server, request_ids))
+        return len(found) == len(request_ids)
+
+    wait_for(all_logged, 30, "the access lines of the requests")
+    return found
+
+
+async def test_rate_limit_is_exact_across_the_two_workers(server: LiveServer) -> None:
+    async with client(server, PROXY) as http:
+        results = await asyncio.gather(*(traced_get(http, "/api/v1/books?limit=1") for _ in range(LIST_LIMIT + 10)))
+    statuses = [response.status_code for response, _ in results]
+    assert statuses.count(200) == LIST_LIMIT
+    assert statuses.count(429) == 10
+    pids = await asyncio.to_thread(wait_for_pids, server, {rid for _, rid in results})
+    assert len(set(pids.values())) == 2
+
+
+async def test_a_change_through_one_worker_is_seen_through_the_other(server: LiveServer) -> None:
+    async with client(server, PROXY) as http:
+        librarian = await librarian_headers(http, server)
+        created = await http.post(
+            "/api/v1/books",
+            json={"isbn": "978-0-13-235088-4", "title": "First title", "authors": ["A. Author"]},
+            headers=librarian,
+        )
+        assert created.status_code == 201, created.text
+        url = f"/api/v1/books/{created.json()['id']}"
+        warm = await asyncio.gather(*(traced_get(http, url) for _ in range(20)))  # both workers read and cache it
+        assert {response.json()["title"] for response, _ in warm} == {"First title"}
+
+        patch_id = f"t-{uuid.uuid4().hex}"
+        patched = await http.patch(url, json={"title": "Second title"}, headers={**librarian, "X-Request-ID": patch_id})
+        assert patched.status_code == 200
+        after = await asyncio.gather(*(traced_get(http, url) for _ in range(20)))
+    assert {response.json()["title"] for response, _ in after} == {"Second title"}
+    pids = await asyncio.to_thread(wait_for_pids, server, {patch_id} | {rid for _, rid in after})
+    writer = pids.pop(patch_id)
+    assert any(pid != writer for pid in pids.values()), "no read after the change was served by the other worker"
+
+
+async def librarian_headers(http: httpx.AsyncClient, server: LiveServer) -> dict[str, str]:
+    email = f"librarian-{uuid.uuid4().hex[:8]}@example.org"
+    created = await asyncio.to_thread(
+        server.run_cli, "users", "create", "--email", email, "--role", "librarian", "--password", USER_PASSWORD
+    )
+    assert created.returncode == 0, created.stderr
+    login = await http.post("/api/v1/auth/login", data={"username": email, "password": USER_PASSWORD})
+    assert login.status_code == 200, login.text
+    SEEN_SECRETS.update({login.json()["access_token"], login.json()["refresh_token"]})
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+async def test_forwarded_for_is_believed_from_the_proxy_only(server: LiveServer) -> None:
+    spoof_id, honest_id = f"t-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
+    async with client(server, "127.0.0.1") as direct:
+        spoofed = await direct.get(
+            "/api/v1/auth/me", headers={"X-Forwarded-For": "203.0.113.66", "X-Request-ID": spoof_id}
+        )
+    async with client(server, PROXY) as proxied:
+        honest = await proxied.get(
+            "/api/v1/auth/me", headers={"X-Forwarded-For": "203.0.113.77", "X-Request-ID": honest_id}
+        )
+    assert spoofed.headers["x-request-id"] != spoof_id  # an untrusted peer cannot choose the request id either
+    assert honest.headers["x-request-id"] == honest_id
+    spoofed_line = await asyncio.to_thread(server.wait_for_access, spoofed.headers["x-request-id"])
+    honest_line = await asyncio.to_thread(server.wait_for_access, honest_id)
+    assert spoofed_line["client"] == "127.0.0.1"
+    assert honest_line["client"] == "203.0.113.77"
+
+
+async def test_credentials_used_everywhere_never_reach_the_log(server: LiveServer) -> None:
+    async with client(server) as http:
+        headers = await register_and_login(http, f"reader-{uuid.uuid4().hex[:8]}@example.org")
+        access = headers["Authorization"].split()[1]
+        assert (await http.get("/api/v1/auth/me", headers=headers)).status_code == 200
+        assert (await http.get(f"/api/v1/auth/me?access_token={access}")).status_code == 401
+        wrong = await http.post(
+            "/api/v1/auth/login", data={"username": "nobody@example.org", "password": USER_PASSWORD}
+        )
+        assert wrong.status_code == 401
+        forged = await http.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {access[:-4]}AAAA"})
+        assert forged.status_code == 401
+    assert_no_secrets(server.log_text())  # and once more, over the whole log, when the server has stopped

@@ -1,0 +1,67 @@
+"""The in-process count decides exactly as ``limits``' moving window does, stays bounded, starts nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+from limits import parse
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from library_api.http.limiter import LocalWindows, RateLimiter, RateLimitPolicies
+
+
+async def test_same_decisions_as_the_limits_library() -> None:
+    reference = MovingWindowRateLimiter(MemoryStorage())
+    ours = LocalWindows()
+    generator = random.Random(7)
+    for item_text in ("3/second", "5/2 seconds"):
+        item = parse(item_text)
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            caller = generator.choice(["a", "b"])
+            expected = await reference.hit(item, caller)
+            stats = await reference.get_window_stats(item, caller)
+            admitted, oldest, hits = ours.count(item.key_for(caller), item.amount, item.get_expiry())
+            assert admitted == expected
+            assert item.amount - hits == stats.remaining
+            assert abs((oldest + item.get_expiry()) - stats.reset_time) < 0.05
+            await asyncio.sleep(generator.uniform(0, 0.05))
+
+
+async def test_exact_limit_and_freed_slots_without_tasks_or_threads() -> None:
+    windows = LocalWindows()
+    tasks_before = len(asyncio.all_tasks())
+    threads_before = threading.active_count()
+    assert [windows.count("caller", 3, 1)[0] for _ in range(5)] == [True, True, True, False, False]
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert threading.active_count() == threads_before
+    deadline = time.monotonic() + 5
+    while not windows.count("caller", 3, 1)[0]:
+        assert time.monotonic() < deadline, "slots were never freed"
+        await asyncio.sleep(0.05)
+    assert windows.count("someone-else", 3, 1)[0]
+    admitted, _, hits = windows.count("never", 0, 1)
+    assert not admitted
+    assert hits == 0
+
+
+def test_idle_keys_are_swept_and_the_number_of_keys_is_bounded() -> None:
+    windows = LocalWindows(max_keys=50)
+    for number in range(200):
+        assert windows.count(f"caller-{number}", 5, 60)[0]
+    assert len(windows) <= 50
+    assert windows.count("caller-199", 5, 60)[2] == 2  # recent keys keep their counts
+
+
+async def test_limiter_without_redis_counts_in_process() -> None:
+    limiter = RateLimiter(redis=None, key_prefix="test_")
+    items = RateLimitPolicies("2/minute", {}, {}, "1/minute").default.items
+    decisions = [await limiter.hit(items, "default", "address:192.0.2.1") for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert [d.remaining for d in decisions] == [1, 0, 0]
+    assert all(0 < d.reset_after <= 60 for d in decisions)
+    assert not any(d.shared for d in decisions)

@@ -1,0 +1,133 @@
+"""``library-api client ws`` as a real process against a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from library_api.realtime.topics import Subscription
+from library_api.security.permissions import Role
+from tests.realtime.conftest import SQLITE_ONLY, StartLive
+from tests.support.factories import PASSWORD, create_book, create_user, token_for
+from tests.support.live import wait_until
+
+pytestmark = pytest.mark.parametrize(**SQLITE_ONLY)
+
+
+async def client_command(*args: str, stdin: bytes | None = None, within: float = 60) -> tuple[int, str, str]:
+    env = {**os.environ}
+    env.pop("LIBRARY_API_TOKEN", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "library_api",
+        "client",
+        "ws",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout=within)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_many_clients_report_counts_and_latency(start_live: StartLive) -> None:
+    live, ctx = await start_live()
+    token = token_for(ctx, await create_user(ctx, Role.READER))
+    running = asyncio.create_task(
+        client_command("--url", live.http, "--token", token, "--clients", "4", "--duration", "4", "--report-every", "1")
+    )
+    await wait_until(lambda: ctx.hub.active() == 4, within=30, what="four connections")
+    await asyncio.sleep(0.5)  # let every client's subscription land
+    for _ in range(3):
+        await create_book(ctx)
+    code, out, err = await running
+    assert code == 0, err
+    assert "4 clients on 1 worker(s)" in out
+    assert "total: received 12, reconnects 0, resyncs 0, gaps 0, duplicates 0; latency p50 " in out
+    assert out.count("received 3, reconnects 0") == 4
+    assert "[   1.0 s]" in out or "[   1.1 s]" in out
+
+
+async def test_stress_publishes_broadcasts_and_measures_them(start_live: StartLive) -> None:
+    live, ctx = await start_live()
+    librarian = await create_user(ctx, Role.LIBRARIAN)
+    code, out, err = await client_command(
+        "--url", live.http, "--email", librarian.email, "--password", PASSWORD,
+        "--stress", "--duration", "3", "--rate", "5", "--report-every", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "10 clients on 1 worker(s)" in out
+    published = int(out.split("published ")[1].split(" ")[0])
+    assert published >= 5
+    received = int(out.split("total: received ")[1].split(",")[0])
+    assert published * 10 - 20 <= received <= published * 10  # clients still connecting miss the first one or two
+
+
+async def test_interactive_mode_prints_messages_and_takes_commands(start_live: StartLive) -> None:
+    live, ctx = await start_live()
+    token = token_for(ctx, await create_user(ctx, Role.READER))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "library_api", "client", "ws", "--url", live.http, "--token", token,
+        "--client-id", "terminal",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+
+    def topics() -> set[str]:
+        return {topic for connection in ctx.hub.connections() for topic in connection.topics.values()}
+
+    await wait_until(lambda: "books" in topics(), within=30, what="the client's subscription")
+    process.stdin.write(b"sub book:1\nunsub books\n")
+    await process.stdin.drain()
+    await wait_until(lambda: topics() == {"book:1", "broadcast", "heartbeat"}, within=10, what="the commands")
+    book = await create_book(ctx, title="Seen in the terminal")
+    assert book.id == 1  # a fresh database: the client follows this very book
+    process.stdin.write(b'ping\n{"type": "ping"}\n{bad\nnonsense\n\nquit\n')
+    await process.stdin.drain()
+    out, err = (part.decode() for part in await asyncio.wait_for(process.communicate(), timeout=30))
+    assert process.returncode == 0, err
+    assert '"client_id":"terminal"' in out
+    assert "subscribed [system] " in out
+    assert "unsubscribed [system] " in out
+    assert out.count("pong [system]") == 2
+    assert "not JSON" in err
+    assert "commands: sub TOPIC" in err
+    assert 'book.created [book:1 #1] {"id":1,"isbn"' in out
+    assert "total: received 1," in out
+
+
+async def test_login_failure_and_missing_duration_are_errors(start_live: StartLive) -> None:
+    live, ctx = await start_live()
+    user = await create_user(ctx, Role.READER)
+    code, _, err = await client_command("--url", live.http, "--email", user.email, "--password", "wrong-password")
+    assert code == 1
+    assert "error: login failed (401)" in err
+    code, _, err = await client_command("--url", live.http, "--stress")
+    assert code == 2
+    assert "--stress needs --duration" in err
+    code, _, err = await client_command("--url", live.http, "--token", "forged", "--quiet", "--duration", "5")
+    assert code == 1
+    assert "closed 4401: authentication failed" in err
+    code, _, err = await client_command(
+        "--url", live.http, "--token", token_for(ctx, user), "--quiet", "--duration", "3", "--rate", "1"
+    )
+    assert code == 1
+    assert "broadcast refused (403)" in err
+
+
+async def test_broadcasts_reach_a_quiet_client(start_live: StartLive) -> None:
+    live, ctx = await start_live()
+    token = token_for(ctx, await create_user(ctx, Role.READER))
+    running = asyncio.create_task(client_command("--url", live.http, "--token", token, "--quiet", "--duration", "3"))
+    await wait_until(lambda: ctx.hub.active() == 1, within=30, what="the client")
+    await ctx.hub.publish("broadcast", [Subscription("broadcast", "broadcast")], {"message": "hello"})
+    code, out, _ = await running
+    assert code == 0
+    assert "total: received 1," in out

@@ -1,0 +1,107 @@
+"""Access tokens: anything expired, tampered, foreign or unsigned is a 401."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import timedelta
+
+import httpx
+import jwt
+import pytest
+
+from library_api.context import AppContext
+from library_api.db.base import utcnow
+from tests.support.factories import bearer, create_user, token_for
+
+
+def forge(ctx: AppContext, **claims: object) -> str:
+    base: dict[str, object] = {
+        "sub": "1",
+        "role": "admin",
+        "ver": 0,
+        "typ": "access",
+        "iss": ctx.settings.jwt_issuer,
+        "aud": ctx.settings.jwt_audience,
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 600,
+        "jti": "x",
+    }
+    base.update(claims)
+    key = str(claims.pop("_key", ctx.settings.secret_key.get_secret_value()))
+    base.pop("_key", None)
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, key, algorithm="HS256")
+
+
+async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.get("/api/v1/auth/me", headers=bearer(token))
+
+
+async def test_valid_token_works(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    user = await create_user(ctx)
+    assert (await me(client, token_for(ctx, user))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": int(time.time()) - 60},
+        {"aud": "someone-else"},
+        {"iss": "someone-else"},
+        {"typ": "refresh"},
+        {"jti": None},
+        {"sub": "not-a-number"},
+        {"_key": "a-different-secret-of-sufficient-length"},
+    ],
+    ids=["expired", "wrong-audience", "wrong-issuer", "wrong-type", "missing-jti", "bad-subject", "foreign-key"],
+)
+async def test_rejected_tokens(client: httpx.AsyncClient, ctx: AppContext, claims: dict[str, object]) -> None:
+    user = await create_user(ctx)
+    token = forge(ctx, **{"sub": str(user.id), "role": user.role, **claims})
+    response = await me(client, token)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_tampered_payload_is_rejected(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    user = await create_user(ctx)
+    header, payload, signature = token_for(ctx, user).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["role"] = "admin"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert (await me(client, f"{header}.{forged}.{signature}")).status_code == 401
+
+
+async def test_alg_none_is_rejected(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    user = await create_user(ctx)
+    unsigned = jwt.encode(
+        {
+            "sub": str(user.id),
+            "role": "admin",
+            "ver": 0,
+            "typ": "access",
+            "iss": ctx.settings.jwt_issuer,
+            "aud": ctx.settings.jwt_audience,
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 60,
+            "jti": "n",
+        },
+        key=None,
+        algorithm="none",
+    )
+    assert (await me(client, unsigned)).status_code == 401
+
+
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "Token abc"])
+async def test_malformed_authorization_headers(client: httpx.AsyncClient, header: str) -> None:
+    response = await client.get("/api/v1/books", headers={"Authorization": header})
+    assert response.status_code == 401  # a credential that is present but wrong is never treated as anonymous
+
+
+async def test_token_of_a_deleted_account_is_rejected(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    token = ctx.tokens.issue_access(
+        user_id=987654, role="reader", token_version=0, now=utcnow() - timedelta(seconds=1)
+    ).token
+    assert (await me(client, token)).status_code == 401

@@ -1,0 +1,26 @@
+"""``library-api serve`` as a real process: it answers on loopback and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import start_server
+
+
+@pytest.mark.e2e
+async def test_single_worker_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/serve.db", tmp_path, env={"SEED_SAMPLE_ON_EMPTY": "true"})
+    try:
+        await asyncio.to_thread(server.wait_ready)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            books = (await client.get("/api/v1/books", params={"q": "the"})).json()
+            assert books["total"] > 0
+            assert (await client.get("/health")).json() == {"status": "ok"}
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert "loaded the sample catalogue" in server.log()
+    assert "Application shutdown complete" in server.log()

@@ -1,0 +1,121 @@
+"""Real servers on loopback for tests: Uvicorn serving an app inside the test's event loop, and WebSocket clients.
+
+In-process servers let a test look at the hub's counters directly while real sockets, real handshakes and real
+WebSocket clients do the work; server processes (``tests.support.processes``) are for several workers and signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import FastAPI
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.support.services import free_port
+
+
+class QuietServer(uvicorn.Server):
+    """Uvicorn without its signal handlers: the test, not a signal, decides when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class Live:
+    """Where a running server answers."""
+
+    port: int
+    server: uvicorn.Server | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, client_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{client_id}"
+
+
+@contextlib.asynccontextmanager
+async def serve_in_loop(app: FastAPI, **options: Any) -> AsyncIterator[Live]:
+    """Run ``app`` under Uvicorn on a free loopback port inside this event loop until the block ends."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws_per_message_deflate=False, **options
+    )
+    server = QuietServer(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started or task.done(), within=15, what="the server to start")
+    if task.done():
+        task.result()
+    try:
+        yield Live(port=port, server=server)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def wait_until(condition: Callable[[], bool], *, within: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` when ``within`` seconds pass first."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def open_client(live: Live, client_id: str, token: str | None = None, **options: Any) -> ClientConnection:
+    """A real WebSocket client, authenticated with a bearer header, after its ``welcome`` message."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    client = await connect(live.ws(client_id), additional_headers=headers, open_timeout=10, **options)
+    welcome = await receive(client)
+    assert welcome["type"] == "welcome", welcome
+    return client
+
+
+async def receive(client: ClientConnection, within: float = 10) -> dict[str, Any]:
+    """The next message, decoded; raises ``TimeoutError`` when none arrives in ``within`` seconds."""
+    raw = await asyncio.wait_for(client.recv(), timeout=within)
+    message: dict[str, Any] = orjson.loads(raw)
+    return message
+
+
+async def receive_until(
+    client: ClientConnection, accept: Callable[[dict[str, Any]], bool], within: float = 10
+) -> dict[str, Any]:
+    """Skip messages until one satisfies ``accept`` (heartbeats and others pass by)."""
+    deadline = time.monotonic() + within
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no matching message arrived in time")
+        message = await receive(client, left)
+        if accept(message):
+            return message
+
+
+async def subscribe(client: ClientConnection, topic: str, last_event_id: int | None = None) -> dict[str, Any]:
+    """Subscribe and return the ``subscribed`` reply (or fail on an ``error``)."""
+    command: dict[str, Any] = {"type": "subscribe", "topic": topic}
+    if last_event_id is not None:
+        command["last_event_id"] = last_event_id
+    await client.send(orjson.dumps(command).decode())
+    return await receive_until(client, lambda m: m["type"] in ("subscribed", "error", "resync"))
+
+
+async def drain_messages(client: ClientConnection, quiet: float = 0.3) -> list[dict[str, Any]]:
+    """Every message that arrives until none has come for ``quiet`` seconds."""
+    messages = []
+    while True:
+        try:
+            messages.append(await receive(client, quiet))
+        except TimeoutError:
+            return messages

@@ -1,0 +1,118 @@
+"""``library-api serve`` as a real process on a free loopback port, with its log captured for inspection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.private_services import wait_for
+from tests.support.services import free_port
+
+CLI = Path(sys.executable).with_name("library-api")
+
+
+class LiveServer:
+    """One ``serve`` process; ``env`` holds its settings (as the environment of a deployment would)."""
+
+    def __init__(self, env: Mapping[str, str], *, workers: int = 1, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workers = workers
+        self.directory = Path(tempfile.mkdtemp(prefix="library-live-"))
+        self.log_path = self.directory / "server.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "LIBRARY_API_"))},
+            "LOG_FORMAT": "json",
+            "PASSWORD_HASH_TIME_COST": "1",
+            "PASSWORD_HASH_MEMORY_KIB": "1024",
+            "PASSWORD_HASH_PARALLELISM": "1",
+            "SEED_SAMPLE_ON_EMPTY": "false",
+            "UPLOAD_DIR": str(self.directory / "uploads"),
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: str = "/health", timeout: float = 60) -> LiveServer:
+        """Start the process and wait until ``wait`` answers 200."""
+        command = [str(CLI), "--env-file", str(self.directory / "none.env"), "serve"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory
+            )
+        wait_for(lambda: self._answers(wait), timeout, f"the server to answer {wait}", interval=0.1)
+        return self
+
+    def run_cli(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """Run another ``library-api`` command (``migrate``, ``users create``) with this server's settings."""
+        command = [str(CLI), "--env-file", str(self.directory / "none.env"), *arguments]
+        return subprocess.run(
+            command, env=self.env, cwd=self.directory, capture_output=True, text=True, timeout=180, check=False
+        )
+
+    def _answers(self, path: str) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
+        try:
+            return httpx.get(self.base_url + path, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> bool:
+        """SIGTERM and wait; whether the server shut down cleanly.
+
+        Uvicorn re-raises the signal it caught once shutdown is complete, so a clean single-process exit is
+        "killed by SIGTERM" after "Application shutdown complete"; a supervisor of workers exits with 0.
+        """
+        if self.process is None:
+            return True
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        code = self.process.returncode
+        self.process = None
+        return code == 0 or (code == -signal.SIGTERM and "Application shutdown complete" in self.log_text())
+
+    def log_text(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (other lines are skipped)."""
+        records = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+        return records
+
+    def access_records(self) -> list[dict[str, Any]]:
+        """The access lines written so far."""
+        return [record for record in self.log_records() if record.get("logger") == "library_api.access"]
+
+    def wait_for_access(self, request_id: str, timeout: float = 10) -> dict[str, Any]:
+        """The access line of the request with ``request_id`` (waiting until it is written)."""
+        found: list[dict[str, Any]] = []
+
+        def written() -> bool:
+            found[:] = [r for r in self.access_records() if r.get("request_id") == request_id]
+            return bool(found)
+
+        wait_for(written, timeout, f"the access line of {request_id}")
+        return found[0]

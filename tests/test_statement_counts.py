@@ -1,0 +1,63 @@
+"""Authenticated reads cost at most two SQL statements, counted on the engine itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import event
+
+from library_api.app import create_app
+from library_api.context import AppContext
+from library_api.db.base import utcnow
+from tests.conftest import fast_settings
+from tests.support.factories import bearer, create_book, create_user, token_for
+
+
+@contextmanager
+def counted(ctx: AppContext) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = ctx.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_authenticated_reads_need_at_most_two_statements(committed_url: str, tmp_path: Path) -> None:
+    app = create_app(fast_settings(database_url=committed_url, upload_dir=tmp_path))
+    async with app.router.lifespan_context(app):
+        ctx: AppContext = app.state.context
+        reader = await create_user(ctx)
+        book = await create_book(ctx, copies=3)
+        headers = bearer(token_for(ctx, reader))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            start = (utcnow() + timedelta(days=1)).isoformat()
+            end = (utcnow() + timedelta(days=2)).isoformat()
+            for _ in range(3):
+                created = await client.post(
+                    "/api/v1/bookings", json={"book_id": book.id, "start": start, "end": end}, headers=headers
+                )
+                assert created.status_code == 201
+            booking_id = created.json()["id"]
+            routes = ["/api/v1/auth/me", "/api/v1/bookings?limit=20", f"/api/v1/bookings/{booking_id}"]
+            for path in routes:
+                for state in ("cold", "warm"):
+                    if state == "cold":
+                        ctx.accounts.forget(reader.id)
+                    with counted(ctx) as statements:
+                        response = await client.get(path, headers=headers)
+                    assert response.status_code == 200, response.text
+                    assert len(statements) <= 2, (path, state, statements)
+                    if state == "warm":
+                        assert len(statements) == 1, (path, statements)
