@@ -1,20 +1,20 @@
-"""Graceful shutdown with WebSocket clients, for real: a server process, 50 clients, SIGTERM and SIGINT.
+"""Graceful shutdown with WebSocket clients, for real: ``library-api serve``, 50 clients, SIGTERM and SIGINT.
 
-The server is Uvicorn with the hook the server adapters install (``tests/support/drain_server.py``): the
-first signal drains the application, then Uvicorn shuts down. What is asserted here is the application's
-half: readiness, refusal of newcomers, the ``shutdown`` message, progress logs, leaving clients, 1001 at the
-deadline, HTTP served throughout, exit code 0.
+The server is the service's own command, with one worker and with two (the supervisor of
+``library_api.server.draining`` passes the signal on to each worker). Asserted: readiness turns 503, newcomers
+are refused, every client gets the ``shutdown`` message, progress logs at the interval, leaving clients reduce
+the count, the rest are closed with 1001 at the deadline, a slow HTTP request started before the signal
+completes with 200, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import re
 import signal
-import subprocess
-import sys
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -29,17 +29,19 @@ from library_api.context import AppContext
 from library_api.db.engine import create_database
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
-from tests.support.factories import bearer, create_user, token_for
+from tests.support.factories import PASSWORD, bearer, create_user, token_for
 from tests.support.live import receive, receive_until
-from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
-from tests.support.services import free_port
+from tests.support.processes import ServerProcess, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 6
 INTERVAL = 1
 PROGRESS = re.compile(r"shutdown progress: (\d+) connection\(s\) open, (\d+) s elapsed, (\d+) s left")
+STARTED = re.compile(r"shutdown started: (\d+) connection\(s\) open, waiting up to 6 s for them to leave")
+CLOSING = re.compile(
+    r"shutdown: closing (\d+) remaining connection\(s\) \((timeout reached|forced by a second signal)\)"
+)
 
 
 @pytest_asyncio.fixture
@@ -50,38 +52,48 @@ async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
     await database.dispose()
 
 
+@pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
 @pytest.fixture
-def server(committed_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    env = {
-        **os.environ,
-        **TEST_ENVIRONMENT,
-        "DATABASE_URL": committed_url,
-        "UPLOAD_DIR": str(tmp_path / "up"),
-        "SHUTDOWN_TIMEOUT": str(TIMEOUT),
-        "SHUTDOWN_PROGRESS_INTERVAL": str(INTERVAL),
-        "BROADCAST_INTERVAL": "0",
-        "LOG_FORMAT": "console",
-    }
-    env.pop("LIBRARY_API_OVERRIDES", None)
-    env.pop("REDIS_URL", None)
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.drain_server", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    running = ServerProcess(process=process, base_url=f"http://127.0.0.1:{port}", log_path=log_path)
+def server(committed_url: str, tmp_path: Path, workers: int) -> Iterator[ServerProcess]:
+    running = start_server(
+        committed_url,
+        tmp_path,
+        args=("--workers", str(workers)),
+        env={
+            "SHUTDOWN_TIMEOUT": str(TIMEOUT),
+            "SHUTDOWN_PROGRESS_INTERVAL": str(INTERVAL),
+            "BROADCAST_INTERVAL": "0",
+            "LOG_FORMAT": "json",
+        },
+    )
     try:
         running.wait_ready(timeout=90)
         yield running
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
+def records(server: ServerProcess) -> list[dict[str, object]]:
+    """The server's JSON log lines, parsed; lines that are not JSON (there should be none) are skipped."""
+    parsed = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            parsed.append(json.loads(line))
+    return parsed
+
+
+def messages_by_worker(server: ServerProcess) -> dict[int, list[str]]:
+    """Each process's log messages in order, keyed by its pid."""
+    found: dict[int, list[str]] = defaultdict(list)
+    for record in records(server):
+        found[int(str(record["pid"]))].append(str(record["message"]))
+    return found
 
 
 def ws_url(server: ServerProcess, client_id: str) -> str:
@@ -99,8 +111,11 @@ async def close_of(client: ClientConnection, within: float) -> tuple[int | None,
     raise AssertionError(f"not closed within {within} s")
 
 
-async def test_sigterm_drains_fifty_clients_then_exits_cleanly(server: ServerProcess, ctx: AppContext) -> None:
-    token = token_for(ctx, await create_user(ctx, Role.READER))
+async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
+    server: ServerProcess, ctx: AppContext, workers: int
+) -> None:
+    user = await create_user(ctx, Role.READER)
+    token = token_for(ctx, user)
     clients = [
         await connect(ws_url(server, f"client-{n}"), additional_headers=bearer(token), open_timeout=30)
         for n in range(50)
@@ -108,17 +123,28 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(server: ServerPro
     for client in clients:
         assert (await receive(client))["type"] == "welcome"
 
+    # A slow client: the request line, headers and half the body are on the wire before the signal.
+    body = f"username={user.email}&password={PASSWORD}".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))
+    writer.write(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:10]
+    )
+    await writer.drain()
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
-        ready = await http.get("/health/ready")
-        for _ in range(100):
-            if ready.status_code == 503:
-                break
-            await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+    ) as http:
+        for _ in range(10 * workers):
             ready = await http.get("/health/ready")
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["shutdown"] == "draining"
+            deadline = time.monotonic() + 5
+            while ready.status_code != 503 and time.monotonic() < deadline:
+                ready = await http.get("/health/ready")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["shutdown"] == "draining"
 
         notices = await asyncio.gather(*(receive_until(c, lambda m: m["type"] == "shutdown") for c in clients))
         for notice in notices:
@@ -126,14 +152,22 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(server: ServerPro
             assert 0 < notice["data"]["seconds_left"] <= TIMEOUT
             assert notice["data"]["deadline"].endswith("+00:00")
 
-        async with connect(ws_url(server, "latecomer"), additional_headers=bearer(token)) as latecomer:
-            code, reason, _ = await close_of(latecomer, within=5)
-        assert (code, reason) == (1001, "server shutting down; reconnect later")
+        writer.write(body[10:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert b'"token_type":"bearer"' in answer.replace(b" ", b"")
 
-        # In-flight and new HTTP requests are still served while the clients leave.
+        for attempt in range(2 * workers):
+            async with connect(ws_url(server, f"latecomer-{attempt}"), additional_headers=bearer(token)) as late:
+                code, reason, _ = await close_of(late, within=5)
+            assert (code, reason) == (1001, "server shutting down; reconnect later")
+
+        # New HTTP requests are still served while the clients leave.
         assert (await http.get("/api/v1/books")).status_code == 200
 
-        await asyncio.sleep(1.6 * INTERVAL)
+        await wait_for_progress(server, INTERVAL * 2 + 1)
         leaving, staying = clients[:20], clients[20:]
         await asyncio.gather(*(client.close() for client in leaving))
 
@@ -144,22 +178,44 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(server: ServerPro
 
     exit_code = await asyncio.to_thread(server.process.wait, 30)
     assert exit_code == 0, server.log()
-    log = server.log()
-    assert "shutdown started: 50 connection(s) open, waiting up to 6 s for them to leave" in log
-    progress = [tuple(map(int, match.groups())) for match in PROGRESS.finditer(log)]
-    assert len(progress) >= TIMEOUT // INTERVAL - 2, log
-    assert progress[0][0] == 50
-    assert progress[-1][0] == 30
-    assert [elapsed for _, elapsed, _ in progress] == sorted({elapsed for _, elapsed, _ in progress})
-    for _, elapsed, left in progress:
-        assert elapsed + left == pytest.approx(TIMEOUT, abs=1)
-    assert "shutdown: closing 30 remaining connection(s) (timeout reached)" in log
-    assert "Application shutdown complete" in log
+    by_worker = {
+        pid: lines for pid, lines in messages_by_worker(server).items() if any(STARTED.search(m) for m in lines)
+    }
+    assert len(by_worker) == workers, server.log()
+    started = closing = 0
+    for lines in by_worker.values():
+        text = "\n".join(lines)
+        opened = int(STARTED.search(text).group(1))  # type: ignore[union-attr]
+        started += opened
+        progress = [tuple(map(int, match.groups())) for match in PROGRESS.finditer(text)]
+        assert len(progress) >= TIMEOUT // INTERVAL - 2, text
+        assert progress[0][0] == opened
+        assert [elapsed for _, elapsed, _ in progress] == sorted({elapsed for _, elapsed, _ in progress})
+        for _, elapsed, left in progress:
+            assert elapsed + left == pytest.approx(TIMEOUT, abs=1)
+        closed = [int(match.group(1)) for match in CLOSING.finditer(text)]
+        assert all(match.group(2) == "timeout reached" for match in CLOSING.finditer(text))
+        closing += sum(closed)
+        assert progress[-1][0] == sum(closed)
+        assert "Application shutdown complete" in text
+    assert (started, closing) == (50, 30)
+
+
+async def wait_for_progress(server: ServerProcess, within: float) -> None:
+    """Wait until every draining worker has logged at least one progress line."""
+    deadline = time.monotonic() + within + 5
+    while time.monotonic() < deadline:
+        per_worker = messages_by_worker(server).values()
+        draining = [lines for lines in per_worker if any(STARTED.search(m) for m in lines)]
+        if draining and all(any(PROGRESS.search(m) for m in lines) for lines in draining):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no progress line within {within} s:\n{server.log()}")
 
 
 async def test_a_second_sigint_closes_everyone_at_once(server: ServerProcess, ctx: AppContext) -> None:
     token = token_for(ctx, await create_user(ctx, Role.READER))
-    clients = [await connect(ws_url(server, f"impatient-{n}"), additional_headers=bearer(token)) for n in range(5)]
+    clients = [await connect(ws_url(server, f"impatient-{n}"), additional_headers=bearer(token)) for n in range(6)]
     for client in clients:
         await receive(client)
     server.process.send_signal(signal.SIGINT)
@@ -172,4 +228,6 @@ async def test_a_second_sigint_closes_everyone_at_once(server: ServerProcess, ct
         assert code == 1001
         assert at - forced < 2
     assert await asyncio.to_thread(server.process.wait, 30) == 0
-    assert "shutdown: closing 5 remaining connection(s) (forced by a second signal)" in server.log()
+    reasons = [match.group(2) for match in CLOSING.finditer(server.log())]
+    assert reasons and set(reasons) == {"forced by a second signal"}
+    assert sum(int(match.group(1)) for match in CLOSING.finditer(server.log())) == 6

@@ -83,7 +83,9 @@ def serve(
     overrides = {key: value for key, value in flags.items() if value is not None}
     if state.config_file is not None:
         overrides["config_file"] = str(state.config_file)
-    run(settings, overrides)
+    exit_code = run(settings, overrides)
+    if exit_code:
+        raise typer.Exit(exit_code)
 
 
 @app.command()

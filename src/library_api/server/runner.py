@@ -17,6 +17,7 @@ from library_api.app import create_app
 from library_api.config import Settings, hand_down_overrides
 from library_api.observability.logging import configure_logging
 from library_api.observability.multiprocess import prepare_worker_metrics
+from library_api.server.draining import STARTUP_FAILURE, DrainingServer, WorkerSupervisor
 
 logger = logging.getLogger("library_api.server")
 
@@ -38,29 +39,27 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run(settings: Settings, overrides: Mapping[str, Any]) -> None:
-    """Serve until stopped; ``overrides`` are the command-line flags, handed down to worker processes."""
+def run(settings: Settings, overrides: Mapping[str, Any]) -> int:
+    """Serve until stopped and return the process exit code; ``overrides`` are the command-line flags.
+
+    Every path drains the application on the first stop signal before Uvicorn shuts down (see
+    :mod:`library_api.server.draining`); reload, a development aid, is the exception and uses Uvicorn's own
+    reloader.
+    """
     configure_logging(settings.log_level, settings.effective_log_format)
     options = _uvicorn_options(settings)
-    if settings.workers > 1 or settings.reload:
+    if settings.reload:
+        hand_down_overrides(overrides)
+        logger.info("starting uvicorn on %s:%d with reload", settings.host, settings.port)
+        uvicorn.run(APP_FACTORY, factory=True, reload=True, reload_dirs=["src"], **options)
+        return 0
+    if settings.workers > 1:
         hand_down_overrides(overrides)
         prepare_worker_metrics(settings)
-        logger.info(
-            "starting uvicorn on %s:%d with %d worker(s)%s",
-            settings.host,
-            settings.port,
-            settings.workers,
-            " and reload" if settings.reload else "",
-        )
-        uvicorn.run(
-            APP_FACTORY,
-            factory=True,
-            workers=None if settings.reload else settings.workers,
-            reload=settings.reload,
-            reload_dirs=["src"] if settings.reload else None,
-            **options,
-        )
-        return
+        logger.info("starting uvicorn on %s:%d with %d workers", settings.host, settings.port, settings.workers)
+        config = uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options)
+        return WorkerSupervisor(config, settings.workers).run()
     logger.info("starting uvicorn on %s:%d", settings.host, settings.port)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+    server = DrainingServer(uvicorn.Config(create_app(settings), **options))
     server.run()
+    return 0 if server.started else STARTUP_FAILURE
