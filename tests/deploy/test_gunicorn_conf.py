@@ -196,7 +196,7 @@ def test_gunicorn_runs_two_workers_and_keeps_the_metrics_directory_clean(tmp_pat
     command = [str(VENV_BIN / "gunicorn"), "--config", str(DEPLOY / "gunicorn.conf.py")]
     log = tmp_path / "gunicorn.log"
     with running(command, log=log, env=env, cwd=tmp_path) as master:
-        wait_for_port(port, time.monotonic() + 30, master)
+        wait_for_port(port, time.monotonic() + 120, master)
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}
         assert not (metrics / "counter_424242.db").exists()
         wait_until(lambda: len(children(master.pid)) == 2, 20, "Gunicorn did not start 2 workers")
@@ -249,7 +249,7 @@ def test_the_image_health_check_script(tmp_path: Path) -> None:
     )
     server = [str(VENV_BIN / "library-api"), "serve"]
     with running(server, log=tmp_path / "serve.log", env=server_env, cwd=tmp_path) as process:
-        wait_for_port(port, time.monotonic() + 30, process)
+        wait_for_port(port, time.monotonic() + 120, process)
         up = probe()
         assert up.returncode == 0, up.stderr
     down = probe()

@@ -59,7 +59,11 @@ async def test_a_draining_server_is_left_before_its_deadline(start_live: StartLi
         await ctx.hub.begin_drain(time.time() + 6)
         await wait_until(lambda: ctx.hub.active() == 0, within=6, what="the clients to leave")
         assert time.monotonic() - started < 4
-        await wait_until(lambda: ctx.hub.connections_refused >= 5, within=10, what="reconnection attempts")
+        await wait_until(
+            lambda: ctx.hub.connections_refused >= 5 and all(client.stats.reconnects >= 1 for client in clients),
+            within=10,
+            what="every client's reconnection attempt",
+        )
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*running), timeout=10)
