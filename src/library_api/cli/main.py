@@ -73,11 +73,23 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on [PORT].")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes [WORKERS].")] = None,
     reload: Annotated[bool | None, typer.Option("--reload/--no-reload", help="Restart on code changes.")] = None,
+    mode: Annotated[str | None, typer.Option(help="auto, http, https, mtls or token [SECURITY_MODE].")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Server certificate, PEM [TLS_CERT_FILE].")] = None,
+    key: Annotated[Path | None, typer.Option(help="Private key of --cert, PEM [TLS_KEY_FILE].")] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA of client certificates, PEM [TLS_CA_FILE].")] = None,
+    crl: Annotated[Path | None, typer.Option(help="Revocation list of --ca, PEM [TLS_CRL_FILE].")] = None,
+    server: Annotated[str | None, typer.Option(help="uvicorn, hypercorn or gunicorn [SERVER].")] = None,
 ) -> None:
     """Run the HTTP server (validating the whole configuration before any port is opened)."""
     from library_api.server.runner import run
 
-    flags = {"host": host, "port": port, "workers": workers, "reload": reload}
+    flags = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "reload": reload,
+        **security_flags(mode=mode, cert=cert, key=key, ca=ca, crl=crl, server=server),
+    }
     settings = settings_from(ctx, **flags)
     state: CliState = ctx.obj
     overrides = {key: value for key, value in flags.items() if value is not None}
@@ -150,12 +162,44 @@ def check_config(
     """Validate the configuration and print the effective values with secrets masked."""
     settings = settings_from(ctx)
     view = public_view(settings)
+    security = security_summary(settings)
     if as_json:
-        typer.echo(json.dumps(view, indent=2, default=str))
+        typer.echo(json.dumps({**view, "security": security}, indent=2, default=str))
         return
     for key, value in view.items():
         shown = json.dumps(value, default=str) if isinstance(value, list | dict) else value
         typer.echo(f"{key}={'' if shown is None else shown}")
+    typer.echo(f"# security mode: {security['mode']} ({security['reason']})")
+    for line in security["certificates"]:
+        typer.echo(f"# {line}")
+    for line in security["warnings"]:
+        typer.echo(f"warning: {line}", err=True)
+
+
+# ===== security modes and certificates =====
+
+
+def security_flags(**flags: Any) -> dict[str, Any]:
+    """The ``serve`` security flags under their setting names (``--mode`` is ``SECURITY_MODE`` and so on)."""
+    names = {"mode": "security_mode", "cert": "tls_cert_file", "key": "tls_key_file", "ca": "tls_ca_file"}
+    names |= {"crl": "tls_crl_file", "server": "server"}
+    return {names[flag]: str(value) if isinstance(value, Path) else value for flag, value in flags.items()}
+
+
+def security_summary(settings: Settings) -> dict[str, Any]:
+    """The decided security mode with its reason, and a summary and warnings of the TLS files."""
+    from library_api.security.certificates import check_tls_files
+
+    decision = settings.security
+    report = check_tls_files(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_crl_file)
+    return {
+        "mode": decision.mode,
+        "reason": decision.reason,
+        "tls": decision.tls,
+        "client_certificates": decision.client_certificates,
+        "certificates": report.summary,
+        "warnings": report.warnings,
+    }
 
 
 users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
