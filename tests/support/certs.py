@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,10 @@ class PKI:
         if name is not None:
             context.load_cert_chain(str(self.cert(name)), str(self.key(name)))
         if maximum is not None:
-            context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-            context.maximum_version = maximum
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+                context.maximum_version = maximum
             context.set_ciphers("ALL:@SECLEVEL=0")
         if ciphers is not None:
             context.maximum_version = ssl.TLSVersion.TLSv1_2
