@@ -154,11 +154,8 @@ def test_the_decision_is_logged(mtls_server: ServerProcess) -> None:
     assert "security mode mtls (auto: TLS_CA_FILE is set" in mtls_server.log()
 
 
-def test_hypercorn_speaks_http2_over_alpn_with_the_certificate_identity(
-    pki: PKI, mtls_server: ServerProcess, request: pytest.FixtureRequest
-) -> None:
-    if "hypercorn" not in request.node.callspec.id:
-        pytest.skip("HTTP/2 is offered by the Hypercorn adapter only")
+@pytest.mark.parametrize("mtls_server", ["hypercorn"], indirect=True)
+def test_hypercorn_speaks_http2_over_alpn_with_the_certificate_identity(pki: PKI, mtls_server: ServerProcess) -> None:
     with pki.client(mtls_server.base_url, "reader", http2=True) as client:
         response = client.get("/api/v1/auth/principal")
     assert response.http_version == "HTTP/2"
