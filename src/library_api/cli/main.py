@@ -292,6 +292,7 @@ def certs_revoke(
     """Revoke a certificate and rewrite crl.pem (running servers pick it up on their next handshake)."""
     from cryptography import x509
 
+    from library_api.security.certificates import signed_by
     from library_api.security.issuing import revoked_serials, write_revocation_list
 
     authority = _authority(directory)
@@ -299,7 +300,7 @@ def certs_revoke(
         certificate = x509.load_pem_x509_certificate(file.read_bytes())
     except (OSError, ValueError) as exc:
         raise fail([f"{file} holds no PEM certificate: {exc}"]) from None
-    if certificate.issuer != authority.certificate.subject:
+    if not signed_by(certificate, authority.certificate):
         raise fail([f"{file} was not issued by the CA in {directory}"])
     path = write_revocation_list(authority, directory, [*revoked_serials(directory), certificate.serial_number])
     typer.echo(f"revoked serial {certificate.serial_number:x}; wrote {path}")

@@ -66,7 +66,9 @@ def write_certificate(path: Path, certificate: x509.Certificate) -> None:
 
 def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
     attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-    return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    if common_name:
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
 
 
 def _key_usage(*, signing: bool, ca: bool) -> x509.KeyUsage:
@@ -172,6 +174,7 @@ class Authority:
 
     def issue_server(self, hosts: Sequence[str], days: int = 365) -> tuple[x509.Certificate, PrivateKey]:
         """A server certificate for ``hosts`` (names and IP addresses), valid at most :data:`MAX_SERVER_DAYS`."""
+        hosts = [host.strip() for host in hosts if host.strip()]
         if not hosts:
             raise IssuingError("a server certificate needs at least one --host")
         if not 1 <= days <= MAX_SERVER_DAYS:
