@@ -8,9 +8,10 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from library_api.security.certificates import CertificateReader, issuer_names
-from library_api.security.issuing import Authority
+from library_api.security.issuing import Authority, IssuingError
 from library_api.security.tls import TLS12_CIPHERS, RevocationList, TLSFiles, build_server_context
 from library_api.server.tls import ConnectionTLS, ServerTLS, find_shutdown
 from tests.support.certs import PKI, make_pki
@@ -57,8 +58,6 @@ def test_unreadable_or_nameless_certificates_are_refused(pki: PKI) -> None:
         "The client certificate cannot be read."
     )
     certificate, _ = pki.authority.issue("", organizations=["librarian"])
-    from cryptography.hazmat.primitives import serialization
-
     text = certificate.public_bytes(serialization.Encoding.PEM).decode()
     assert CertificateReader().identity(text).problem == "The client certificate has no subject common name."
 
@@ -156,7 +155,5 @@ def test_find_shutdown_looks_through_wrappers() -> None:
 
 
 def test_authority_load_reports_a_missing_directory(tmp_path: Path) -> None:
-    from library_api.security.issuing import IssuingError
-
     with pytest.raises(IssuingError, match="no certificate authority in"):
         Authority.load(tmp_path)

@@ -32,10 +32,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     now = dt.datetime.now(dt.UTC)
     for name, pair in {
         "server-expired": pki.authority.issue(
-            "old", ip_addresses=["127.0.0.1"], usages=(ExtendedKeyUsageOID.SERVER_AUTH,), not_before=now - dt.timedelta(days=20), days=10
+            "old",
+            ip_addresses=["127.0.0.1"],
+            usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+            not_before=now - dt.timedelta(days=20),
+            days=10,
         ),
         "server-future": pki.authority.issue(
-            "new", ip_addresses=["127.0.0.1"], usages=(ExtendedKeyUsageOID.SERVER_AUTH,), not_before=now + dt.timedelta(days=1)
+            "new",
+            ip_addresses=["127.0.0.1"],
+            usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+            not_before=now + dt.timedelta(days=1),
         ),
         "server-soon": pki.authority.issue(
             "soon", ip_addresses=["127.0.0.1"], usages=(ExtendedKeyUsageOID.SERVER_AUTH,), days=10
@@ -61,10 +68,19 @@ def run_check(env: dict[str, str]) -> tuple[int, list[str]]:
 
 
 CASES: dict[str, tuple[dict[str, str], str]] = {
-    "missing cert": ({"TLS_CERT_FILE": "{dir}/absent.pem"}, "error: TLS_CERT_FILE: cannot read {dir}/absent.pem: No such file"),
+    "missing cert": (
+        {"TLS_CERT_FILE": "{dir}/absent.pem"},
+        "error: TLS_CERT_FILE: cannot read {dir}/absent.pem: No such file",
+    ),
     "missing key": ({"TLS_KEY_FILE": "{dir}/absent-key.pem"}, "error: TLS_KEY_FILE: cannot read {dir}/absent-key.pem"),
-    "cert is not PEM": ({"TLS_CERT_FILE": "{dir}/garbage.pem"}, "error: TLS_CERT_FILE: {dir}/garbage.pem holds no PEM certificate"),
-    "key is not PEM": ({"TLS_KEY_FILE": "{dir}/garbage.pem"}, "error: TLS_KEY_FILE: {dir}/garbage.pem holds no unencrypted PEM"),
+    "cert is not PEM": (
+        {"TLS_CERT_FILE": "{dir}/garbage.pem"},
+        "error: TLS_CERT_FILE: {dir}/garbage.pem holds no PEM certificate",
+    ),
+    "key is not PEM": (
+        {"TLS_KEY_FILE": "{dir}/garbage.pem"},
+        "error: TLS_KEY_FILE: {dir}/garbage.pem holds no unencrypted PEM",
+    ),
     "key of another certificate": (
         {"TLS_KEY_FILE": "{dir}/reader-key.pem"},
         "error: TLS_KEY_FILE: the key in {dir}/reader-key.pem does not match the certificate in TLS_CERT_FILE",
@@ -77,12 +93,18 @@ CASES: dict[str, tuple[dict[str, str], str]] = {
         {"TLS_CERT_FILE": "{dir}/server-future.pem", "TLS_KEY_FILE": "{dir}/server-future-key.pem"},
         "error: TLS_CERT_FILE: the certificate in {dir}/server-future.pem is not valid before",
     ),
-    "world-readable key": ({"TLS_KEY_FILE": "{dir}/open-key.pem"}, "error: TLS_KEY_FILE: {dir}/open-key.pem is readable by every user (mode 0644)"),
+    "world-readable key": (
+        {"TLS_KEY_FILE": "{dir}/open-key.pem"},
+        "error: TLS_KEY_FILE: {dir}/open-key.pem is readable by every user (mode 0644)",
+    ),
     "CA did not sign the server certificate": (
         {"TLS_CA_FILE": "{dir}/other/ca.pem"},
         "error: TLS_CA_FILE: no certificate in {dir}/other/ca.pem signed the server certificate",
     ),
-    "CA is not PEM": ({"TLS_CA_FILE": "{dir}/garbage.pem"}, "error: TLS_CA_FILE: {dir}/garbage.pem holds no PEM certificate"),
+    "CA is not PEM": (
+        {"TLS_CA_FILE": "{dir}/garbage.pem"},
+        "error: TLS_CA_FILE: {dir}/garbage.pem holds no PEM certificate",
+    ),
     "CRL is not PEM": (
         {"TLS_CA_FILE": "{dir}/ca.pem", "TLS_CRL_FILE": "{dir}/garbage.pem"},
         "error: TLS_CRL_FILE: {dir}/garbage.pem holds no PEM certificate revocation list",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,10 +27,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 
 def serve(pki: PKI, directory: object, server: str, *args: str, scheme: str = "http") -> ServerProcess:
-    from pathlib import Path
-
     path = Path(str(directory))
-    process = start_server(f"sqlite+aiosqlite:///{path}/library.db", path, args=(*args, *SERVERS[server]), scheme=scheme)
+    process = start_server(
+        f"sqlite+aiosqlite:///{path}/library.db", path, args=(*args, *SERVERS[server]), scheme=scheme
+    )
     process.wait_ready(verify=pki.client_context() if scheme == "https" else True)
     return process
 
@@ -82,9 +83,12 @@ def test_token_mode_requires_credentials_except_on_public_routes(pki: PKI, tmp_p
             assert client.get("/api/v1/auth/me").status_code == 401
             email = f"{uuid.uuid4().hex[:8]}@example.com"
             password = "correct horse battery"
-            assert client.post(
-                "/api/v1/auth/register", json={"email": email, "password": password, "full_name": "Token User"}
-            ).status_code == 201
+            assert (
+                client.post(
+                    "/api/v1/auth/register", json={"email": email, "password": password, "full_name": "Token User"}
+                ).status_code
+                == 201
+            )
             token = client.post("/api/v1/auth/login", data={"username": email, "password": password}).json()
             headers = {"Authorization": f"Bearer {token['access_token']}"}
             assert client.get("/api/v1/books", headers=headers).status_code == 200

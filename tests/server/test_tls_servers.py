@@ -36,7 +36,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))
-def mtls_server(request: pytest.FixtureRequest, pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def mtls_server(
+    request: pytest.FixtureRequest, pki: PKI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp(f"mtls-{request.param}")
     args = ("--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
     args += ("--crl", str(pki.crl), *SERVERS[request.param])
@@ -83,7 +85,9 @@ def test_a_librarian_certificate_creates_a_book_and_a_reader_certificate_cannot(
         assert client.get(f"/api/v1/books/{created.json()['id']}").json()["title"] == "Certificates in Practice"
 
 
-def test_a_valid_certificate_with_no_known_role_gets_403_without_its_roles(pki: PKI, mtls_server: ServerProcess) -> None:
+def test_a_valid_certificate_with_no_known_role_gets_403_without_its_roles(
+    pki: PKI, mtls_server: ServerProcess
+) -> None:
     with pki.client(mtls_server.base_url, "unknown-role") as client:
         response = client.get("/api/v1/books")
     assert response.status_code == 403
@@ -92,19 +96,35 @@ def test_a_valid_certificate_with_no_known_role_gets_403_without_its_roles(pki: 
 
 
 @pytest.mark.parametrize(
-    "name", ["expired", "not-yet-valid", "foreign", "self-signed", "server-auth-only", "ca-as-leaf", "no-eku", None]
+    ("name", "outcome"),
+    [
+        ("expired", None),
+        ("not-yet-valid", None),
+        ("foreign", None),
+        ("self-signed", None),
+        ("server-auth-only", None),
+        ("ca-as-leaf", None),
+        # OpenSSL accepts a leaf without any extended key usage; the application refuses it.
+        ("no-eku", 401),
+    ],
 )
-def test_bad_or_missing_certificates_are_refused(pki: PKI, mtls_server: ServerProcess, name: str | None) -> None:
-    status = handshake_refused_or_denied(pki, mtls_server, name) if name else None
-    if name is None:
-        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
-            with pki.client(mtls_server.base_url) as client:
-                client.get("/api/v1/books")
-        return
-    assert status in {None, 401, 403}
+def test_bad_certificates_fail_the_handshake_or_get_401(
+    pki: PKI, mtls_server: ServerProcess, name: str, outcome: int | None
+) -> None:
+    assert handshake_refused_or_denied(pki, mtls_server, name) == outcome
 
 
-def test_a_certificate_revoked_after_start_is_refused_on_the_next_connection(pki: PKI, mtls_server: ServerProcess) -> None:
+def test_a_client_without_a_certificate_fails_the_handshake(pki: PKI, mtls_server: ServerProcess) -> None:
+    with (
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+        pki.client(mtls_server.base_url) as client,
+    ):
+        client.get("/api/v1/books")
+
+
+def test_a_certificate_revoked_after_start_is_refused_on_the_next_connection(
+    pki: PKI, mtls_server: ServerProcess
+) -> None:
     name = "revoked"
     assert handshake_refused_or_denied(pki, mtls_server, name) == 200
     pki.revoke(name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from library_api.security.issuing import Authority, write_certificate, write_key, write_revocation_list
@@ -64,8 +65,6 @@ class PKI:
 
     def revoke(self, *names: str) -> None:
         """Rewrite the CRL so that it revokes the certificates of ``names``."""
-        from cryptography import x509
-
         serials = [x509.load_pem_x509_certificate(self.cert(name).read_bytes()).serial_number for name in names]
         write_revocation_list(self.authority, self.directory, serials)
 
@@ -89,10 +88,22 @@ def make_pki(directory: Path) -> PKI:
     _save(directory, "unknown-role", authority.issue_client("carol", ["astronaut"]))
     _save(directory, "revoked", authority.issue_client("dave", ["librarian"]))
     _save(directory, "uri-roles", authority.issue_client("erin", ["librarian"], uri_roles=True))
-    _save(directory, "expired", authority.issue("frank", organizations=["librarian"], not_before=now - dt.timedelta(days=30), days=10))
-    _save(directory, "not-yet-valid", authority.issue("grace", organizations=["librarian"], not_before=now + dt.timedelta(days=2), days=10))
+    _save(
+        directory,
+        "expired",
+        authority.issue("frank", organizations=["librarian"], not_before=now - dt.timedelta(days=30), days=10),
+    )
+    _save(
+        directory,
+        "not-yet-valid",
+        authority.issue("grace", organizations=["librarian"], not_before=now + dt.timedelta(days=2), days=10),
+    )
     _save(directory, "foreign", foreign.issue_client("heidi", ["librarian"]))
-    _save(directory, "server-auth-only", authority.issue("ivan", organizations=["librarian"], usages=(ExtendedKeyUsageOID.SERVER_AUTH,)))
+    _save(
+        directory,
+        "server-auth-only",
+        authority.issue("ivan", organizations=["librarian"], usages=(ExtendedKeyUsageOID.SERVER_AUTH,)),
+    )
     _save(directory, "no-eku", authority.issue("judy", organizations=["librarian"], usages=()))
     self_signed = Authority.create("mallory")
     _save(directory, "self-signed", (self_signed.certificate, self_signed.key))

@@ -267,7 +267,9 @@ def certs_server(
 @certs_app.command("client")
 def certs_client(
     cn: Annotated[str, typer.Option(help="The client's identity (subject CN).")],
-    role: Annotated[list[str] | None, typer.Option("--role", help="A role, written as an O attribute (repeatable).")] = None,
+    role: Annotated[
+        list[str] | None, typer.Option("--role", help="A role, written as an O attribute (repeatable).")
+    ] = None,
     directory: CertsDir = Path("certs"),
     days: Annotated[int, typer.Option(min=1, max=3650, help="Lifetime in days.")] = 365,
     uri_roles: Annotated[bool, typer.Option(help="Also write the roles as urn:library-api:role: URI SANs.")] = False,

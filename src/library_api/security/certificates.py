@@ -193,7 +193,9 @@ def _check_certificate(path: Path, report: TLSFileReport, now: dt.datetime) -> x
         report.problems.append(f"TLS_CERT_FILE: the certificate in {path} expired on {expires:%Y-%m-%d %H:%M} UTC")
     elif certificate.not_valid_before_utc > now:
         starts = certificate.not_valid_before_utc
-        report.problems.append(f"TLS_CERT_FILE: the certificate in {path} is not valid before {starts:%Y-%m-%d %H:%M} UTC")
+        report.problems.append(
+            f"TLS_CERT_FILE: the certificate in {path} is not valid before {starts:%Y-%m-%d %H:%M} UTC"
+        )
     elif expires - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
         report.warnings.append(
             f"TLS_CERT_FILE: the certificate in {path} expires in {(expires - now).days} day(s), on {expires:%Y-%m-%d}"

@@ -51,7 +51,9 @@ def new_key(key_type: KeyType = "ec") -> PrivateKey:
 def write_key(path: Path, key: PrivateKey) -> None:
     """Write ``key`` as unencrypted PKCS#8 PEM, readable by its owner only (created 0600, never wider)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
@@ -120,7 +122,8 @@ class Authority:
             certificate = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
             key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), password=None)
         except (OSError, ValueError) as exc:
-            raise IssuingError(f"no certificate authority in {directory} (run 'library-api certs init-ca'): {exc}")
+            message = f"no certificate authority in {directory} (run 'library-api certs init-ca'): {exc}"
+            raise IssuingError(message) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise IssuingError(f"{directory / 'ca-key.pem'} holds an unsupported key type")
         return cls(certificate, key)

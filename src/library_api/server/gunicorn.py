@@ -42,7 +42,11 @@ WORKER_CLASS = "library_api.server.gunicorn.LibraryWorker"
 class LibraryWorker(UvicornWorker):
     """A Gunicorn worker running Uvicorn with the service's TLS context, TLS extension and graceful drain."""
 
-    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": TLSHttpToolsProtocol, "ws": TLSWebSocketsProtocol}
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - the base class declares it so; only read
+        "loop": "auto",
+        "http": TLSHttpToolsProtocol,
+        "ws": TLSWebSocketsProtocol,
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

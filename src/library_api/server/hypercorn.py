@@ -54,7 +54,7 @@ class HypercornApp:
         self.app = app
         self.tls = tls
 
-    async def __call__(self, scope: Any, receive: Any, send: Any, _sync_spawn: Any, _call_soon: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
         """Call the application, with this connection's TLS extension in the scope when there is one."""
         if self.tls is not None:
             scope["extensions"] = {**(scope.get("extensions") or {}), "tls": self.tls}
@@ -84,9 +84,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-async def serve(
-    app: ASGIApp, config: HypercornConfig, sockets: list[socket.socket], tls: ServerTLS | None
-) -> None:
+async def serve(app: ASGIApp, config: HypercornConfig, sockets: list[socket.socket], tls: ServerTLS | None) -> None:
     """Serve ``app`` on ``sockets`` until a stop signal, then drain and stop gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -103,7 +101,7 @@ async def serve(
         loop.add_signal_handler(number, on_signal, number)
 
     wrapped = HypercornApp(app)
-    lifespan = Lifespan(wrapped, config, loop, {})  # type: ignore[arg-type]
+    lifespan = Lifespan(wrapped, config, loop, {})
     lifespan_task = loop.create_task(lifespan.handle_lifespan())
     await lifespan.wait_for_startup()
     context = WorkerContext(None)
