@@ -97,3 +97,23 @@ def test_token_mode_requires_credentials_except_on_public_routes(pki: PKI, tmp_p
             assert client.get("/api/v1/books").status_code == 200
     finally:
         process.stop()
+
+
+def test_hypercorn_with_two_forked_workers_serves_tls_and_stops_on_sigterm(pki: PKI, tmp_path: object) -> None:
+    args = ("--mode", "https", "--cert", str(pki.cert("server")), "--key", str(pki.key("server")))
+    path = Path(str(tmp_path))
+    process = start_server(
+        f"sqlite+aiosqlite:///{path}/library.db",
+        path,
+        args=(*args, "--server", "hypercorn", "--workers", "2"),
+        scheme="https",
+    )
+    try:
+        process.wait_ready(verify=pki.client_context())
+        with httpx.Client(base_url=process.base_url, verify=pki.client_context()) as client:
+            statuses = {client.get("/api/v1/books").status_code for _ in range(4)}
+        assert statuses == {200}
+    finally:
+        assert process.stop() == 0
+    assert process.log().count("hypercorn stopped") == 2
+    assert "hypercorn started 2 workers" in process.log()
