@@ -28,6 +28,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+async def drain_messages(socket: websockets.ClientConnection) -> None:
+    """Read until the server closes the connection (raises ``ConnectionClosed``) or 20 s pass."""
+    while True:
+        await asyncio.wait_for(socket.recv(), 20)
+
+
 @pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
 async def test_sigterm_drains_and_a_second_signal_forces_the_close(pki: PKI, tmp_path: Path, server: str) -> None:
     args = ("--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
@@ -57,8 +63,7 @@ async def test_sigterm_drains_and_a_second_signal_forces_the_close(pki: PKI, tmp
             forced_at = time.monotonic()
             process.process.send_signal(signal.SIGINT)
             with pytest.raises(ConnectionClosed):
-                while True:
-                    await asyncio.wait_for(socket.recv(), 20)
+                await drain_messages(socket)
             assert socket.close_code == 1001
         code = await asyncio.to_thread(process.process.wait, 30)
         assert time.monotonic() - forced_at < 30
