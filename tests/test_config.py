@@ -70,13 +70,21 @@ def test_production_refuses_default_and_example_secrets() -> None:
         with pytest.raises(ConfigError) as caught:
             load_settings(env=env, env_file=None)
         assert any(p.startswith("SECRET_KEY:") for p in caught.value.problems)
-    good = load_settings(env={"ENVIRONMENT": "production", "SECRET_KEY": "x" * 40}, env_file=None)
+    good = load_settings(
+        env={"ENVIRONMENT": "production", "SECRET_KEY": "x" * 40, "ALLOW_HTTP_BEHIND_PROXY": "true"}, env_file=None
+    )
     assert good.effective_log_format == "json"
     assert not good.should_seed_on_empty
 
 
 def test_production_refuses_weak_password_hashing_and_debug() -> None:
-    env = {"ENVIRONMENT": "production", "SECRET_KEY": "y" * 40, "PASSWORD_HASH_MEMORY_KIB": "1024", "DEBUG": "true"}
+    env = {
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": "y" * 40,
+        "PASSWORD_HASH_MEMORY_KIB": "1024",
+        "DEBUG": "true",
+        "ALLOW_HTTP_BEHIND_PROXY": "true",
+    }
     with pytest.raises(ConfigError) as caught:
         load_settings(env=env, env_file=None)
     assert {p.split(":")[0] for p in caught.value.problems} == {

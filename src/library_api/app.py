@@ -55,6 +55,7 @@ from library_api.resilience.redis import GuardedRedis
 from library_api.resilience.retry import Backoff
 from library_api.security.accounts import AccountStateCache
 from library_api.security.authentication import Authenticator
+from library_api.security.certificates import CertificateReader, issuer_names
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
 from library_api.security.tokens import TokenService
@@ -120,6 +121,12 @@ def build_broker(settings: Settings) -> Broker:
     return MemoryBroker(settings.ws_history_size)
 
 
+def certificate_reader(settings: Settings) -> CertificateReader:
+    """How client certificates name roles, and which issuers may sign them (the configured CA file's)."""
+    issuers = issuer_names(settings.tls_ca_file) if settings.tls_ca_file is not None else None
+    return CertificateReader(settings.certificate_role_source, settings.certificate_role_uri_prefix, issuers)
+
+
 def build_context(settings: Settings, database: Database) -> AppContext:
     """Wire every service of one application from its settings and database."""
     events = EventBus()
@@ -172,7 +179,13 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         passwords=passwords,
         tokens=tokens,
         accounts=accounts,
-        authenticator=Authenticator(policy, tokens, accounts),
+        authenticator=Authenticator(
+            policy,
+            tokens,
+            accounts,
+            certificates=certificate_reader(settings),
+            anonymous_allowed=not settings.security.requires_credentials,
+        ),
         users=users,
         auth=AuthService(users, passwords, tokens, accounts, timedelta(days=settings.refresh_token_expire_days)),
         books=books,

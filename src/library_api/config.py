@@ -24,6 +24,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -223,6 +224,17 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     reload: bool = False
 
+    # ----- security modes, TLS and servers (docs/security.md, docs/servers.md) -----
+    security_mode: Literal["auto", "http", "https", "mtls", "token"] = "auto"
+    server: Literal["uvicorn", "hypercorn", "gunicorn"] = "uvicorn"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_crl_file: Path | None = None
+    certificate_role_source: Literal["organization", "uri"] = "organization"
+    certificate_role_uri_prefix: str = Field(default="urn:library-api:role:", min_length=1, max_length=200)
+    allow_http_behind_proxy: bool = False
+
     @field_validator(
         "backend_cors_origins",
         "allowed_file_types",
@@ -251,6 +263,11 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         """Whether the strict production checks apply."""
         return self.environment is Environment.PRODUCTION
+
+    @property
+    def security(self) -> SecurityDecision:
+        """The security mode in force and why (``SECURITY_MODE=auto`` decides from the TLS files configured)."""
+        return decide_security_mode(self)
 
     @property
     def is_sqlite(self) -> bool:
@@ -481,6 +498,7 @@ def validate_settings(settings: Settings) -> list[str]:
     problems.extend(_hardening_problems(settings))
     problems.extend(_realtime_problems(settings))
     problems.extend(_email_problems(settings))
+    problems.extend(security_problems(settings))
     return problems
 
 
@@ -645,3 +663,70 @@ def hand_down_overrides(overrides: Mapping[str, Any]) -> None:
     """
     encoded = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items() if v is not None}
     os.environ[OVERRIDES_ENV] = json.dumps(encoded)
+
+
+# ===== security modes and TLS =====
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityDecision:
+    """The mode the service runs in, whether it speaks TLS, and the reason (logged at start and by check-config)."""
+
+    mode: Literal["http", "https", "mtls", "token"]
+    tls: bool
+    client_certificates: Literal["none", "optional", "required"]
+    reason: str
+
+    @property
+    def requires_credentials(self) -> bool:
+        """Whether every non-public route needs an authenticated caller (``token`` and ``mtls``)."""
+        return self.mode in {"token", "mtls"}
+
+
+def decide_security_mode(settings: Settings) -> SecurityDecision:
+    """Resolve ``SECURITY_MODE``: ``auto`` picks mtls with a CA, https with a certificate and key, else http.
+
+    TLS is on whenever a certificate and key are configured (in ``token`` mode too); client certificates are
+    required in ``mtls``, verified when offered in other modes with a CA, and not asked for without one.
+    """
+    has_pair = settings.tls_cert_file is not None and settings.tls_key_file is not None
+    has_ca = settings.tls_ca_file is not None
+    mode = settings.security_mode
+    if mode == "auto":
+        if has_pair and has_ca:
+            chosen, reason = "mtls", "auto: TLS_CA_FILE is set, so client certificates from that CA are required"
+        elif has_pair:
+            chosen, reason = "https", "auto: TLS_CERT_FILE and TLS_KEY_FILE are set and no TLS_CA_FILE"
+        else:
+            chosen, reason = "http", "auto: no TLS_CERT_FILE/TLS_KEY_FILE, so plain HTTP"
+    else:
+        chosen, reason = mode, f"SECURITY_MODE={mode}"
+    if chosen == "mtls":
+        clients: Literal["none", "optional", "required"] = "required"
+    else:
+        clients = "optional" if has_ca and has_pair and chosen != "http" else "none"
+    return SecurityDecision(chosen, has_pair and chosen != "http", clients, reason)  # type: ignore[arg-type]
+
+
+def security_problems(settings: Settings) -> list[str]:
+    """Mode prerequisites and the TLS files themselves, one line per problem (the files are really read)."""
+    from library_api.security.certificates import check_tls_files  # noqa: PLC0415 - cryptography loads lazily
+
+    problems: list[str] = []
+    decision = decide_security_mode(settings)
+    cert, key, ca, crl = settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_crl_file
+    if (cert is None) != (key is None):
+        problems.append("TLS_CERT_FILE/TLS_KEY_FILE: set both (the server certificate and its private key) or neither")
+    if decision.mode in {"https", "mtls"} and (cert is None or key is None):
+        problems.append(f"SECURITY_MODE: {decision.mode!r} needs TLS_CERT_FILE and TLS_KEY_FILE")
+    if decision.mode == "mtls" and ca is None:
+        problems.append("SECURITY_MODE: 'mtls' needs TLS_CA_FILE, the CA that issues client certificates")
+    if crl is not None and ca is None:
+        problems.append("TLS_CRL_FILE: a revocation list needs TLS_CA_FILE (it checks client certificates)")
+    if settings.is_production and decision.mode == "http" and not settings.allow_http_behind_proxy:
+        problems.append(
+            "SECURITY_MODE: production refuses plain HTTP; configure TLS_CERT_FILE and TLS_KEY_FILE, or set "
+            "ALLOW_HTTP_BEHIND_PROXY=true when a TLS-terminating proxy is the only way in"
+        )
+    problems.extend(check_tls_files(cert, key, ca, crl).problems)
+    return problems

@@ -14,7 +14,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from library_api.app import create_app
-from library_api.server.draining import STARTUP_FAILURE, DrainingServer, coordinator_of
+from library_api.server.draining import STARTUP_FAILURE
+from library_api.server.tls import find_shutdown
+from library_api.server.uvicorn import DrainingServer
 from tests.conftest import fast_settings
 from tests.support.processes import start_server
 
@@ -83,7 +85,7 @@ async def test_workers_that_cannot_start_stop_the_supervisor(tmp_path: Path) -> 
 async def test_an_application_without_a_coordinator_stops_at_once() -> None:
     server = DrainingServer(uvicorn.Config(Starlette(), log_config=None))
     server.config.load()
-    assert coordinator_of(server.config.loaded_app) is None
+    assert find_shutdown(server.config.loaded_app) is None
     server.handle_exit(signal.SIGTERM, None)
     await server.on_tick(0)
     assert server.should_exit
@@ -96,5 +98,5 @@ async def test_the_coordinator_is_found_through_wrapping_layers(tmp_path: Path) 
         def __init__(self, inner: object) -> None:
             self.app = inner
 
-    assert coordinator_of(Wrapper(Wrapper(app))) is app.state.context.shutdown
-    assert coordinator_of(object()) is None
+    assert find_shutdown(Wrapper(Wrapper(app))) is app.state.context.shutdown
+    assert find_shutdown(object()) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -36,15 +37,17 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def wait_ready(self, path: str = "/health/ready", timeout: float = 120.0) -> None:
-        """Poll until ``path`` answers 200, the process dies, or ``timeout`` passes."""
+    def wait_ready(
+        self, path: str = "/health/ready", timeout: float = 120.0, verify: ssl.SSLContext | bool = True
+    ) -> None:
+        """Poll until ``path`` answers 200, the process dies, or ``timeout`` passes (``verify``: a TLS client)."""
         deadline = time.monotonic() + timeout
         last_error = "no attempt"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                response = httpx.get(self.base_url + path, timeout=2.0)
+                response = httpx.get(self.base_url + path, timeout=2.0, verify=verify)
                 if response.status_code == 200:
                     return
                 last_error = f"status {response.status_code}"
@@ -71,6 +74,7 @@ def start_server(
     *,
     args: tuple[str, ...] = (),
     env: Mapping[str, str] | None = None,
+    scheme: str = "http",
 ) -> ServerProcess:
     """Start ``library-api serve`` on a free port with ``directory`` as its working directory."""
     port = free_port()
@@ -86,4 +90,4 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return ServerProcess(process=process, base_url=f"http://127.0.0.1:{port}", log_path=log_path)
+    return ServerProcess(process=process, base_url=f"{scheme}://127.0.0.1:{port}", log_path=log_path)

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, status
 
-from library_api.auth.schemas import RefreshRequest, TokenPair
+from library_api.auth.schemas import PrincipalOut, RefreshRequest, TokenPair
 from library_api.deps import ContextDep, ReadSessionDep, SessionDep
 from library_api.http.problems import Forbidden
 from library_api.http.rate_limit import limit_login_attempts
 from library_api.http.responses import problems
-from library_api.security.dependencies import public, require
+from library_api.security.dependencies import CurrentPrincipal, public, require
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.users.schemas import UserCreate, UserOut, UserSelfUpdate
@@ -101,3 +101,18 @@ async def update_me(body: UserSelfUpdate, principal: SignedIn, session: SessionD
     """Change one's own name or password (with the current one); role and id cannot be changed here."""
     user = await ctx.users.update_self(session, _user_id(principal), body)
     return UserOut.model_validate(user)
+
+
+@router.get("/principal", dependencies=[public()], summary="Who the service takes the caller to be")
+async def principal(caller: CurrentPrincipal) -> PrincipalOut:
+    """The caller's identity and known roles, whatever proved them (token, client certificate, or none).
+
+    Public, so that a client can check how it is seen (a certificate's CN and roles, for one) before it calls
+    anything else; it shows callers only themselves.
+    """
+    return PrincipalOut(
+        subject=caller.subject,
+        name=caller.name,
+        credential=caller.credential.value,
+        roles=sorted(caller.roles),
+    )

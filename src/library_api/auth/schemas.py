@@ -23,3 +23,12 @@ class RefreshRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class PrincipalOut(BaseModel):
+    """Who the service takes the caller to be: identity, how it was proven, and the roles it holds."""
+
+    subject: str
+    name: str | None
+    credential: str
+    roles: list[str]

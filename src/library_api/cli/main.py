@@ -73,11 +73,23 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on [PORT].")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes [WORKERS].")] = None,
     reload: Annotated[bool | None, typer.Option("--reload/--no-reload", help="Restart on code changes.")] = None,
+    mode: Annotated[str | None, typer.Option(help="auto, http, https, mtls or token [SECURITY_MODE].")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Server certificate, PEM [TLS_CERT_FILE].")] = None,
+    key: Annotated[Path | None, typer.Option(help="Private key of --cert, PEM [TLS_KEY_FILE].")] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA of client certificates, PEM [TLS_CA_FILE].")] = None,
+    crl: Annotated[Path | None, typer.Option(help="Revocation list of --ca, PEM [TLS_CRL_FILE].")] = None,
+    server: Annotated[str | None, typer.Option(help="uvicorn, hypercorn or gunicorn [SERVER].")] = None,
 ) -> None:
     """Run the HTTP server (validating the whole configuration before any port is opened)."""
     from library_api.server.runner import run
 
-    flags = {"host": host, "port": port, "workers": workers, "reload": reload}
+    flags = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "reload": reload,
+        **security_flags(mode=mode, cert=cert, key=key, ca=ca, crl=crl, server=server),
+    }
     settings = settings_from(ctx, **flags)
     state: CliState = ctx.obj
     overrides = {key: value for key, value in flags.items() if value is not None}
@@ -152,12 +164,173 @@ def check_config(
     """Validate the configuration and print the effective values with secrets masked."""
     settings = settings_from(ctx)
     view = public_view(settings)
+    security = security_summary(settings)
     if as_json:
-        typer.echo(json.dumps(view, indent=2, default=str))
+        typer.echo(json.dumps({**view, "security": security}, indent=2, default=str))
         return
     for key, value in view.items():
         shown = json.dumps(value, default=str) if isinstance(value, list | dict) else value
         typer.echo(f"{key}={'' if shown is None else shown}")
+    typer.echo(f"# security mode: {security['mode']} ({security['reason']})")
+    for line in security["certificates"]:
+        typer.echo(f"# {line}")
+    for line in security["warnings"]:
+        typer.echo(f"warning: {line}", err=True)
+
+
+# ===== security modes and certificates =====
+
+
+def security_flags(**flags: Any) -> dict[str, Any]:
+    """The ``serve`` security flags under their setting names (``--mode`` is ``SECURITY_MODE`` and so on)."""
+    names = {"mode": "security_mode", "cert": "tls_cert_file", "key": "tls_key_file", "ca": "tls_ca_file"}
+    names |= {"crl": "tls_crl_file", "server": "server"}
+    return {names[flag]: str(value) if isinstance(value, Path) else value for flag, value in flags.items()}
+
+
+def security_summary(settings: Settings) -> dict[str, Any]:
+    """The decided security mode with its reason, and a summary and warnings of the TLS files."""
+    from library_api.security.certificates import check_tls_files
+
+    decision = settings.security
+    report = check_tls_files(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_crl_file)
+    return {
+        "mode": decision.mode,
+        "reason": decision.reason,
+        "tls": decision.tls,
+        "client_certificates": decision.client_certificates,
+        "certificates": report.summary,
+        "warnings": report.warnings,
+    }
+
+
+certs_app = typer.Typer(help="A small certificate authority for mutual TLS.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+CertsDir = Annotated[Path, typer.Option("--dir", help="The authority's directory (ca.pem, ca-key.pem, crl.pem).")]
+
+
+def _authority(directory: Path) -> Any:
+    from library_api.security.issuing import Authority, IssuingError
+
+    try:
+        return Authority.load(directory)
+    except IssuingError as exc:
+        raise fail([str(exc)]) from None
+
+
+def _write_pair(directory: Path, name: str, pair: Any) -> None:
+    from library_api.security.issuing import write_certificate, write_key
+
+    certificate, key = pair
+    write_certificate(directory / f"{name}.pem", certificate)
+    write_key(directory / f"{name}-key.pem", key)
+    typer.echo(f"wrote {directory / f'{name}.pem'} and {directory / f'{name}-key.pem'} (0600)")
+
+
+@certs_app.command("init-ca")
+def certs_init_ca(
+    directory: CertsDir = Path("certs"),
+    cn: Annotated[str, typer.Option(help="The CA's common name.")] = "Library API CA",
+    days: Annotated[int, typer.Option(min=1, max=7300, help="Lifetime in days.")] = 3650,
+    key_type: Annotated[str, typer.Option(help="ec (P-256) or rsa (3072 bits).")] = "ec",
+    force: Annotated[bool, typer.Option(help="Replace an existing CA.")] = False,
+) -> None:
+    """Create a certificate authority and an empty revocation list."""
+    from library_api.security.issuing import Authority, write_revocation_list
+
+    if key_type not in {"ec", "rsa"}:
+        raise fail([f"--key-type must be ec or rsa (got {key_type!r})"], EXIT_CONFIG)
+    if (directory / "ca.pem").exists() and not force:
+        raise fail([f"{directory / 'ca.pem'} exists; pass --force to replace the authority"])
+    authority = Authority.create(cn, days, key_type)  # type: ignore[arg-type]
+    authority.save(directory)
+    write_revocation_list(authority, directory, [])
+    typer.echo(f"created CA {cn!r} in {directory} (ca.pem, ca-key.pem 0600, crl.pem)")
+
+
+@certs_app.command("server")
+def certs_server(
+    host: Annotated[list[str], typer.Option("--host", help="A DNS name or IP address (repeatable).")],
+    directory: CertsDir = Path("certs"),
+    days: Annotated[int, typer.Option(help="Lifetime in days, at most 366.")] = 365,
+    name: Annotated[str, typer.Option(help="File name stem.")] = "server",
+) -> None:
+    """Issue a server certificate (serverAuth) for the given hosts."""
+    from library_api.security.issuing import IssuingError
+
+    try:
+        pair = _authority(directory).issue_server(host, days)
+    except IssuingError as exc:
+        raise fail([str(exc)], EXIT_CONFIG) from None
+    _write_pair(directory, name, pair)
+
+
+@certs_app.command("client")
+def certs_client(
+    cn: Annotated[str, typer.Option(help="The client's identity (subject CN).")],
+    role: Annotated[
+        list[str] | None, typer.Option("--role", help="A role, written as an O attribute (repeatable).")
+    ] = None,
+    directory: CertsDir = Path("certs"),
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Lifetime in days.")] = 365,
+    uri_roles: Annotated[bool, typer.Option(help="Also write the roles as urn:library-api:role: URI SANs.")] = False,
+    name: Annotated[str | None, typer.Option(help="File name stem (default: the CN).")] = None,
+) -> None:
+    """Issue a client certificate (clientAuth) carrying roles."""
+    from library_api.security.issuing import IssuingError
+
+    try:
+        pair = _authority(directory).issue_client(cn, role or [], days, uri_roles=uri_roles)
+    except IssuingError as exc:
+        raise fail([str(exc)], EXIT_CONFIG) from None
+    stem = name or "".join(char if char.isalnum() or char in "-_." else "-" for char in cn)
+    _write_pair(directory, stem, pair)
+
+
+@certs_app.command("revoke")
+def certs_revoke(
+    file: Annotated[Path, typer.Argument(help="The certificate to revoke.")],
+    directory: CertsDir = Path("certs"),
+) -> None:
+    """Revoke a certificate and rewrite crl.pem (running servers pick it up on their next handshake)."""
+    from cryptography import x509
+
+    from library_api.security.certificates import signed_by
+    from library_api.security.issuing import revoked_serials, write_revocation_list
+
+    authority = _authority(directory)
+    try:
+        certificate = x509.load_pem_x509_certificate(file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise fail([f"{file} holds no PEM certificate: {exc}"]) from None
+    if not signed_by(certificate, authority.certificate):
+        raise fail([f"{file} was not issued by the CA in {directory}"])
+    path = write_revocation_list(authority, directory, [*revoked_serials(directory), certificate.serial_number])
+    typer.echo(f"revoked serial {certificate.serial_number:x}; wrote {path}")
+
+
+@certs_app.command("crl")
+def certs_crl(directory: CertsDir = Path("certs")) -> None:
+    """Sign a fresh crl.pem with the revocations so far (run it before the list's next update, weekly)."""
+    from library_api.security.issuing import revoked_serials, write_revocation_list
+
+    serials = revoked_serials(directory)
+    path = write_revocation_list(_authority(directory), directory, serials)
+    typer.echo(f"wrote {path} ({len(serials)} revoked)")
+
+
+@certs_app.command("show")
+def certs_show(file: Annotated[Path, typer.Argument(help="A PEM certificate.")]) -> None:
+    """Print a certificate's subject, issuer, validity, roles and usages."""
+    from library_api.security.issuing import IssuingError, describe
+
+    try:
+        lines = describe(file)
+    except IssuingError as exc:
+        raise fail([str(exc)]) from None
+    for line in lines:
+        typer.echo(line)
 
 
 users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)

@@ -1,9 +1,15 @@
 """Turn the credentials on a connection into a :class:`Principal`.
 
 One authenticator serves HTTP requests and WebSocket handshakes alike. A bearer access token is verified
-cryptographically and then against the account's live state (:mod:`library_api.security.accounts`); no
-credential at all yields the anonymous principal, whose permissions the role table decides. A credential that
-is present but wrong is always an error, never a silent downgrade to anonymous.
+cryptographically and then against the account's live state (:mod:`library_api.security.accounts`). Without
+one, a verified client certificate (the ASGI TLS extension ``scope["extensions"]["tls"]``, set by the server
+adapters in :mod:`library_api.server` or, behind a trusted proxy, by the request context) identifies the
+caller: its CN is the identity and its roles are read by
+:class:`~library_api.security.certificates.CertificateReader`; roles the role table does not know grant
+nothing, so a certificate with no known role is authenticated but gets 403 everywhere. No credential at all
+yields the anonymous principal, whose permissions the role table decides, except in ``token`` and ``mtls``
+modes where it holds none (every non-public route then needs credentials). A credential that is present but
+wrong is always an error, never a silent downgrade to anonymous.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from starlette.requests import HTTPConnection
 
 from library_api.http.problems import Unauthorized
 from library_api.security.accounts import AccountStateCache
+from library_api.security.certificates import CertificateReader
 from library_api.security.permissions import PermissionPolicy, Role
 from library_api.security.principal import CredentialKind, Principal
 from library_api.security.tokens import InvalidToken, TokenService
@@ -20,22 +27,35 @@ from library_api.security.tokens import InvalidToken, TokenService
 class Authenticator:
     """Resolves the caller of each request from its credentials."""
 
-    def __init__(self, policy: PermissionPolicy, tokens: TokenService, accounts: AccountStateCache) -> None:
+    def __init__(
+        self,
+        policy: PermissionPolicy,
+        tokens: TokenService,
+        accounts: AccountStateCache,
+        *,
+        certificates: CertificateReader | None = None,
+        anonymous_allowed: bool = True,
+    ) -> None:
         self.policy = policy
         self.tokens = tokens
         self.accounts = accounts
+        self.certificates = certificates or CertificateReader()
+        self._certificate_principals: dict[str, Principal] = {}
         anonymous_roles = frozenset({Role.ANONYMOUS.value})
         self.anonymous = Principal(
             subject="anonymous",
             credential=CredentialKind.ANONYMOUS,
-            roles=anonymous_roles,
-            permissions=policy.permissions_for(anonymous_roles),
+            roles=anonymous_roles if anonymous_allowed else frozenset(),
+            permissions=policy.permissions_for(anonymous_roles) if anonymous_allowed else frozenset(),
         )
 
     async def authenticate(self, connection: HTTPConnection) -> Principal:
         """The principal behind ``connection``'s ``Authorization`` header, or the anonymous one."""
         header = connection.headers.get("authorization")
         if header is None:
+            tls = connection.scope.get("extensions", {}).get("tls")
+            if tls and tls.get("client_cert_chain"):
+                return self.from_certificate(tls["client_cert_chain"][0])
             return self.anonymous
         scheme, _, credentials = header.partition(" ")
         credentials = credentials.strip()
@@ -60,3 +80,24 @@ class Authenticator:
             permissions=self.policy.permissions_for(roles),
             user_id=claims.user_id,
         )
+
+    def from_certificate(self, pem: str) -> Principal:
+        """The caller named by a verified client certificate (PEM); the answer is kept per certificate."""
+        principal = self._certificate_principals.get(pem)
+        if principal is not None:
+            return principal
+        identity = self.certificates.identity(pem)
+        if identity.problem is not None:
+            raise Unauthorized(identity.problem)
+        roles = self.policy.known(identity.roles)
+        principal = Principal(
+            subject=f"certificate:{identity.common_name}",
+            credential=CredentialKind.CERTIFICATE,
+            roles=roles,
+            permissions=self.policy.permissions_for(roles),
+            name=identity.common_name,
+        )
+        if len(self._certificate_principals) >= self.certificates.capacity:
+            self._certificate_principals.clear()
+        self._certificate_principals[pem] = principal
+        return principal

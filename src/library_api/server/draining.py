@@ -1,21 +1,14 @@
-"""Uvicorn that lets the application drain before the server shuts down, alone or as several workers.
+"""Several draining Uvicorn workers on one socket: the Uvicorn adapter's ``--workers N``.
 
-On SIGTERM, plain Uvicorn closes every WebSocket at once with 1012 and then re-raises the signal, so the
-process dies by it instead of exiting 0. :class:`DrainingServer` hands the first SIGTERM/SIGINT to the
-application's :class:`~library_api.server.shutdown.ShutdownCoordinator` instead; only when the drain has
-finished does Uvicorn's own shutdown run (stop accepting, finish in-flight HTTP, lifespan). A second SIGINT
-forces the drain to end at once. Signal handlers only record the signal; the work happens on the event loop
-in :meth:`DrainingServer.on_tick`.
-
-Uvicorn's own multi-process supervisor always runs its stock server class in the children, so
-:class:`WorkerSupervisor` runs ``--workers N`` itself: it binds the socket once, starts N spawned children
-that each run a :class:`DrainingServer`, forwards every stop signal to them, replaces a child that dies while
-serving, and waits for all of them to finish draining before it exits.
+Uvicorn's own multi-process supervisor always runs its stock server class in the children, and that class
+closes every WebSocket at once with 1012 on SIGTERM. :class:`WorkerSupervisor` runs ``--workers N`` itself:
+it binds the socket once, starts N spawned children that each run a
+:class:`~library_api.server.uvicorn.DrainingServer`, forwards every stop signal to them, replaces a child that
+dies while serving, and waits for all of them to finish draining before it exits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -25,63 +18,16 @@ import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
-from library_api.server.shutdown import ShutdownCoordinator
+from library_api.server.uvicorn import DrainingServer
 
 logger = logging.getLogger("library_api.server")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STARTUP_FAILURE = 3
 """Exit code of a worker that could not start serving (the same code Uvicorn uses)."""
-
-
-def coordinator_of(app: Any) -> ShutdownCoordinator | None:
-    """The shutdown coordinator of the service's application, looked for through any wrapping ASGI layers."""
-    for _ in range(16):
-        state = getattr(app, "state", None)
-        context = getattr(state, "context", None)
-        if context is not None:
-            coordinator = getattr(context, "shutdown", None)
-            return coordinator if isinstance(coordinator, ShutdownCoordinator) else None
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
-
-
-class DrainingServer(uvicorn.Server):
-    """Uvicorn whose first stop signal drains the application before the server's own shutdown."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.received: list[int] = []
-        self._drain: asyncio.Task[None] | None = None
-        self._forced = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Remember the signal; :meth:`on_tick` acts on it from the event loop."""
-        self.received.append(sig)
-
-    async def on_tick(self, counter: int) -> bool:
-        """Start the drain on the first signal, force it on a second SIGINT, exit once it has finished."""
-        if self.received and self._drain is None:
-            coordinator = coordinator_of(self.config.loaded_app)
-            if coordinator is None:
-                self.should_exit = True
-            else:
-                self._drain = asyncio.create_task(coordinator.drain())
-        if self._drain is not None:
-            if len(self.received) > 1 and self.received[-1] == signal.SIGINT and not self._forced:
-                self._forced = True
-                coordinator = coordinator_of(self.config.loaded_app)
-                if coordinator is not None:
-                    coordinator.force()
-            if self._drain.done():
-                self.should_exit = True
-        return await super().on_tick(counter)
 
 
 def serve_worker(config: uvicorn.Config, listener: socket.socket) -> None:

@@ -1,8 +1,16 @@
-"""Start the configured ASGI server.
+"""Start the configured ASGI server: one entry point, one adapter per server, one TLS and validation path.
 
-One worker without reload runs the application built here, in this process. Several workers or reload need
-the server to import the application itself in each child, so the command-line overrides are handed down
-through the environment and :func:`library_api.server.asgi.create_app_from_environment` rebuilds it.
+The settings are validated before this runs (``library-api serve`` exits with every problem otherwise), so no
+port is opened for a configuration that cannot work. The security decision (mode, TLS, client certificates)
+and the reason for it are logged, as are certificate warnings (expiry within 30 days). Then the adapter of
+``SERVER`` serves:
+
+* **uvicorn** (default): one worker runs the application built here; several workers
+  (:mod:`library_api.server.draining`) or reload need the server to import the application in each child, so
+  the command-line overrides are handed down through the environment and
+  :func:`library_api.server.asgi.create_app_from_environment` rebuilds it;
+* **hypercorn**: :mod:`library_api.server.hypercorn` (HTTP/2 over TLS via ALPN);
+* **gunicorn**: :mod:`library_api.server.gunicorn`, Uvicorn workers managed by Gunicorn.
 """
 
 from __future__ import annotations
@@ -17,49 +25,66 @@ from library_api.app import create_app
 from library_api.config import Settings, hand_down_overrides
 from library_api.observability.logging import configure_logging
 from library_api.observability.multiprocess import prepare_worker_metrics
-from library_api.server.draining import STARTUP_FAILURE, DrainingServer, WorkerSupervisor
+from library_api.security.certificates import check_tls_files
+from library_api.server.draining import STARTUP_FAILURE, WorkerSupervisor
+from library_api.server.tls import ServerTLS
+from library_api.server.uvicorn import DrainingServer, uvicorn_options
 
 logger = logging.getLogger("library_api.server")
 
 APP_FACTORY = "library_api.server.asgi:create_app_from_environment"
 
 
-def _uvicorn_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "server_header": False,
-        "proxy_headers": False,
-        "access_log": False,
-        "ws_max_size": settings.ws_max_size,
-        "ws_ping_interval": settings.ws_ping_interval or None,
-        "ws_ping_timeout": settings.ws_ping_timeout or None,
-        "ws_per_message_deflate": settings.ws_per_message_deflate,
-    }
+def announce(settings: Settings) -> None:
+    """Log the security decision, why it was made, and any warning about the certificate files."""
+    decision = settings.security
+    logger.info(
+        "security mode %s (%s); TLS %s, client certificates %s",
+        decision.mode,
+        decision.reason,
+        "on" if decision.tls else "off",
+        decision.client_certificates,
+    )
+    report = check_tls_files(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_crl_file)
+    for warning in report.warnings:
+        logger.warning("%s", warning)
 
 
 def run(settings: Settings, overrides: Mapping[str, Any]) -> int:
     """Serve until stopped and return the process exit code; ``overrides`` are the command-line flags.
 
-    Every path drains the application on the first stop signal before Uvicorn shuts down (see
-    :mod:`library_api.server.draining`); reload, a development aid, is the exception and uses Uvicorn's own
-    reloader.
+    Every server drains the application on the first stop signal before its own shutdown; reload, a
+    development aid, is the exception and uses Uvicorn's own reloader.
     """
     configure_logging(settings.log_level, settings.effective_log_format)
-    options = _uvicorn_options(settings)
+    announce(settings)
+    if settings.server == "hypercorn":
+        from library_api.server.hypercorn import run_hypercorn  # noqa: PLC0415 - only this server needs it
+
+        run_hypercorn(settings, overrides)
+        return 0
+    if settings.server == "gunicorn":
+        from library_api.server.gunicorn import run_gunicorn  # noqa: PLC0415 - only this server needs it
+
+        run_gunicorn(settings, overrides)
+        return 0
+    tls = ServerTLS.from_settings(settings)
+    options = uvicorn_options(settings, tls)
+    scheme = "https" if tls is not None else "http"
     if settings.reload:
         hand_down_overrides(overrides)
-        logger.info("starting uvicorn on %s:%d with reload", settings.host, settings.port)
+        logger.info("starting uvicorn on %s://%s:%d with reload", scheme, settings.host, settings.port)
         uvicorn.run(APP_FACTORY, factory=True, reload=True, reload_dirs=["src"], **options)
         return 0
     if settings.workers > 1:
         hand_down_overrides(overrides)
         prepare_worker_metrics(settings)
-        logger.info("starting uvicorn on %s:%d with %d workers", settings.host, settings.port, settings.workers)
+        logger.info(
+            "starting uvicorn on %s://%s:%d with %d workers", scheme, settings.host, settings.port, settings.workers
+        )
         config = uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options)
         return WorkerSupervisor(config, settings.workers).run()
-    logger.info("starting uvicorn on %s:%d", settings.host, settings.port)
+    logger.info("starting uvicorn on %s://%s:%d", scheme, settings.host, settings.port)
     server = DrainingServer(uvicorn.Config(create_app(settings), **options))
     server.run()
     return 0 if server.started else STARTUP_FAILURE

@@ -1,0 +1,113 @@
+"""The Gunicorn adapter: Gunicorn manages the processes, each worker runs Uvicorn with the service's TLS and drain.
+
+:class:`LibraryWorker` is Uvicorn's Gunicorn worker with the pieces of :mod:`library_api.server.uvicorn`:
+the service's SSL context (Gunicorn's own TLS settings are not used, so its default cipher string never
+applies), the protocol classes that put the ASGI TLS extension into every scope, and the
+:class:`~library_api.server.uvicorn.DrainingServer`, so the SIGTERM Gunicorn sends a stopping worker first
+drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds this class by itself and sets
+``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server gunicorn``) does the
+same from the service's settings.
+
+Each worker builds its settings again from the environment (with the parent's command-line flags handed down
+in ``LIBRARY_API_OVERRIDES``), exactly as the application factory in :mod:`library_api.server.asgi` does.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+from library_api.config import Settings, hand_down_overrides, load_settings
+from library_api.observability.multiprocess import prepare_worker_metrics
+from library_api.server.tls import ServerTLS
+from library_api.server.uvicorn import DrainingServer, TLSHttpToolsProtocol, TLSWebSocketsProtocol, UvicornTLSFactory
+
+with warnings.catch_warnings():
+    # uvicorn.workers announces its move to a separate package on import; the class itself is what is used.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from uvicorn.workers import UvicornWorker
+
+GRACEFUL_MARGIN_SECONDS = 30
+"""Seconds after the WebSocket drain for in-flight requests and the lifespan shutdown."""
+
+WORKER_CLASS = "library_api.server.gunicorn.LibraryWorker"
+
+
+class LibraryWorker(UvicornWorker):
+    """A Gunicorn worker running Uvicorn with the service's TLS context, TLS extension and graceful drain."""
+
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - the base class declares it so; only read
+        "loop": "auto",
+        "http": TLSHttpToolsProtocol,
+        "ws": TLSWebSocketsProtocol,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = load_settings()
+        tls = ServerTLS.from_settings(settings)
+        if tls is not None:
+            self.config.ssl_context_factory = UvicornTLSFactory(tls)
+        self.config.server_header = False
+        self.config.ws_max_size = settings.ws_max_size
+        self.config.ws_ping_interval = settings.ws_ping_interval or None
+        self.config.ws_ping_timeout = settings.ws_ping_timeout or None
+        self.config.ws_per_message_deflate = settings.ws_per_message_deflate
+
+    async def _serve(self) -> None:
+        """Serve with the draining server (the first SIGTERM drains, then Uvicorn stops)."""
+        self.config.app = self.wsgi
+        server = DrainingServer(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+class GunicornService(BaseApplication):  # type: ignore[misc]
+    """Gunicorn run from ``library-api serve``, configured from the service's settings instead of a file."""
+
+    def __init__(self, options: Mapping[str, Any], load: Callable[[], Any]) -> None:
+        self.options = dict(options)
+        self._load = load
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Apply the options computed from the settings."""
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """Build the application in the worker (after the fork, never in the master)."""
+        return self._load()
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """Gunicorn's settings for the service; the graceful timeout always exceeds the WebSocket drain."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return {
+        "bind": [f"{host}:{settings.port}"],
+        "workers": settings.workers,
+        "worker_class": WORKER_CLASS,
+        "graceful_timeout": math.ceil(settings.shutdown_timeout) + GRACEFUL_MARGIN_SECONDS,
+        "timeout": 60,
+        "keepalive": 75,
+        "accesslog": None,
+        "proc_name": "library-api",
+        "control_socket_disable": True,
+    }
+
+
+def run_gunicorn(settings: Settings, overrides: Mapping[str, Any]) -> None:
+    """Serve with Gunicorn and ``WORKERS`` Uvicorn workers."""
+    from library_api.server.asgi import create_app_from_environment  # noqa: PLC0415 - loaded in the workers
+
+    hand_down_overrides(overrides)
+    prepare_worker_metrics(settings)
+    GunicornService(gunicorn_options(settings), create_app_from_environment).run()

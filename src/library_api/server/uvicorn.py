@@ -1,0 +1,129 @@
+"""The Uvicorn adapter: our TLS context, the ASGI TLS extension, and a drain before Uvicorn's own shutdown.
+
+Uvicorn (0.54) neither passes the client certificate to the application nor lets an application hook its
+signals. Both are added through its public extension points, with no change to its code:
+
+* ``Config(http=..., ws=...)`` accepts protocol classes. :class:`TLSHttpToolsProtocol` and
+  :class:`TLSWebSocketsProtocol` are Uvicorn's own protocols that, when a connection is made, read the
+  connection's ``SSLObject`` once and put an application wrapper carrying the ASGI TLS extension in front of
+  every request of that connection (:class:`~library_api.server.tls.ConnectionTLS`).
+* ``Config(ssl_context_factory=...)`` replaces Uvicorn's context builder with
+  :class:`UvicornTLSFactory`, i.e. :func:`library_api.security.tls.build_server_context`; it pickles as its
+  file paths, so spawned workers build their own context.
+* :class:`DrainingServer` is a ``uvicorn.Server`` whose first exit signal runs the application's
+  :class:`~library_api.server.shutdown.ShutdownCoordinator` drain; Uvicorn's shutdown follows when it is done.
+  A second signal forces the drain to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from library_api.config import Settings
+from library_api.server.tls import ConnectionTLS, ServerTLS, find_shutdown
+
+logger = logging.getLogger("library_api.server")
+
+
+@dataclass(slots=True)
+class UvicornTLSFactory:
+    """Uvicorn's ``ssl_context_factory``: the service's context instead of Uvicorn's defaults."""
+
+    tls: ServerTLS
+
+    def __call__(self, _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        """Build (once per process) and return the context."""
+        return self.tls.context()
+
+
+def _attach_tls(protocol: Any, transport: asyncio.BaseTransport) -> None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    factory = protocol.config.ssl_context_factory
+    if ssl_object is None or not isinstance(factory, UvicornTLSFactory):
+        return
+    protocol.app = ConnectionTLS(protocol.config.loaded_app, factory.tls.extension(ssl_object))
+
+
+class TLSHttpToolsProtocol(HttpToolsProtocol):
+    """Uvicorn's httptools protocol, with the connection's TLS extension in every request scope."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Register the connection, then read its TLS state once."""
+        super().connection_made(transport)
+        _attach_tls(self, transport)
+
+
+class TLSWebSocketsProtocol(WebSocketsSansIOProtocol):
+    """Uvicorn's WebSocket protocol, with the connection's TLS extension in the WebSocket scope."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the connection, then read its TLS state once."""
+        super().connection_made(transport)
+        _attach_tls(self, transport)
+
+
+class DrainingServer(uvicorn.Server):
+    """Uvicorn whose first exit signal drains the application before the server shuts down.
+
+    A later SIGINT forces the drain to end; a repeated SIGTERM does not, so that Ctrl+C in a terminal (which
+    reaches a worker both from the terminal and, as SIGTERM, from the supervisor) starts one graceful drain.
+    Signals are not re-raised after the shutdown, unlike Uvicorn's own handler, so the process exits 0.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.exit_signals: list[int] = []
+        self.drain_task: asyncio.Task[None] | None = None
+        self.forced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Only record the signal here; :meth:`on_tick` acts on it from the event loop."""
+        self.exit_signals.append(sig)
+
+    async def on_tick(self, counter: int) -> bool:
+        """Start the drain on the first signal, force it on a later SIGINT, and exit once it has finished."""
+        if self.exit_signals:
+            coordinator = find_shutdown(self.config.loaded_app)
+            if coordinator is None:
+                self.should_exit = True
+            elif self.drain_task is None:
+                self.drain_task = asyncio.create_task(coordinator.drain())
+            later_sigint = len(self.exit_signals) > 1 and signal.SIGINT in self.exit_signals[1:]
+            if later_sigint and coordinator is not None and not self.forced:
+                self.forced = True
+                coordinator.force()
+            if self.drain_task is not None and self.drain_task.done():
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def uvicorn_options(settings: Settings, tls: ServerTLS | None) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.Config`` for the service, TLS included when the mode asks for it."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "server_header": False,
+        "proxy_headers": False,
+        "access_log": False,
+        "http": TLSHttpToolsProtocol,
+        "ws": TLSWebSocketsProtocol,
+        "ws_max_size": settings.ws_max_size,
+        "ws_ping_interval": settings.ws_ping_interval or None,
+        "ws_ping_timeout": settings.ws_ping_timeout or None,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+    }
+    if tls is not None:
+        options["ssl_context_factory"] = UvicornTLSFactory(tls)
+    return options

@@ -1,0 +1,73 @@
+"""The adapters' own signal handling: the first SIGTERM drains WebSocket clients, a second signal forces the end.
+
+Run for the single-process Uvicorn adapter (``DrainingServer``) and the Hypercorn adapter's serving loop, over
+mTLS so that the drain is exercised on TLS connections as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from tests.support.certs import PKI, make_pki
+from tests.support.processes import start_server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def drain_messages(socket: websockets.ClientConnection) -> None:
+    """Read until the server closes the connection (raises ``ConnectionClosed``) or 20 s pass."""
+    while True:
+        await asyncio.wait_for(socket.recv(), 20)
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
+async def test_sigterm_drains_and_a_second_signal_forces_the_close(pki: PKI, tmp_path: Path, server: str) -> None:
+    args = ("--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
+    process = start_server(
+        f"sqlite+aiosqlite:///{tmp_path}/library.db",
+        tmp_path,
+        args=(*args, "--server", server),
+        env={"SHUTDOWN_TIMEOUT": "120", "SHUTDOWN_PROGRESS_INTERVAL": "1"},
+        scheme="https",
+    )
+    context = pki.client_context("librarian")
+    try:
+        await asyncio.to_thread(process.wait_ready, verify=context)
+        url = process.base_url.replace("https://", "wss://") + "/ws/drained"
+        async with websockets.connect(url, ssl=context, open_timeout=10) as socket:
+            assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "welcome"
+            process.process.send_signal(signal.SIGTERM)
+            async with httpx.AsyncClient(base_url=process.base_url, verify=context, timeout=5) as http:
+                deadline = time.monotonic() + 10
+                while (await http.get("/health/ready")).status_code != 503:
+                    assert time.monotonic() < deadline, "readiness never turned 503"
+                    await asyncio.sleep(0.05)
+            notice = None
+            while notice is None or notice["type"] != "shutdown":
+                notice = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            assert process.process.poll() is None  # still draining: the client has not left
+            forced_at = time.monotonic()
+            process.process.send_signal(signal.SIGINT)
+            with pytest.raises(ConnectionClosed):
+                await drain_messages(socket)
+            assert socket.close_code == 1001
+        code = await asyncio.to_thread(process.process.wait, 30)
+        assert time.monotonic() - forced_at < 30
+        assert code == 0
+    finally:
+        await asyncio.to_thread(process.stop)
+    assert "forced by a second signal" in process.log()
