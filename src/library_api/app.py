@@ -59,6 +59,8 @@ from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
 from library_api.security.tokens import TokenService
 from library_api.server.shutdown import ShutdownCoordinator
+from library_api.tokens.router import router as tokens_router
+from library_api.tokens.service import ApiTokenService
 from library_api.users.router import router as users_router
 from library_api.users.service import UserService
 from library_api.web.router import router as web_router
@@ -137,6 +139,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
     )
     tokens = TokenService(settings)
     accounts = AccountStateCache(database.reader, settings.principal_cache_ttl)
+    api_tokens = ApiTokenService(policy, database.reader, settings.principal_cache_ttl)
     users = UserService(passwords, accounts, settings.password_min_length)
     books = BookService(events, CoverStore(settings.upload_dir), settings.api_v1_str)
     cache_type = settings.effective_cache_type
@@ -172,7 +175,8 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         passwords=passwords,
         tokens=tokens,
         accounts=accounts,
-        authenticator=Authenticator(policy, tokens, accounts),
+        api_tokens=api_tokens,
+        authenticator=Authenticator(policy, tokens, accounts, api_tokens),
         users=users,
         auth=AuthService(users, passwords, tokens, accounts, timedelta(days=settings.refresh_token_expire_days)),
         books=books,
@@ -260,7 +264,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
     install_problem_handlers(app)
     install_database_unavailable_handler(app)
 
-    for router in (auth_router, users_router, books_router, bookings_router, realtime_router):
+    for router in (auth_router, users_router, books_router, bookings_router, tokens_router, realtime_router):
         app.include_router(router, prefix=settings.api_v1_str)
     app.include_router(health_router)
     if settings.metrics_enabled:
