@@ -115,7 +115,9 @@ async def test_invalid_requests_create_nothing(client: httpx.AsyncClient, ctx: A
         response = await client.post("/api/v1/tokens", json=body, headers=admin)
         assert response.status_code == 422, body
         assert response.headers["content-type"] == "application/problem+json"
-    assert (await client.post("/api/v1/tokens", json={"name": "x", "roles": ["admin"]}, headers=reader)).status_code == 403
+    assert (
+        await client.post("/api/v1/tokens", json={"name": "x", "roles": ["admin"]}, headers=reader)
+    ).status_code == 403
     assert (await client.post("/api/v1/tokens", json={"name": "x", "roles": ["admin"]})).status_code == 401
     assert (await client.get("/api/v1/tokens", headers=admin)).json() == []
 
