@@ -145,6 +145,10 @@ class ApiTokenService:
             token_id=row.id, name=row.name, roles=frozenset(row.roles.split()), expires_at=row.expires_at
         )
 
+    def forget(self, token: str) -> None:
+        """Drop what this worker knows about a token, so that its next use reads the database."""
+        self._entries.pop(digest_token(token), None)
+
     def _remember(self, digest: str, state: ApiTokenState | None) -> None:
         if self._ttl <= 0:
             return
