@@ -12,6 +12,8 @@ from datetime import timedelta
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from library_api.context import AppContext
 from library_api.db.base import utcnow
@@ -138,9 +140,6 @@ def _hmac_token(claims: dict[str, object], key: bytes, algorithm: str) -> str:
 
 
 async def test_algorithm_confusion_is_rejected(client: httpx.AsyncClient, ctx: AppContext) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     user = await create_user(ctx)
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = private_key.public_key().public_bytes(
