@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.security.tokens import InvalidToken
 from tests.support.factories import bearer, create_user, token_for
+from tests.support.private_services import wait_for
 
 
 def forge(ctx: AppContext, **claims: object) -> str:
@@ -157,3 +159,25 @@ async def test_algorithm_confusion_is_rejected(client: httpx.AsyncClient, ctx: A
         assert response.status_code == 401, name
         assert response.headers["content-type"] == "application/problem+json"
     assert (await me(client, _hmac_token(claims, secret.encode(), "HS256"))).status_code == 200
+
+
+def test_a_remembered_token_still_expires(ctx: AppContext) -> None:
+    lifetime = timedelta(minutes=ctx.settings.access_token_expire_minutes)
+    issued = ctx.tokens.issue_access(
+        user_id=7, role="reader", token_version=0, now=utcnow() - lifetime - timedelta(seconds=3)
+    )
+    # expired 3 s ago, inside the 5 s leeway: verified once, remembered, and answered from memory next time
+    assert ctx.tokens.verify_access(issued.token).user_id == 7
+    assert ctx.tokens.verify_access(issued.token).user_id == 7
+
+    def refused() -> bool:
+        try:
+            ctx.tokens.verify_access(issued.token)
+        except InvalidToken as exc:
+            assert "expired" in str(exc)
+            return True
+        return False
+
+    wait_for(refused, 10, "the remembered token to expire")
+    with pytest.raises(InvalidToken):
+        ctx.tokens.verify_access(issued.token)
