@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +47,33 @@ def present(booking: Booking) -> BookingOut:
         status=BookingStatus(booking.status),
         created_at=booking.created_at,
         closed_at=booking.closed_at,
+    )
+
+
+_VIEW_COLUMNS = (
+    Booking.id,
+    Booking.book_id,
+    Booking.user_id,
+    Booking.start_at,
+    Booking.end_at,
+    Booking.status,
+    Booking.created_at,
+    Booking.closed_at,
+)
+"""What :class:`BookingOut` shows; reads select these plain columns, sparing the ORM's per-row object work."""
+
+
+def present_row(row: Any) -> BookingOut:
+    """The public view of a booking read as the columns of :data:`_VIEW_COLUMNS`."""
+    return BookingOut(
+        id=row.id,
+        book_id=row.book_id,
+        user_id=row.user_id,
+        start=row.start_at,
+        end=row.end_at,
+        status=BookingStatus(row.status),
+        created_at=row.created_at,
+        closed_at=row.closed_at,
     )
 
 
@@ -99,7 +127,7 @@ class BookingService:
         if filters.status is not None:
             conditions.append(Booking.status == filters.status)
         statement = (
-            select(Booking, func.count().over())
+            select(*_VIEW_COLUMNS, func.count().over().label("total"))
             .where(*conditions)
             .order_by(Booking.id.desc())
             .limit(limit)
@@ -107,16 +135,22 @@ class BookingService:
         )
         rows = (await session.execute(statement)).all()
         if rows:
-            total = rows[0][1]
+            total = rows[0].total
         elif offset == 0:
             total = 0
         else:
             total = (await session.execute(select(func.count()).select_from(Booking).where(*conditions))).scalar_one()
-        return BookingPage(items=[present(row[0]) for row in rows], total=total, limit=limit, offset=offset)
+        return BookingPage(items=[present_row(row) for row in rows], total=total, limit=limit, offset=offset)
 
     async def get(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
         """One booking; another reader's booking is reported as not found."""
-        return present(await self._visible(session, principal, booking_id))
+        statement = select(*_VIEW_COLUMNS).where(Booking.id == booking_id)
+        if not principal.can(Permission.BOOKINGS_READ_ANY):
+            statement = statement.where(Booking.user_id == self._owner(principal))
+        row = (await session.execute(statement)).one_or_none()
+        if row is None:
+            raise NotFound(f"No booking with id {booking_id}.")
+        return present_row(row)
 
     async def cancel(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
         """Cancel an active booking: its owner may, and so may anyone with ``bookings:manage``."""
