@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Integer, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from library_api.bookings.models import Booking, BookingStatus
@@ -61,6 +61,18 @@ _VIEW_COLUMNS = (
     Booking.closed_at,
 )
 """What :class:`BookingOut` shows; reads select these plain columns, sparing the ORM's per-row object work."""
+
+
+_ANY_BOOKING = select(*_VIEW_COLUMNS).where(Booking.id == bindparam("booking_id"))
+_OWN_BOOKING = _ANY_BOOKING.where(Booking.user_id == bindparam("user_id"))
+_OWN_PAGE = (
+    select(*_VIEW_COLUMNS, func.count().over().label("total"))
+    .where(Booking.user_id == bindparam("user_id"))
+    .order_by(Booking.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+    .offset(bindparam("offset", type_=Integer))
+)
+"""The hot reads (one booking; a reader's own unfiltered page) built once: a request only binds parameters."""
 
 
 def present_row(row: Any) -> BookingOut:
@@ -126,14 +138,18 @@ class BookingService:
             conditions.append(Booking.book_id == filters.book_id)
         if filters.status is not None:
             conditions.append(Booking.status == filters.status)
-        statement = (
-            select(*_VIEW_COLUMNS, func.count().over().label("total"))
-            .where(*conditions)
-            .order_by(Booking.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-        rows = (await session.execute(statement)).all()
+        if len(conditions) == 1 and filters == BookingFilters() and not principal.can(Permission.BOOKINGS_READ_ANY):
+            parameters = {"user_id": self._owner(principal), "limit": limit, "offset": offset}
+            rows = (await session.execute(_OWN_PAGE, parameters)).all()
+        else:
+            statement = (
+                select(*_VIEW_COLUMNS, func.count().over().label("total"))
+                .where(*conditions)
+                .order_by(Booking.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            rows = (await session.execute(statement)).all()
         if rows:
             total = rows[0].total
         elif offset == 0:
@@ -144,10 +160,11 @@ class BookingService:
 
     async def get(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
         """One booking; another reader's booking is reported as not found."""
-        statement = select(*_VIEW_COLUMNS).where(Booking.id == booking_id)
-        if not principal.can(Permission.BOOKINGS_READ_ANY):
-            statement = statement.where(Booking.user_id == self._owner(principal))
-        row = (await session.execute(statement)).one_or_none()
+        if principal.can(Permission.BOOKINGS_READ_ANY):
+            result = await session.execute(_ANY_BOOKING, {"booking_id": booking_id})
+        else:
+            result = await session.execute(_OWN_BOOKING, {"booking_id": booking_id, "user_id": self._owner(principal)})
+        row = result.one_or_none()
         if row is None:
             raise NotFound(f"No booking with id {booking_id}.")
         return present_row(row)
