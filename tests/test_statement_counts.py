@@ -61,3 +61,33 @@ async def test_authenticated_reads_need_at_most_two_statements(committed_url: st
                     assert len(statements) <= 2, (path, state, statements)
                     if state == "warm":
                         assert len(statements) == 1, (path, statements)
+
+
+async def test_reads_with_an_api_token_need_at_most_two_statements(committed_url: str, tmp_path: Path) -> None:
+    app = create_app(fast_settings(database_url=committed_url, upload_dir=tmp_path))
+    async with app.router.lifespan_context(app):
+        ctx: AppContext = app.state.context
+        reader = await create_user(ctx)
+        book = await create_book(ctx, copies=3)
+        async with ctx.database.sessionmaker() as session:
+            _, token = await ctx.api_tokens.create(session, name="desk", roles=["librarian"])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            start = (utcnow() + timedelta(days=1)).isoformat()
+            end = (utcnow() + timedelta(days=2)).isoformat()
+            created = await client.post(
+                "/api/v1/bookings",
+                json={"book_id": book.id, "start": start, "end": end},
+                headers=bearer(token_for(ctx, reader)),
+            )
+            assert created.status_code == 201
+            routes = ["/api/v1/bookings?limit=20", f"/api/v1/bookings/{created.json()['id']}"]
+            for path in routes:
+                for headers in (bearer(token), {"X-API-Key": token}):
+                    for state in ("cold", "warm"):
+                        if state == "cold":
+                            ctx.api_tokens.forget(token)
+                        with counted(ctx) as statements:
+                            response = await client.get(path, headers=headers)
+                        assert response.status_code == 200, response.text
+                        assert len(statements) == (2 if state == "cold" else 1), (path, state, statements)

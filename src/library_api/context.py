@@ -30,6 +30,7 @@ from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
 from library_api.security.tokens import TokenService
 from library_api.server.shutdown import ShutdownCoordinator
+from library_api.tokens.service import ApiTokenService
 from library_api.users.service import UserService
 
 if TYPE_CHECKING:  # the health router reads the context, so the monitor is only named here
@@ -47,6 +48,7 @@ class AppContext:
     passwords: PasswordService
     tokens: TokenService
     accounts: AccountStateCache
+    api_tokens: ApiTokenService
     authenticator: Authenticator
     users: UserService
     auth: AuthService

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from datetime import timedelta
@@ -10,10 +12,14 @@ from datetime import timedelta
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.security.tokens import InvalidToken
 from tests.support.factories import bearer, create_user, token_for
+from tests.support.private_services import wait_for
 
 
 def forge(ctx: AppContext, **claims: object) -> str:
@@ -105,3 +111,72 @@ async def test_token_of_a_deleted_account_is_rejected(client: httpx.AsyncClient,
         user_id=987654, role="reader", token_version=0, now=utcnow() - timedelta(seconds=1)
     ).token
     assert (await me(client, token)).status_code == 401
+
+
+def _claims(ctx: AppContext, user_id: int) -> dict[str, object]:
+    now = int(time.time())
+    return {
+        "sub": str(user_id),
+        "role": "admin",
+        "ver": 0,
+        "typ": "access",
+        "iss": ctx.settings.jwt_issuer,
+        "aud": ctx.settings.jwt_audience,
+        "iat": now,
+        "exp": now + 600,
+        "jti": "confused",
+    }
+
+
+def _hmac_token(claims: dict[str, object], key: bytes, algorithm: str) -> str:
+    """An HMAC-signed JWT assembled by hand, as an attacker would (PyJWT refuses a PEM or short key as HMAC key)."""
+    digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[algorithm]
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = json.dumps({"alg": algorithm, "typ": "JWT"}).encode()
+    signing_input = part(header) + "." + part(json.dumps(claims).encode())
+    signature = hmac.new(key, signing_input.encode(), digest).digest()
+    return f"{signing_input}.{part(signature)}"
+
+
+async def test_algorithm_confusion_is_rejected(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    user = await create_user(ctx)
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    claims = _claims(ctx, user.id)
+    secret = ctx.settings.secret_key.get_secret_value()
+    forgeries = {
+        "rs256-signed": jwt.encode(claims, private_key, algorithm="RS256"),
+        "hs256-with-public-key": _hmac_token(claims, public_pem, "HS256"),
+        "hs512-with-the-real-secret": _hmac_token(claims, secret.encode(), "HS512"),
+    }
+    for name, token in forgeries.items():
+        response = await me(client, token)
+        assert response.status_code == 401, name
+        assert response.headers["content-type"] == "application/problem+json"
+    assert (await me(client, _hmac_token(claims, secret.encode(), "HS256"))).status_code == 200
+
+
+def test_a_remembered_token_still_expires(ctx: AppContext) -> None:
+    lifetime = timedelta(minutes=ctx.settings.access_token_expire_minutes)
+    issued = ctx.tokens.issue_access(
+        user_id=7, role="reader", token_version=0, now=utcnow() - lifetime - timedelta(seconds=3)
+    )
+    # expired 3 s ago, inside the 5 s leeway: verified once, remembered, and answered from memory next time
+    assert ctx.tokens.verify_access(issued.token).user_id == 7
+    assert ctx.tokens.verify_access(issued.token).user_id == 7
+
+    def refused() -> bool:
+        try:
+            ctx.tokens.verify_access(issued.token)
+        except InvalidToken:
+            return True
+        return False
+
+    wait_for(refused, 10, "the remembered token to expire")
+    with pytest.raises(InvalidToken, match="expired"):
+        ctx.tokens.verify_access(issued.token)

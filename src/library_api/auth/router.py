@@ -93,7 +93,7 @@ async def logout_all(principal: SignedIn, session: SessionDep, ctx: ContextDep) 
 @router.get("/me", responses=problems(401, 403), summary="The caller's account")
 async def me(principal: SignedIn, session: ReadSessionDep, ctx: ContextDep) -> UserOut:
     """The account behind the access token."""
-    return UserOut.model_validate(await ctx.users.get(session, _user_id(principal)))
+    return await ctx.users.profile(session, _user_id(principal))
 
 
 @router.patch("/me", responses=problems(401, 403, 422), summary="Change the caller's name or password")

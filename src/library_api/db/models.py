@@ -5,11 +5,13 @@ from library_api.bookings.models import Booking
 from library_api.books.models import Book, BookAuthor, BookTag
 from library_api.db.base import Base
 from library_api.notifications.models import OutboxEmail
+from library_api.tokens.models import ApiToken
 from library_api.users.models import User
 
 metadata = Base.metadata
 
 __all__ = [
+    "ApiToken",
     "Book",
     "BookAuthor",
     "BookTag",

@@ -4,6 +4,10 @@ An unreachable database (connection refused or reset, the server shutting down o
 that died under a query) is *transient*: reads retry it with backoff and, when it persists, the client gets a
 503 problem with ``Retry-After`` instead of a 500. Everything else (a constraint, a syntax error) is not
 retried and stays what it is.
+
+A saturated pool is the third case: every connection is busy and a request has waited ``DATABASE_POOL_TIMEOUT``
+seconds for one. SQLAlchemy raises its own ``TimeoutError`` then; the client gets a 503 problem with a short
+``Retry-After`` (the service is healthy, only busy), never a 500 and never an endless wait.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import socket
 
 from fastapi import FastAPI, Request
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.responses import Response
 
 from library_api.http.problems import problem_response
@@ -22,6 +27,9 @@ logger = logging.getLogger("library_api.resilience")
 
 UNAVAILABLE_RETRY_AFTER = 5
 """Seconds a client is asked to wait after a 503 caused by an unreachable database."""
+
+BUSY_RETRY_AFTER = 1
+"""Seconds a client is asked to wait after a 503 caused by a saturated connection pool."""
 
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 """admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections."""
@@ -61,9 +69,28 @@ def unavailable_response(request: Request) -> Response:
     )
 
 
+def busy_response(request: Request) -> Response:
+    """The 503 problem a request gets when no pooled connection freed up within the pool timeout."""
+    return problem_response(
+        503,
+        "database-busy",
+        "Service busy",
+        "Every database connection is in use; retry shortly.",
+        instance=request.url.path,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+    )
+
+
 def install_database_unavailable_handler(app: FastAPI) -> None:
-    """Answer requests that fail on an unreachable database with 503 + ``Retry-After``; others stay 500."""
+    """Answer requests that fail on an unreachable database or a saturated pool with 503 + ``Retry-After``.
+
+    Other database errors stay 500.
+    """
     fallback = app.exception_handlers.get(Exception)
+
+    async def on_pool_timeout(request: Request, exc: Exception) -> Response:
+        logger.warning("database pool exhausted on %s %s: %s", request.method, request.url.path, exc)
+        return busy_response(request)
 
     async def on_database_error(request: Request, exc: Exception) -> Response:
         if is_database_unavailable(exc):
@@ -78,3 +105,4 @@ def install_database_unavailable_handler(app: FastAPI) -> None:
 
     for error_type in (DBAPIError, *_NETWORK_ERRORS):
         app.add_exception_handler(error_type, on_database_error)
+    app.add_exception_handler(PoolTimeout, on_pool_timeout)

@@ -1,15 +1,17 @@
 """Turn the credentials on a connection into a :class:`Principal`.
 
 One authenticator serves HTTP requests and WebSocket handshakes alike. A bearer access token is verified
-cryptographically and then against the account's live state (:mod:`library_api.security.accounts`). Without
-one, a verified client certificate (the ASGI TLS extension ``scope["extensions"]["tls"]``, set by the server
-adapters in :mod:`library_api.server` or, behind a trusted proxy, by the request context) identifies the
-caller: its CN is the identity and its roles are read by
+cryptographically and then against the account's live state (:mod:`library_api.security.accounts`). An API
+token (``lib_...``, see :mod:`library_api.tokens.service`) is accepted as ``Authorization: Bearer`` or as
+``X-API-Key`` and looked up by its digest. Without either, a verified client certificate (the ASGI TLS
+extension ``scope["extensions"]["tls"]``, set by the server adapters in :mod:`library_api.server` or, behind a
+trusted proxy, by the request context) identifies the caller: its CN is the identity and its roles are read by
 :class:`~library_api.security.certificates.CertificateReader`; roles the role table does not know grant
-nothing, so a certificate with no known role is authenticated but gets 403 everywhere. No credential at all
-yields the anonymous principal, whose permissions the role table decides, except in ``token`` and ``mtls``
-modes where it holds none (every non-public route then needs credentials). A credential that is present but
-wrong is always an error, never a silent downgrade to anonymous.
+nothing, so a certificate with no known role is authenticated but gets 403 everywhere. Every kind of caller
+becomes one :class:`Principal` whose roles go through the same permission table. No credential at all yields
+the anonymous principal, whose permissions the role table decides, except in ``token`` and ``mtls`` modes
+where it holds none (every non-public route then needs credentials). A credential that is present but wrong
+is always an error, never a silent downgrade to anonymous.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from library_api.security.certificates import CertificateReader
 from library_api.security.permissions import PermissionPolicy, Role
 from library_api.security.principal import CredentialKind, Principal
 from library_api.security.tokens import InvalidToken, TokenService
+from library_api.tokens.service import ApiTokenService, is_api_token
+
+API_KEY_HEADER = "x-api-key"
+"""The header a service may send its API token in instead of ``Authorization: Bearer``."""
 
 
 class Authenticator:
@@ -32,6 +38,7 @@ class Authenticator:
         policy: PermissionPolicy,
         tokens: TokenService,
         accounts: AccountStateCache,
+        api_tokens: ApiTokenService,
         *,
         certificates: CertificateReader | None = None,
         anonymous_allowed: bool = True,
@@ -41,6 +48,7 @@ class Authenticator:
         self.accounts = accounts
         self.certificates = certificates or CertificateReader()
         self._certificate_principals: dict[str, Principal] = {}
+        self.api_tokens = api_tokens
         anonymous_roles = frozenset({Role.ANONYMOUS.value})
         self.anonymous = Principal(
             subject="anonymous",
@@ -50,9 +58,12 @@ class Authenticator:
         )
 
     async def authenticate(self, connection: HTTPConnection) -> Principal:
-        """The principal behind ``connection``'s ``Authorization`` header, or the anonymous one."""
+        """The principal behind ``connection``'s ``Authorization`` or ``X-API-Key`` header, or the anonymous one."""
         header = connection.headers.get("authorization")
         if header is None:
+            api_key = connection.headers.get(API_KEY_HEADER)
+            if api_key is not None:
+                return await self.from_api_token(api_key.strip())
             tls = connection.scope.get("extensions", {}).get("tls")
             if tls and tls.get("client_cert_chain"):
                 return self.from_certificate(tls["client_cert_chain"][0])
@@ -64,7 +75,9 @@ class Authenticator:
         return await self.from_bearer(credentials)
 
     async def from_bearer(self, token: str) -> Principal:
-        """The user behind an access token, if the token is valid and the account still honours it."""
+        """The user behind an access token (or the service behind an API token) if it is valid and still honoured."""
+        if is_api_token(token):
+            return await self.from_api_token(token)
         try:
             claims = self.tokens.verify_access(token)
         except InvalidToken as exc:
@@ -101,3 +114,16 @@ class Authenticator:
             self._certificate_principals.clear()
         self._certificate_principals[pem] = principal
         return principal
+
+    async def from_api_token(self, token: str) -> Principal:
+        """The service behind an API token, if the token exists and is neither revoked nor expired."""
+        state = await self.api_tokens.resolve(token) if is_api_token(token) else None
+        if state is None:
+            raise Unauthorized("The API token is unknown, revoked or expired.", error="invalid_token")
+        return Principal(
+            subject=f"token:{state.token_id}",
+            credential=CredentialKind.API_TOKEN,
+            roles=state.roles,
+            permissions=self.policy.permissions_for(state.roles),
+            name=state.name,
+        )

@@ -5,13 +5,19 @@ Access tokens are short-lived HMAC JWTs with the algorithm pinned (never read fr
 ``token_version`` so that a request can be authorised without reading the user row; revocation works by
 bumping the version (see :mod:`library_api.security.accounts`). Refresh tokens are random strings stored only
 as SHA-256 digests.
+
+Verifying a JWT costs tens of microseconds of parsing and HMAC per request, and a client sends the same token
+for its whole lifetime; the service therefore remembers the claims of tokens it has verified (a bounded map
+keyed by the complete token string, so only the very same bytes hit it) and checks only their expiry again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +29,8 @@ from library_api.db.base import utcnow
 
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+_LEEWAY_SECONDS = 5
+_VERIFIED_CACHE_SIZE = 10_000
 
 
 class InvalidToken(Exception):
@@ -57,6 +65,7 @@ class TokenService:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._lifetime = timedelta(minutes=settings.access_token_expire_minutes)
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
 
     def issue_access(
         self, *, user_id: int, role: str, token_version: int, now: datetime | None = None
@@ -79,6 +88,19 @@ class TokenService:
 
     def verify_access(self, token: str) -> AccessClaims:
         """Check signature, algorithm, issuer, audience and times; raise :class:`InvalidToken` on any failure."""
+        known = self._verified.get(token)
+        if known is not None:
+            if known.expires_at + _LEEWAY_SECONDS <= time.time():
+                del self._verified[token]
+                raise InvalidToken("access token expired")
+            return known
+        claims = self._decode(token)
+        self._verified[token] = claims
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _decode(self, token: str) -> AccessClaims:
         try:
             claims = jwt.decode(
                 token,
@@ -87,7 +109,7 @@ class TokenService:
                 audience=self._audience,
                 issuer=self._issuer,
                 options={"require": _REQUIRED_CLAIMS},
-                leeway=5,
+                leeway=_LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("access token expired") from exc

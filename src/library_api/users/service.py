@@ -6,7 +6,7 @@ families, so a demoted or deactivated user loses access at once rather than when
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,7 +18,12 @@ from library_api.security.accounts import AccountState, AccountStateCache
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import USER_ROLES, Role
 from library_api.users.models import User
-from library_api.users.schemas import UserAdminUpdate, UserSelfUpdate
+from library_api.users.schemas import UserAdminUpdate, UserOut, UserSelfUpdate
+
+_PROFILE = select(User.id, User.email, User.full_name, User.role, User.is_active, User.created_at).where(
+    User.id == bindparam("user_id")
+)
+"""The columns of :class:`UserOut`, built once and found in the compiled cache by key on every request."""
 
 
 def normalize_email(email: str) -> str:
@@ -67,6 +72,13 @@ class UserService:
         if user is None:
             raise NotFound(f"No user with id {user_id}.")
         return user
+
+    async def profile(self, session: AsyncSession, user_id: int) -> UserOut:
+        """The account as its owner sees it, read as plain columns (no ORM object): the hot ``/auth/me`` path."""
+        row = (await session.execute(_PROFILE, {"user_id": user_id})).one_or_none()
+        if row is None:
+            raise NotFound(f"No user with id {user_id}.")
+        return UserOut.model_validate(row)
 
     async def find_by_email(self, session: AsyncSession, email: str) -> User | None:
         """The account registered under ``email``, if any."""

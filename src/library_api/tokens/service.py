@@ -1,0 +1,158 @@
+"""Issuing, listing, revoking and recognising API tokens.
+
+A token is ``lib_`` followed by 256 random bits (``secrets.token_urlsafe(32)``). Only its SHA-256 digest is
+stored: with that much entropy nobody can search the token space for a digest, so a slow password hash would
+add cost to every request and no protection, while a plain digest can be looked up through a unique index.
+The prefix lets the authenticator tell an API token from a JWT without trying to parse it.
+
+Recognising a token costs one indexed read, and then nothing for ``PRINCIPAL_CACHE_TTL`` seconds: each worker
+keeps what it learned per digest for that long (1 s by default), so a revocation reaches every worker within
+that time while a busy service token costs one statement per worker per second.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from library_api.db.base import utcnow
+from library_api.http.problems import InvalidInput, NotFound
+from library_api.security.permissions import PermissionPolicy, Role
+from library_api.security.tokens import digest_token
+from library_api.tokens.models import ApiToken
+
+API_TOKEN_PREFIX = "lib_"  # noqa: S105 - the public marker of the token format, not a secret
+"""How every API token starts; JWTs start with ``eyJ``, so the two never collide."""
+
+_SHOWN_PREFIX_LENGTH = 10
+
+
+def is_api_token(credential: str) -> bool:
+    """Whether a presented credential has the API token format (rather than a JWT's)."""
+    return credential.startswith(API_TOKEN_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenState:
+    """What a live token grants: its identity, roles and, if any, the end of its lifetime."""
+
+    token_id: int
+    name: str
+    roles: frozenset[str]
+    expires_at: datetime | None
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the token's lifetime is over at ``now``."""
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class ApiTokenService:
+    """API tokens of one application: management operations and the cached lookup on the request path."""
+
+    def __init__(
+        self,
+        policy: PermissionPolicy,
+        reader: async_sessionmaker[AsyncSession],
+        ttl: float,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._policy = policy
+        self._reader = reader
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, ApiTokenState | None]] = OrderedDict()
+
+    def check_roles(self, roles: list[str]) -> list[str]:
+        """The roles without duplicates, each known to the permission table; unknown ones are a 422."""
+        unknown = [role for role in roles if role not in self._policy.roles or role == Role.ANONYMOUS]
+        if unknown:
+            known = ", ".join(sorted(role for role in self._policy.roles if role != Role.ANONYMOUS))
+            raise InvalidInput(f"Unknown role(s) {', '.join(unknown)}; known roles: {known}.", field="body.roles")
+        return list(dict.fromkeys(roles))
+
+    async def create(
+        self, session: AsyncSession, *, name: str, roles: list[str], lifetime: timedelta | None = None
+    ) -> tuple[ApiToken, str]:
+        """Store a new token's digest and return the row with the token, which is never retrievable again."""
+        roles = self.check_roles(roles)
+        token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow()
+        row = ApiToken(
+            name=name,
+            token_hash=digest_token(token),
+            prefix=token[:_SHOWN_PREFIX_LENGTH],
+            roles=" ".join(roles),
+            created_at=now,
+            expires_at=None if lifetime is None else now + lifetime,
+        )
+        session.add(row)
+        await session.commit()
+        return row, token
+
+    async def list(self, session: AsyncSession) -> list[ApiToken]:
+        """Every token ever issued, newest first (revoked ones included, for the record)."""
+        rows = await session.execute(select(ApiToken).order_by(ApiToken.id.desc()))
+        return list(rows.scalars())
+
+    async def revoke(self, session: AsyncSession, token_id: int) -> ApiToken:
+        """Revoke a token (idempotent: revoking a revoked token keeps its first revocation time)."""
+        row = await session.get(ApiToken, token_id)
+        if row is None:
+            raise NotFound(f"No API token with id {token_id}.")
+        await session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        await session.refresh(row)
+        self._entries.pop(row.token_hash, None)
+        return row
+
+    async def resolve(self, token: str) -> ApiTokenState | None:
+        """The live state of a presented token, or ``None`` when it is unknown, revoked or expired."""
+        digest = digest_token(token)
+        now = time.monotonic()
+        cached = self._entries.get(digest)
+        if cached is not None and cached[0] > now:
+            state = cached[1]
+        else:
+            state = await self._load(digest)
+            self._remember(digest, state)
+        if state is None or state.expired(utcnow()):
+            return None
+        return state
+
+    async def _load(self, digest: str) -> ApiTokenState | None:
+        async with self._reader() as session:
+            row = (
+                await session.execute(
+                    select(ApiToken.id, ApiToken.name, ApiToken.roles, ApiToken.expires_at).where(
+                        ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None)
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        return ApiTokenState(
+            token_id=row.id, name=row.name, roles=frozenset(row.roles.split()), expires_at=row.expires_at
+        )
+
+    def forget(self, token: str) -> None:
+        """Drop what this worker knows about a token, so that its next use reads the database."""
+        self._entries.pop(digest_token(token), None)
+
+    def _remember(self, digest: str, state: ApiTokenState | None) -> None:
+        if self._ttl <= 0:
+            return
+        self._entries[digest] = (time.monotonic() + self._ttl, state)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)

@@ -1,0 +1,233 @@
+"""Revocation reaches every worker within a second: ``library-api serve --workers 2`` on PostgreSQL.
+
+Each worker answers from its own copy of the account and API-token state (no database round trip per request),
+so the test pins one keep-alive connection to each worker process, fills both workers' caches, changes the
+state through the API, and then polls both connections until each answers 401. The time from the change's
+answer to the last worker's first 401 must stay within ``PRINCIPAL_CACHE_TTL`` (1 s) plus a small margin.
+
+The same server also answers forged and foreign JWTs with 401 over real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.live_server import LiveServer
+from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+SECRET_KEY = f"revocation-secret-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+PASSWORD = "correct-horse-battery"
+CACHE_TTL = 1.0
+MARGIN = 0.5
+"""Scheduling slack on a shared machine: two requests in flight and the answer's own trip."""
+
+
+@pytest.fixture(scope="module")
+async def database_name() -> AsyncIterator[str]:
+    require_postgres()
+    name = f"library_revoke_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield name
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def server(database_name: str) -> AsyncIterator[LiveServer]:
+    env = {
+        **TEST_ENVIRONMENT,
+        "DATABASE_URL": f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database_name}",
+        "SECRET_KEY": SECRET_KEY,
+        "PRINCIPAL_CACHE_TTL": str(CACHE_TTL),
+        "ACCESS_LOG": "false",
+    }
+    live = LiveServer(env, workers=2)
+    migrated = await asyncio.to_thread(live.run_cli, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    await asyncio.to_thread(live.start, timeout=180)
+    yield live
+    assert await asyncio.to_thread(live.stop)
+
+
+@pytest.fixture
+async def workers(server: LiveServer) -> AsyncIterator[dict[int, httpx.AsyncClient]]:
+    """One keep-alive connection per worker process, keyed by the worker's pid."""
+    pinned: dict[int, httpx.AsyncClient] = {}
+    spare: list[httpx.AsyncClient] = []
+    deadline = time.monotonic() + 120
+    try:
+        while len(pinned) < 2:
+            assert time.monotonic() < deadline, f"only workers {sorted(pinned)} accepted connections"
+            http = httpx.AsyncClient(base_url=server.base_url, timeout=10, limits=httpx.Limits(max_connections=1))
+            pid = await worker_pid(http)
+            if pid in pinned:
+                spare.append(http)
+            else:
+                pinned[pid] = http
+        for http in spare:
+            await http.aclose()
+        yield pinned
+        for pid, http in pinned.items():
+            assert await worker_pid(http) == pid, "a pinned connection moved to another worker during the test"
+    finally:
+        for http in pinned.values():
+            await http.aclose()
+
+
+async def worker_pid(http: httpx.AsyncClient) -> int:
+    """The pid of the worker behind this client's connection (loopback may read the detailed health)."""
+    response = await http.get("/health/detailed")
+    return int(response.json()["process"]["pid"])
+
+
+async def register(http: httpx.AsyncClient) -> tuple[int, str]:
+    """A new reader account and its access token."""
+    email = f"reader-{uuid.uuid4().hex[:10]}@example.org"
+    created = await http.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD, "full_name": "R"})
+    assert created.status_code == 201, created.text
+    login = await http.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    return int(created.json()["id"]), str(login.json()["access_token"])
+
+
+async def admin_headers(http: httpx.AsyncClient, database_name: str) -> dict[str, str]:
+    """An administrator: registered as a reader, promoted in the database (as an operator would with the CLI)."""
+    user_id, _ = await register(http)
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database_name}")
+    try:
+        await connection.execute("UPDATE users SET role = 'admin' WHERE id = $1", user_id)
+        email = await connection.fetchval("SELECT email FROM users WHERE id = $1", user_id)
+    finally:
+        await connection.close()
+    login = await http.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+async def assert_revoked_everywhere_within_a_second(
+    workers: dict[int, httpx.AsyncClient], path: str, headers: dict[str, str], change: Callable[[], Awaitable[None]]
+) -> float:
+    """Warm every worker, make the change, and poll each worker until it answers 401; the seconds it took."""
+    for pid, http in workers.items():
+        warm = await http.get(path, headers=headers)
+        assert warm.status_code == 200, (pid, warm.text)
+    await change()
+    changed_at = time.monotonic()
+    deadline = changed_at + CACHE_TTL + MARGIN
+    pending = set(workers)
+    while pending:
+        for pid in sorted(pending):
+            response = await workers[pid].get(path, headers=headers)
+            if response.status_code == 401:
+                pending.discard(pid)
+            else:
+                assert response.status_code == 200, response.text
+        elapsed = time.monotonic() - changed_at
+        assert not pending or elapsed <= CACHE_TTL + MARGIN, (
+            f"workers {sorted(pending)} still honoured the credential {elapsed:.2f} s after the change"
+        )
+    assert time.monotonic() <= deadline + 0.05
+    return time.monotonic() - changed_at
+
+
+async def test_deactivation_role_change_logout_all_and_token_revocation_reach_every_worker(
+    server: LiveServer, database_name: str, workers: dict[int, httpx.AsyncClient]
+) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        admin = await admin_headers(http, database_name)
+
+        deactivated_id, deactivated_token = await register(http)
+        demoted_id, demoted_token = await register(http)
+        _, logged_out_token = await register(http)
+        issued = await http.post("/api/v1/tokens", json={"name": "job", "roles": ["librarian"]}, headers=admin)
+        assert issued.status_code == 201, issued.text
+        api_token, api_token_id = issued.json()["token"], issued.json()["id"]
+
+        async def patch(user_id: int, body: dict[str, object]) -> None:
+            response = await http.patch(f"/api/v1/users/{user_id}", json=body, headers=admin)
+            assert response.status_code == 200, response.text
+
+        async def logout_all() -> None:
+            response = await http.post("/api/v1/auth/logout-all", headers=bearer(logged_out_token))
+            assert response.status_code == 204, response.text
+
+        async def revoke() -> None:
+            response = await http.delete(f"/api/v1/tokens/{api_token_id}", headers=admin)
+            assert response.status_code == 204, response.text
+
+        cases: list[tuple[str, dict[str, str], Callable[[], Awaitable[None]]]] = [
+            ("deactivation", bearer(deactivated_token), lambda: patch(deactivated_id, {"is_active": False})),
+            ("role change", bearer(demoted_token), lambda: patch(demoted_id, {"role": "librarian"})),
+            ("logout-all", bearer(logged_out_token), logout_all),
+            ("API token revocation", {"X-API-Key": api_token}, revoke),
+        ]
+        for name, headers, change in cases:
+            took = await assert_revoked_everywhere_within_a_second(
+                workers, "/api/v1/bookings?limit=20", headers, change
+            )
+            assert took <= CACHE_TTL + MARGIN, (name, took)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _hmac_token(claims: dict[str, object], key: bytes, algorithm: str) -> str:
+    digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[algorithm]
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = (
+        part(json.dumps({"alg": algorithm, "typ": "JWT"}).encode()) + "." + part(json.dumps(claims).encode())
+    )
+    return f"{signing_input}.{part(hmac.new(key, signing_input.encode(), digest).digest())}"
+
+
+async def test_forged_and_foreign_jwts_are_401_over_http(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        user_id, token = await register(http)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["sub"] == str(user_id)
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public_pem = private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        key = SECRET_KEY.encode()
+        now = int(time.time())
+        forgeries = {
+            "alg none": jwt.encode(claims, key=None, algorithm="none"),
+            "RS256 token": jwt.encode(claims, private_key, algorithm="RS256"),
+            "HS256 keyed with an RSA public key": _hmac_token(claims, public_pem, "HS256"),
+            "HS512 with the real secret": _hmac_token(claims, key, "HS512"),
+            "wrong audience": _hmac_token({**claims, "aud": "another-service"}, key, "HS256"),
+            "wrong issuer": _hmac_token({**claims, "iss": "another-issuer"}, key, "HS256"),
+            "expired": _hmac_token({**claims, "iat": now - 3600, "exp": now - 60}, key, "HS256"),
+        }
+        for name, forged in forgeries.items():
+            response = await http.get("/api/v1/auth/me", headers=bearer(forged))
+            assert response.status_code == 401, name
+            assert response.headers["content-type"] == "application/problem+json", name
+            assert "Traceback" not in response.text
+        genuine = await http.get("/api/v1/auth/me", headers=bearer(_hmac_token(claims, key, "HS256")))
+        assert genuine.status_code == 200 and genuine.json()["id"] == user_id

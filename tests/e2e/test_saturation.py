@@ -1,0 +1,126 @@
+"""More concurrent requests than database connections: every request is answered in time, 200 or 503.
+
+A real ``library-api serve`` process on PostgreSQL runs with a pool of 2 connections, no overflow and a pool
+timeout of 1 s. The test locks the ``bookings`` table from outside, so the two requests that get a connection
+hold it while the other 98 of 100 concurrent authenticated requests queue for the pool. Those must come back
+as 503 problems with ``Retry-After`` once the timeout passes; once they have, the lock is released and the two
+holders finish with 200. No request may take longer than the pool timeout plus one second, and none may be a
+500 or a dropped connection. On a shared, loaded machine the server needs a while merely to read and answer 100
+requests, so that time (measured on a trivial route in the same run) is added to the allowance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.support.live_server import LiveServer
+from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+POOL_TIMEOUT = 1.0
+CONCURRENT = 100
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(scope="module")
+async def database_name() -> AsyncIterator[str]:
+    require_postgres()
+    name = f"library_saturation_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield name
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def server(database_name: str) -> AsyncIterator[LiveServer]:
+    env = {
+        **TEST_ENVIRONMENT,
+        "DATABASE_URL": f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database_name}",
+        "DATABASE_POOL_SIZE": "2",
+        "DATABASE_MAX_OVERFLOW": "0",
+        "DATABASE_POOL_TIMEOUT": str(POOL_TIMEOUT),
+        "PRINCIPAL_CACHE_TTL": "60",
+        "ACCESS_LOG": "false",
+    }
+    live = LiveServer(env, workers=1)
+    migrated = await asyncio.to_thread(live.run_cli, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    await asyncio.to_thread(live.start, timeout=180)
+    yield live
+    assert await asyncio.to_thread(live.stop)
+
+
+async def reader_headers(http: httpx.AsyncClient) -> dict[str, str]:
+    email = f"reader-{uuid.uuid4().hex[:10]}@example.org"
+    body = {"email": email, "password": PASSWORD, "full_name": "Reader"}
+    assert (await http.post("/api/v1/auth/register", json=body)).status_code == 201
+    login = await http.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    assert (await http.get("/api/v1/bookings?limit=20", headers=headers)).status_code == 200
+    return headers
+
+
+async def test_a_saturated_pool_answers_every_request_in_time(server: LiveServer, database_name: str) -> None:
+    limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=limits) as http:
+        headers = await reader_headers(http)
+        # Open the client's 100 connections first, so the burst measures the server and not TCP set-up; the
+        # time a second burst of 100 trivial requests takes is what merely reading and answering them costs.
+        for _ in range(2):
+            started = time.monotonic()
+            opened = await asyncio.gather(*(http.get("/health") for _ in range(CONCURRENT)))
+            dispatch = time.monotonic() - started
+        assert {response.status_code for response in opened} == {200}
+        locker = await asyncpg.connect(POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database_name}")
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute("LOCK TABLE bookings IN ACCESS EXCLUSIVE MODE")
+        answered: list[tuple[int, float, httpx.Response | None, str]] = []
+        busy = asyncio.Event()
+
+        async def one() -> None:
+            started = time.monotonic()
+            try:
+                response = await http.get("/api/v1/bookings?limit=20", headers=headers)
+                answered.append((response.status_code, time.monotonic() - started, response, ""))
+            except httpx.HTTPError as exc:
+                answered.append((0, time.monotonic() - started, None, repr(exc)))
+            if len(answered) >= CONCURRENT - 2:  # all but the two lock-blocked holders have their answer
+                busy.set()
+
+        try:
+            tasks = [asyncio.create_task(one()) for _ in range(CONCURRENT)]
+            with contextlib.suppress(TimeoutError):  # the assertions below report what came back
+                await asyncio.wait_for(busy.wait(), timeout=POOL_TIMEOUT + 1 + 10 * dispatch)
+        finally:
+            await transaction.rollback()
+            await locker.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+
+    statuses = sorted(status for status, *_ in answered)
+    assert len(answered) == CONCURRENT
+    assert set(statuses) <= {200, 503}, [(s, error) for s, _, _, error in answered if s not in {200, 503}]
+    assert statuses.count(503) >= CONCURRENT - 2 and statuses.count(200) >= 1, statuses
+    slowest = max(elapsed for _, elapsed, *_ in answered)
+    assert slowest <= POOL_TIMEOUT + 1 + dispatch, f"the slowest answer took {slowest:.2f} s ({dispatch=:.2f} s)"
+    for status, _, response, _ in answered:
+        assert response is not None
+        if status == 503:
+            assert response.headers["retry-after"] == "1"
+            assert response.headers["content-type"] == "application/problem+json"
+    assert "Traceback" not in server.log_text()
