@@ -264,14 +264,13 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
-        dependencies=[Depends(single_valued_query)],
     )
     app.state.context = context
     install_problem_handlers(app)
     install_database_unavailable_handler(app)
 
     for router in (auth_router, users_router, books_router, bookings_router, realtime_router):
-        app.include_router(router, prefix=settings.api_v1_str)
+        app.include_router(router, prefix=settings.api_v1_str, dependencies=[Depends(single_valued_query)])
     app.include_router(health_router)
     if settings.metrics_enabled:
         app.include_router(metrics_router)
