@@ -1,9 +1,11 @@
-"""One value per single-valued query parameter: ``?q=a&q=b`` is a 422, never a silent choice of one.
+"""Query strings taken at their word: text in UTF-8, and one value per single-valued parameter.
 
-A parameter that a route takes once (``q``, ``limit``) but that arrives several times is ambiguous: the framework
-would keep the last one, and a proxy or cache in front might have looked at the first (HTTP parameter
-pollution). :func:`single_valued_query` runs for every API route and refuses such requests. Parameters the
-route takes as a list (``tag``) may repeat, which is how lists are sent.
+A query string whose percent-escapes do not decode as UTF-8 (``?q=%FF``) would otherwise be read with
+replacement characters and searched for as mojibake; it is a 422 instead. A parameter that a route takes once
+(``q``, ``limit``) but that arrives several times is ambiguous: the framework would keep the last one, and a
+proxy or cache in front might have looked at the first (HTTP parameter pollution). :func:`single_valued_query`
+runs for every API route and refuses such requests. Parameters the route takes as a list (``tag``) may repeat,
+which is how lists are sent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import types
 import typing
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
@@ -44,8 +47,19 @@ def single_valued_names(route: APIRoute) -> frozenset[str]:
     return frozenset(name for name, many in _query_fields(route.dependant) if not many)
 
 
+def _is_utf8(query_string: bytes) -> bool:
+    try:
+        unquote_to_bytes(query_string.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 async def single_valued_query(request: Request) -> None:
-    """Refuse a request that repeats a single-valued query parameter (the common case costs one set)."""
+    """Refuse a query string that is not UTF-8 or repeats a single-valued parameter (the common case is cheap)."""
+    raw: bytes = request.scope.get("query_string", b"")
+    if b"%" in raw and not _is_utf8(raw):
+        raise InvalidInput("The query string is not valid UTF-8 once its escapes are decoded.", field="query")
     names = [name for name, _ in request.query_params.multi_items()]
     if len(names) == len(set(names)):
         return

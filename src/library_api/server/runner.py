@@ -17,6 +17,7 @@ from library_api.app import create_app
 from library_api.config import Settings, hand_down_overrides
 from library_api.observability.logging import configure_logging
 from library_api.observability.multiprocess import prepare_worker_metrics
+from library_api.server.protocols import protocol_for
 
 logger = logging.getLogger("library_api.server")
 
@@ -35,6 +36,7 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_interval": settings.ws_ping_interval or None,
         "ws_ping_timeout": settings.ws_ping_timeout or None,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "http": protocol_for(settings.http_header_timeout),
     }
 
 
