@@ -16,14 +16,17 @@ from datetime import timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from library_api.auth.router import LINKS as AUTH_LINKS
 from library_api.auth.router import router as auth_router
 from library_api.auth.service import AuthService
+from library_api.bookings.router import LINKS as BOOKING_LINKS
 from library_api.bookings.router import router as bookings_router
 from library_api.bookings.service import BookingService
 from library_api.books.covers import CoverStore
+from library_api.books.router import LINKS as BOOK_LINKS
 from library_api.books.router import router as books_router
 from library_api.books.seed import catalogue_is_empty, load_catalogue, seed_catalogue
 from library_api.books.service import BookService
@@ -35,8 +38,10 @@ from library_api.db import migrate
 from library_api.db.engine import Database, attach_replica, create_database
 from library_api.events import EventBus
 from library_api.http.limiter import RateLimiter, RateLimitPolicies, builtin_route_limits
+from library_api.http.links import add_links
 from library_api.http.networks import Networks
 from library_api.http.problems import install_problem_handlers
+from library_api.http.query import single_valued_query
 from library_api.http.responses import add_problem_responses, use_problem_media_type
 from library_api.http.stack import install_middleware
 from library_api.notifications.service import Notifier
@@ -63,6 +68,7 @@ from library_api.security.tokens import TokenService
 from library_api.server.shutdown import ShutdownCoordinator
 from library_api.tokens.router import router as tokens_router
 from library_api.tokens.service import ApiTokenService
+from library_api.users.router import LINKS as USER_LINKS
 from library_api.users.router import router as users_router
 from library_api.users.service import UserService
 from library_api.web.router import router as web_router
@@ -83,7 +89,9 @@ class LibraryAPI(FastAPI):
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document, built once, with error responses as ``application/problem+json``.
 
-        Every API operation also lists 503 (database unreachable) and, when rate limiting is on, 429.
+        Every API operation also lists 503 (database unreachable) and, when rate limiting is on, 429; every
+        operation with a request body lists 400 (a body that is not even text, such as invalid UTF-8). Links
+        declared by the routers say which operation's answer feeds which operation's parameters.
         """
         if self.openapi_schema is None:
             schema = get_openapi(
@@ -92,6 +100,7 @@ class LibraryAPI(FastAPI):
             settings: Settings = self.state.context.settings
             statuses = (429, 503) if settings.effective_rate_limit_enabled else (503,)
             add_problem_responses(schema, settings.api_v1_str, statuses)
+            add_links(schema, settings.api_v1_str, (*AUTH_LINKS, *USER_LINKS, *BOOK_LINKS, *BOOKING_LINKS))
             self.openapi_schema = use_problem_media_type(schema)
         return self.openapi_schema
 
@@ -286,7 +295,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
     install_database_unavailable_handler(app)
 
     for router in (auth_router, users_router, books_router, bookings_router, tokens_router, realtime_router):
-        app.include_router(router, prefix=settings.api_v1_str)
+        app.include_router(router, prefix=settings.api_v1_str, dependencies=[Depends(single_valued_query)])
     app.include_router(health_router)
     if settings.metrics_enabled:
         app.include_router(metrics_router)

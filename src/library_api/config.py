@@ -138,6 +138,8 @@ class Settings(BaseSettings):
 
     # ----- HTTP -----
     max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
+    http_header_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds a client has to send a request's line and headers (slowloris guard, Uvicorn)."""
     backend_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -52,19 +52,24 @@ def _pg_user() -> tuple[str | None, int | None, int | None]:
 class PrivatePostgres:
     """A PostgreSQL cluster in a temporary directory, started with ``pg_ctl`` on a free port."""
 
-    def __init__(self, data_dir: Path, port: int, root: Path) -> None:
+    def __init__(self, data_dir: Path, port: int, root: Path, *, durable: bool = False) -> None:
         self.data_dir = data_dir
         self.port = port
         self.root = root
+        self.durable = durable
         self.log = root / f"postgres-{port}.log"
 
     @classmethod
-    def create(cls) -> PrivatePostgres:
-        """Initialise a new primary cluster (trust authentication, replication allowed from loopback)."""
+    def create(cls, *, durable: bool = False) -> PrivatePostgres:
+        """Initialise a new primary cluster (trust authentication, replication allowed from loopback).
+
+        Clusters are fast and crash-unsafe (no fsync, asynchronous commit) unless ``durable``: a test that crashes
+        the server and counts what survived needs every acknowledged commit on disk.
+        """
         if not (PG_BIN / "initdb").exists():
             unavailable(f"PostgreSQL binaries not found in {PG_BIN}")
         root = _private_directory()
-        instance = cls(root / "data", free_port(), root)
+        instance = cls(root / "data", free_port(), root, durable=durable)
         instance._run(
             [
                 *(str(PG_BIN / "initdb"), "-D", str(instance.data_dir), "-U", "postgres", "--auth=trust"),
@@ -101,15 +106,21 @@ class PrivatePostgres:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-            "-c full_page_writes=off -c synchronous_commit=off -c shared_buffers=16MB -c max_connections=60"
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c shared_buffers=16MB -c max_connections=60"
         )
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log), "-o", options, "-w", "start"])
         wait_for(lambda: accepts(self.port), 30, f"PostgreSQL on port {self.port}")
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: sessions are disconnected) and wait until the port is closed."""
         self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
+        wait_for(lambda: not accepts(self.port), 30, f"PostgreSQL on port {self.port} to stop")
+
+    def crash(self) -> None:
+        """Stop the server the way a crash would (``immediate``: no checkpoint, recovery on the next start)."""
+        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"])
         wait_for(lambda: not accepts(self.port), 30, f"PostgreSQL on port {self.port} to stop")
 
     def sql(self, statement: str, database: str = "postgres") -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Form, status
 
 from library_api.auth.schemas import PrincipalOut, RefreshRequest, TokenPair
 from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.http.links import Link
 from library_api.http.problems import Forbidden
 from library_api.http.rate_limit import limit_login_attempts
 from library_api.http.responses import problems
@@ -19,6 +20,20 @@ from library_api.users.schemas import UserCreate, UserOut, UserSelfUpdate
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 SignedIn = Annotated[Principal, require(Permission.ACCOUNT_SELF)]
+
+_REFRESH_TOKEN = {"refresh_token": "$response.body#/refresh_token"}
+LINKS = tuple(
+    Link(
+        f"{verb}After{source.title()}",
+        ("POST", f"/auth/{source}"),
+        200,
+        ("POST", f"/auth/{target}"),
+        request_body=_REFRESH_TOKEN,
+    )
+    for source in ("login", "refresh")
+    for verb, target in (("Refresh", "refresh"), ("Logout", "logout"))
+)
+"""The refresh token of a login or refresh answer is what the next refresh or logout spends."""
 
 
 def _user_id(principal: Principal) -> int:

@@ -10,6 +10,7 @@ from library_api.bookings.models import BookingStatus
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.bookings.service import BookingFilters
 from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.http.links import Link
 from library_api.http.responses import problems
 from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
@@ -22,6 +23,15 @@ Booker = Annotated[Principal, require(Permission.BOOKINGS_CREATE)]
 Viewer = Annotated[Principal, require(Permission.BOOKINGS_READ)]
 Canceller = Annotated[Principal, require(Permission.BOOKINGS_CANCEL)]
 Manager = Annotated[Principal, require(Permission.BOOKINGS_MANAGE)]
+
+_NEW_BOOKING = {"booking_id": "$response.body#/id"}
+LINKS = (
+    Link("BookIt", ("POST", "/books"), 201, ("POST", "/bookings"), request_body={"book_id": "$response.body#/id"}),
+    Link("GetBooking", ("POST", "/bookings"), 201, ("GET", "/bookings/{booking_id}"), _NEW_BOOKING),
+    Link("CancelBooking", ("POST", "/bookings"), 201, ("POST", "/bookings/{booking_id}/cancel"), _NEW_BOOKING),
+    Link("ReturnBooking", ("POST", "/bookings"), 201, ("POST", "/bookings/{booking_id}/return"), _NEW_BOOKING),
+)
+"""A new book can be booked; a new booking can be read, cancelled and returned."""
 
 
 @router.post(

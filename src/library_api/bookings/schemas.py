@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from library_api.bookings.models import BookingStatus
+from library_api.http.fields import WholeNumber
 
 
 class BookingCreate(BaseModel):
@@ -14,7 +15,7 @@ class BookingCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    book_id: int = Field(ge=1, le=2**31 - 1)
+    book_id: WholeNumber = Field(ge=1, le=2**31 - 1)
     start: AwareDatetime
     end: AwareDatetime
 

@@ -17,6 +17,7 @@ from library_api.books.repository import BookFilters
 from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, BookUpdate
 from library_api.deps import ContextDep, ReadSessionDep, SessionDep
 from library_api.http.conditional import conditional_response
+from library_api.http.links import Link
 from library_api.http.problems import ContentTooLarge, NotFound, UnsupportedMediaType
 from library_api.http.responses import problems
 from library_api.security.dependencies import require
@@ -30,6 +31,17 @@ IfNoneMatch = Annotated[str | None, Header(description="An ETag from an earlier 
 Reader = require(Permission.BOOKS_READ)
 Librarian = require(Permission.BOOKS_WRITE)
 _CHUNK = 64 * 1024
+
+_NEW_BOOK = {"book_id": "$response.body#/id"}
+LINKS = (
+    Link("GetBook", ("POST", "/books"), 201, ("GET", "/books/{book_id}"), _NEW_BOOK),
+    Link("UpdateBook", ("POST", "/books"), 201, ("PATCH", "/books/{book_id}"), _NEW_BOOK),
+    Link("DeleteBook", ("POST", "/books"), 201, ("DELETE", "/books/{book_id}"), _NEW_BOOK),
+    Link("GetCover", ("POST", "/books"), 201, ("GET", "/books/{book_id}/cover"), _NEW_BOOK),
+    Link("PutCover", ("POST", "/books"), 201, ("PUT", "/books/{book_id}/cover"), _NEW_BOOK),
+    Link("DeleteCover", ("POST", "/books"), 201, ("DELETE", "/books/{book_id}/cover"), _NEW_BOOK),
+)
+"""What follows the creation of a book: its details, changes, removal and cover."""
 
 
 @router.get(
@@ -144,7 +156,12 @@ async def put_cover(
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description="A JPEG or PNG image")],
 ) -> BookOut:
-    """Store a JPEG or PNG cover, recognised by its content; the size limit is ``MAX_UPLOAD_SIZE``."""
+    """Store a JPEG or PNG cover, recognised by its content; the size limit is ``MAX_UPLOAD_SIZE``.
+
+    A book that does not exist is a 404 before the upload is looked at, whatever the file.
+    """
+    if await ctx.catalogue.book(book_id) is None:
+        raise NotFound(f"No book with id {book_id}.")
     limit = ctx.settings.max_upload_size
     chunks: list[bytes] = []
     size = 0

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from library_api.books.isbn import normalize_isbn
+from library_api.http.fields import WholeNumber
 
 
 def _unique(values: list[str]) -> list[str]:
@@ -20,10 +21,13 @@ def _unique(values: list[str]) -> list[str]:
 
 ISBN = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=10, max_length=17),
+    StringConstraints(strip_whitespace=True, min_length=10, max_length=17, pattern=r"^[0-9][0-9 -]*[0-9Xx]$"),
     AfterValidator(normalize_isbn),
     Field(
-        description="ISBN-10 or ISBN-13, hyphens allowed; stored and returned as ISBN-13.",
+        description=(
+            "ISBN-10 or ISBN-13, hyphens and spaces allowed; stored and returned as ISBN-13. "
+            "The check digit must match (422 otherwise)."
+        ),
         examples=["978-0-13-235088-4"],
     ),
 ]
@@ -35,9 +39,9 @@ Tag = Annotated[
 ]
 Authors = Annotated[list[AuthorName], Field(min_length=1, max_length=20), AfterValidator(_unique)]
 Tags = Annotated[list[Tag], Field(max_length=20), AfterValidator(_unique)]
-Year = Annotated[int, Field(ge=-3000, le=2100)]
+Year = Annotated[WholeNumber, Field(ge=-3000, le=2100)]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
-Copies = Annotated[int, Field(ge=1, le=10_000)]
+Copies = Annotated[WholeNumber, Field(ge=1, le=10_000)]
 
 
 class BookCreate(BaseModel):

@@ -137,9 +137,11 @@ class BookService:
             if name in fields:
                 setattr(book, name, getattr(changes, name))
         book.search_text = search_text(book.title, book.authors)
-        if fields & {"authors", "tags"}:
-            await self._repository.replace_index_rows(session, book)
         try:
+            # The flush, not only the commit, may meet the unique ISBN: rewriting the index rows flushes first.
+            await session.flush()
+            if fields & {"authors", "tags"}:
+                await self._repository.replace_index_rows(session, book)
             await session.commit()
         except IntegrityError:
             await session.rollback()

@@ -348,19 +348,18 @@ def users_create(
     ] = None,
 ) -> None:
     """Create an account with any role: how the first administrator comes to exist."""
-    from pydantic import EmailStr, TypeAdapter, ValidationError
-
     from library_api.app import build_context
     from library_api.db.engine import create_database
     from library_api.http.problems import ProblemError
     from library_api.security.permissions import USER_ROLES, Role
+    from library_api.users.schemas import normalise_email
 
     settings = settings_from(ctx)
     if role not in {r.value for r in USER_ROLES}:
         raise fail([f"--role must be one of {', '.join(r.value for r in USER_ROLES)} (got {role!r})"])
     try:
-        address = TypeAdapter(EmailStr).validate_python(email)
-    except ValidationError:
+        address = normalise_email(email)
+    except ValueError:
         raise fail([f"--email is not a valid e-mail address: {email!r}"]) from None
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)

@@ -33,13 +33,16 @@ def add_problem_responses(schema: dict[str, Any], prefix: str, statuses: tuple[i
     """Document ``statuses`` on every operation under ``prefix`` that does not list them yet.
 
     Some answers can come from any route: 429 from the rate limiter, 503 when the database is unreachable.
+    Any operation that reads a body can also answer 400, when the body cannot be decoded at all (invalid UTF-8
+    in JSON, a broken multipart stream) and so never reaches field validation.
     """
     for path, path_item in schema.get("paths", {}).items():
         if not path.startswith(prefix):
             continue
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
-            for status in statuses:
+            extra = (400,) if "requestBody" in operation else ()
+            for status in (*extra, *statuses):
                 responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
     return schema
 

@@ -26,7 +26,13 @@ from gunicorn.arbiter import Arbiter
 from library_api.config import Settings, hand_down_overrides, load_settings
 from library_api.observability.multiprocess import prepare_worker_metrics
 from library_api.server.tls import ServerTLS
-from library_api.server.uvicorn import DrainingServer, TLSHttpToolsProtocol, TLSWebSocketsProtocol, UvicornTLSFactory
+from library_api.server.uvicorn import (
+    DrainingServer,
+    TLSHttpToolsProtocol,
+    TLSWebSocketsProtocol,
+    UvicornTLSFactory,
+    http_protocol,
+)
 
 with warnings.catch_warnings():
     # uvicorn.workers announces its move to a separate package on import; the class itself is what is used.
@@ -54,6 +60,7 @@ class LibraryWorker(UvicornWorker):
         tls = ServerTLS.from_settings(settings)
         if tls is not None:
             self.config.ssl_context_factory = UvicornTLSFactory(tls)
+        self.config.http = http_protocol(settings)  # type: ignore[assignment]  # any protocol factory works
         self.config.server_header = False
         self.config.ws_max_size = settings.ws_max_size
         self.config.ws_ping_interval = settings.ws_ping_interval or None

@@ -18,6 +18,7 @@ signals. Both are added through its public extension points, with no change to i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import ssl
@@ -27,10 +28,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from library_api.config import Settings
+from library_api.server.protocols import HeadDeadlineProtocol
 from library_api.server.tls import ConnectionTLS, ServerTLS, find_shutdown
 
 logger = logging.getLogger("library_api.server")
@@ -55,8 +56,8 @@ def _attach_tls(protocol: Any, transport: asyncio.BaseTransport) -> None:
     protocol.app = ConnectionTLS(protocol.config.loaded_app, factory.tls.extension(ssl_object))
 
 
-class TLSHttpToolsProtocol(HttpToolsProtocol):
-    """Uvicorn's httptools protocol, with the connection's TLS extension in every request scope."""
+class TLSHttpToolsProtocol(HeadDeadlineProtocol):
+    """Uvicorn's httptools protocol with a request-head deadline and the connection's TLS extension in every scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Register the connection, then read its TLS state once."""
@@ -108,6 +109,14 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def http_protocol(settings: Settings) -> functools.partial[TLSHttpToolsProtocol]:
+    """The HTTP protocol factory given to Uvicorn (``http=``), with the configured request-head deadline.
+
+    A partial of a module-level class, so that it pickles into spawned worker processes.
+    """
+    return functools.partial(TLSHttpToolsProtocol, head_timeout=settings.http_header_timeout)
+
+
 def uvicorn_options(settings: Settings, tls: ServerTLS | None) -> dict[str, Any]:
     """Keyword arguments of ``uvicorn.Config`` for the service, TLS included when the mode asks for it."""
     options: dict[str, Any] = {
@@ -117,7 +126,7 @@ def uvicorn_options(settings: Settings, tls: ServerTLS | None) -> dict[str, Any]
         "server_header": False,
         "proxy_headers": False,
         "access_log": False,
-        "http": TLSHttpToolsProtocol,
+        "http": http_protocol(settings),
         "ws": TLSWebSocketsProtocol,
         "ws_max_size": settings.ws_max_size,
         "ws_ping_interval": settings.ws_ping_interval or None,

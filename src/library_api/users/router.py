@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.http.links import Link
 from library_api.http.responses import problems
 from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
@@ -17,6 +18,13 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 Manager = Annotated[Principal, require(Permission.USERS_MANAGE)]
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+_NEW_USER = {"user_id": "$response.body#/id"}
+LINKS = (
+    Link("GetUser", ("POST", "/auth/register"), 201, ("GET", "/users/{user_id}"), _NEW_USER),
+    Link("UpdateUser", ("POST", "/auth/register"), 201, ("PATCH", "/users/{user_id}"), _NEW_USER),
+)
+"""A registered account can be read and changed by an administrator."""
 
 
 @router.get("", responses=problems(401, 403, 422), summary="List accounts")

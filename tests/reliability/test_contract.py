@@ -1,0 +1,110 @@
+"""Contract fuzzing: Schemathesis against the service's own OpenAPI document, as each user role in turn.
+
+A real ``library-api serve`` process answers; Schemathesis reads ``/openapi.json`` from it and runs every phase
+(examples, coverage, fuzzing, and the stateful phase that follows the document's links from created books,
+bookings and accounts to the operations on them) with every check it has. It logs in itself through the login
+operation, and again whenever an answer is 401 (the fuzzer may well log its own account out everywhere).
+Roles run from the least to the most powerful so that an administrator's run, which may deactivate accounts,
+comes last. The example budget and the seed are fixed (``tests/reliability/budget.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability import budget
+from tests.reliability.conftest import Record
+from tests.support.factories import PASSWORD
+from tests.support.live_server import LiveServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROLES = ("reader", "librarian", "admin")
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+def account(role: str) -> str:
+    return f"contract-{role}@example.org"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    live = LiveServer({"RATE_LIMIT_ENABLED": "false"})
+    live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'contract.db'}"
+    assert live.run_cli("migrate").returncode == 0
+    for role in ROLES:
+        created = live.run_cli("users", "create", "--email", account(role), "--password", PASSWORD, "--role", role)
+        assert created.returncode == 0, created.stderr
+    live.start(wait="/health/ready")
+    yield live
+    assert live.stop(), live.log_text()[-3000:]
+
+
+def configuration(role: str) -> str:
+    """A Schemathesis configuration that logs in as ``role`` through the service's own login operation."""
+    return f"""
+[auth.dynamic.openapi.OAuth2PasswordBearer]
+path = "/api/v1/auth/login"
+method = "post"
+payload = {{ username = "{account(role)}", password = "{PASSWORD}" }}
+payload_content_type = "application/x-www-form-urlencoded"
+extract_selector = "/access_token"
+
+# Rules no JSON Schema can state, so that a schema-valid request may rightly be refused (the operation's
+# description and its documented 415/422 say so): a booking's period (the end after the start, the start not in
+# the past, at most BOOKING_MAX_DAYS long), an ISBN's check digit, a cover recognised as JPEG or PNG by content.
+[[operations]]
+include-path-regex = "^/api/v1/(bookings|books(/[{{]book_id[}}])?)$"
+include-method-regex = "^(POST|PATCH)$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-path = "/api/v1/books/{{book_id}}/cover"
+include-method = "PUT"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "413", "415"]
+"""
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_service_keeps_its_contract(server: LiveServer, role: str, tmp_path: Path, figures: Record) -> None:
+    chosen = budget.current()
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(configuration(role), encoding="utf-8")
+    report = tmp_path / "report.json"
+    command = [
+        *(str(SCHEMATHESIS), "--config-file", str(config), "run", f"{server.base_url}/openapi.json"),
+        *("--checks", "all", "--max-examples", str(chosen.contract_examples), "--seed", str(chosen.contract_seed)),
+        *("--workers", "1", "--request-timeout", "10", "--report", "json", "--report-json-path", str(report)),
+    ]
+    started = time.monotonic()
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert report.exists(), finished.stdout[-5000:] + finished.stderr[-3000:]
+    outcome = json.loads(report.read_text(encoding="utf-8"))
+    cases = outcome["test_cases"]
+    figures(
+        role=role,
+        budget=chosen.name,
+        max_examples=chosen.contract_examples,
+        seed=chosen.contract_seed,
+        generated=cases["generated"],
+        failures=cases["unique_failures"],
+        seconds=round(elapsed, 1),
+    )
+    assert finished.returncode == 0, finished.stdout[-12000:]
+    assert outcome["complete"] and outcome["errors"] == []
+    assert outcome["operations"]["tested"] == outcome["operations"]["selected"] > 0
+    assert {name: phase["status"] for name, phase in outcome["phases"].items()} == dict.fromkeys(
+        ("examples", "coverage", "fuzzing", "stateful"), "success"
+    )
+    assert cases["unique_failures"] == 0
+    assert cases["generated"] > 0
+    if role == "admin":  # an administrator may call everything: no operation may refuse the credentials
+        assert not outcome["warnings"].get("missing_auth"), outcome["warnings"]
