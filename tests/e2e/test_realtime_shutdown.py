@@ -52,17 +52,28 @@ async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
     await database.dispose()
 
 
-@pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
-def workers(request: pytest.FixtureRequest) -> int:
-    return int(request.param)
+LAYOUTS = [("uvicorn", 1), ("uvicorn", 2), ("gunicorn", 2)]
+"""Server and worker count of each run: Uvicorn alone, the Uvicorn supervisor, and Gunicorn's arbiter."""
+
+
+@pytest.fixture(params=LAYOUTS, ids=["uvicorn-1", "uvicorn-2", "gunicorn-2"])
+def layout(request: pytest.FixtureRequest) -> tuple[str, int]:
+    server_name, count = request.param
+    return str(server_name), int(count)
 
 
 @pytest.fixture
-def server(committed_url: str, tmp_path: Path, workers: int) -> Iterator[ServerProcess]:
+def workers(layout: tuple[str, int]) -> int:
+    return layout[1]
+
+
+@pytest.fixture
+def server(committed_url: str, tmp_path: Path, layout: tuple[str, int]) -> Iterator[ServerProcess]:
+    server_name, workers = layout
     running = start_server(
         committed_url,
         tmp_path,
-        args=("--workers", str(workers)),
+        args=("--server", server_name, "--workers", str(workers)),
         env={
             "SHUTDOWN_TIMEOUT": str(TIMEOUT),
             "SHUTDOWN_PROGRESS_INTERVAL": str(INTERVAL),
@@ -228,6 +239,8 @@ async def wait_for_progress(server: ServerProcess, within: float) -> None:
     raise AssertionError(f"no progress line within {within} s:\n{server.log()}")
 
 
+# Gunicorn's arbiter treats SIGINT as a quick shutdown of its own; a second SIGINT is the Uvicorn adapters' feature.
+@pytest.mark.parametrize("layout", LAYOUTS[:2], ids=["uvicorn-1", "uvicorn-2"], indirect=True)
 async def test_a_second_sigint_closes_everyone_at_once(server: ServerProcess, ctx: AppContext) -> None:
     token = token_for(ctx, await create_user(ctx, Role.READER))
     clients = [await connect(ws_url(server, f"impatient-{n}"), additional_headers=bearer(token)) for n in range(6)]
