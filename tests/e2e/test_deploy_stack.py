@@ -186,6 +186,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[S
         TRUSTED_PROXIES="127.0.0.1/32",
         # its own Redis keys (cache and rate-limit counts), whatever else uses the same Redis at the same time
         CACHE_KEY_PREFIX=f"e2e{uuid.uuid4().hex[:8]}_",
+        # every test here logs in from the same address (nginx on loopback); production's 10 logins a minute
+        # per address would refuse the later ones
+        RATE_LIMIT_ROUTES=json.dumps({"POST /api/v1/auth/login": "1000/minute"}),
         PYTHONWARNINGS="ignore::DeprecationWarning",
     )
     cli(env, "migrate", cwd=work)
