@@ -411,6 +411,7 @@ async def test_every_route_has_a_row(app_factory: AppFactory) -> None:
         assert set(derived_statuses(app, key, row.statuses)) == set(CALLERS), key
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("key", list(MATRIX), ids=[f"{m} {p}" for m, p in MATRIX])
 async def test_authorisation_cell(certificate_server: CertificateServer, key: tuple[str, str], figures: Record) -> None:
     """One row: each caller in turn (the revoked session after the others it would disturb: it ends the owner's
