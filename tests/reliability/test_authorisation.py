@@ -11,42 +11,49 @@ another's answer. The rows cover:
 - API5 broken function-level authorisation: readers cannot manage the catalogue, users, returns, broadcasts
   or metrics; librarians cannot manage users.
 
-Callers still to come (certificate clients, API tokens) are columns marked pending: their cells are reported as
-skipped with the reason, and filling them in is adding the caller to :func:`credentials` and a value per row.
-:func:`test_every_route_has_a_row` walks the application's routes, so a new route without a row fails.
+Two columns are not written by hand but derived from what the route declares (``require(...)`` or ``public()``)
+and the role table: a client certificate holding only the ``monitor`` role, sent through one real ``mtls``
+server process for the whole module (the in-process transport cannot present a certificate), and an API token
+with the ``admin`` role revoked through the API before the call. :func:`test_every_route_has_a_row` walks the
+application's routes, so a new route without a row fails.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from library_api.app import create_app
 from library_api.context import AppContext
 from library_api.db.base import utcnow
-from library_api.security.permissions import Role
+from library_api.security.dependencies import PERMISSION_ATTRIBUTE, PUBLIC
+from library_api.security.permissions import Role, grants
 from library_api.users.models import User
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, fast_settings
 from tests.reliability.conftest import Record
+from tests.support.certs import PKI, make_pki
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_email, unique_isbn
 from tests.support.http import client_for
 from tests.support.images import png
-from tests.support.routes import api_routes
+from tests.support.processes import ServerProcess, start_server
+from tests.support.routes import ApiRoute, api_routes
 
-CALLERS = ("anonymous", "owner", "other_reader", "librarian", "admin", "revoked_session")
-"""Callers the service has today: ``owner`` is the reader whose booking and account the world holds;
+WRITTEN_CALLERS = ("anonymous", "owner", "other_reader", "librarian", "admin", "revoked_session")
+"""Callers whose statuses each row states: ``owner`` is the reader whose booking and account the world holds;
 ``revoked_session`` is the owner's access token after "log out everywhere"."""
 
-PENDING_CALLERS = {
-    "monitor_certificate": "needs certificate callers/API tokens",
-    "revoked_api_token": "needs certificate callers/API tokens",
-}
-"""Columns to fill in when mutual-TLS certificate clients and API tokens exist."""
+DERIVED_CALLERS = ("monitor_certificate", "revoked_api_token")
+"""Callers whose statuses follow from the route's declared permission (see :func:`derived_statuses`)."""
+
+CALLERS = WRITTEN_CALLERS + DERIVED_CALLERS
 
 OUTSIDE_PEER = "203.0.113.7"
 """Calls come from a documentation address, outside the monitoring networks, so only credentials count."""
@@ -62,6 +69,7 @@ class World:
     book_id: int
     spare_book_id: int
     booking_id: int
+    token_id: int
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -93,7 +101,13 @@ async def build_world(ctx: AppContext, http: httpx.AsyncClient, people: People) 
         f"/api/v1/books/{book.id}/cover", files={"file": ("c.png", png(), "image/png")}, headers=headers["admin"]
     )
     assert covered.status_code == 200, covered.text
-    return World(ctx, users["owner"], users["other_reader"], book.id, spare.id, booked.json()["id"], headers)
+    issued = await http.post("/api/v1/tokens", json={"name": "job", "roles": ["reader"]}, headers=headers["admin"])
+    assert issued.status_code == 201, issued.text
+    world = World(
+        ctx, users["owner"], users["other_reader"], book.id, spare.id, booked.json()["id"], issued.json()["id"]
+    )
+    world.headers = headers | {"monitor_certificate": {}}
+    return world
 
 
 async def revoke_owner_sessions(world: World) -> None:
@@ -101,6 +115,17 @@ async def revoke_owner_sessions(world: World) -> None:
     async with world.ctx.database.sessionmaker() as session:
         await world.ctx.users.end_all_sessions(session, world.owner.id)
     world.headers["revoked_session"] = world.headers["owner"]
+
+
+async def revoked_api_token(world: World, http: httpx.AsyncClient) -> dict[str, str]:
+    """An ``admin`` API token issued, shown to work, and revoked, all through the API."""
+    admin = world.headers["admin"]
+    issued = await http.post("/api/v1/tokens", json={"name": "revoked", "roles": ["admin"]}, headers=admin)
+    assert issued.status_code == 201, issued.text
+    headers = bearer(issued.json()["token"])
+    assert (await http.get("/api/v1/tokens", headers=headers)).status_code == 200
+    assert (await http.delete(f"/api/v1/tokens/{issued.json()['id']}", headers=admin)).status_code == 204
+    return headers
 
 
 def period() -> dict[str, str]:
@@ -128,6 +153,7 @@ def call(method: str, path: str, **options: Any) -> Send:
             spare_book_id=world.spare_book_id,
             booking_id=world.booking_id,
             user_id=world.owner.id,
+            token_id=world.token_id,
         )
         values = {key: value(world) if callable(value) else value for key, value in options.items()}
         return await http.request(method, url, headers=headers, **values)
@@ -156,7 +182,7 @@ def expect(
     admin: int,
     revoked_session: int = 401,
 ) -> dict[str, int]:
-    """The status per caller; ``other_reader`` is the owner's unless given (it differs where objects are owned)."""
+    """The written statuses; ``other_reader`` is the owner's unless given (it differs where objects are owned)."""
     return {
         "anonymous": anonymous,
         "owner": owner,
@@ -168,7 +194,7 @@ def expect(
 
 
 def everyone(status: int) -> dict[str, int]:
-    return dict.fromkeys(CALLERS, status)
+    return dict.fromkeys(WRITTEN_CALLERS, status)
 
 
 @dataclass(frozen=True)
@@ -197,11 +223,22 @@ MATRIX: dict[tuple[str, str], Row] = {
         call("POST", "/api/v1/auth/logout-all"), expect(anonymous=401, owner=204, librarian=204, admin=204)
     ),
     ("GET", "/api/v1/auth/me"): Row(call("GET", "/api/v1/auth/me"), ANY_READER),
+    ("GET", "/api/v1/auth/principal"): Row(
+        call("GET", "/api/v1/auth/principal"), expect(anonymous=200, owner=200, librarian=200, admin=200)
+    ),
     ("PATCH", "/api/v1/auth/me"): Row(call("PATCH", "/api/v1/auth/me", json={"full_name": "Renamed"}), ANY_READER),
     ("GET", "/api/v1/users"): Row(call("GET", "/api/v1/users"), ADMIN_ONLY),
     ("GET", "/api/v1/users/{user_id}"): Row(call("GET", "/api/v1/users/{user_id}"), ADMIN_ONLY),
     ("PATCH", "/api/v1/users/{user_id}"): Row(
         call("PATCH", "/api/v1/users/{user_id}", json={"role": "librarian"}), ADMIN_ONLY
+    ),
+    ("POST", "/api/v1/tokens"): Row(
+        call("POST", "/api/v1/tokens", json={"name": "service", "roles": ["monitor"]}),
+        expect(anonymous=401, owner=403, librarian=403, admin=201),
+    ),
+    ("GET", "/api/v1/tokens"): Row(call("GET", "/api/v1/tokens"), ADMIN_ONLY),
+    ("DELETE", "/api/v1/tokens/{token_id}"): Row(
+        call("DELETE", "/api/v1/tokens/{token_id}"), expect(anonymous=401, owner=403, librarian=403, admin=204)
     ),
     ("GET", "/api/v1/books"): Row(
         call("GET", "/api/v1/books"), expect(anonymous=200, owner=200, librarian=200, admin=200)
@@ -259,15 +296,98 @@ MATRIX: dict[tuple[str, str], Row] = {
 }
 
 
+def declared_permission(route: ApiRoute) -> str:
+    """What the route declares: a permission name, or ``public``."""
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependant = pending.pop()
+        declared = getattr(dependant.call, PERMISSION_ATTRIBUTE, None)
+        if declared is not None:
+            return str(declared)
+        pending.extend(dependant.dependencies)
+    raise AssertionError(f"{route.path} declares no permission")
+
+
+def derived_statuses(app: FastAPI, key: tuple[str, str], written: dict[str, int]) -> dict[str, int]:
+    """The row's written statuses and the derived columns.
+
+    A ``monitor`` certificate gets what an anonymous caller gets on a public route, what an administrator gets
+    where the role table grants ``monitor`` the route's permission, and 403 elsewhere (it is authenticated). A
+    revoked API token is refused like a revoked session: 401 on every route that is not public.
+    """
+    ctx: AppContext = app.state.context
+    method, path = key
+    route = next(route for route in api_routes(app) if route.path == path and method in route.methods)
+    permission = declared_permission(route)
+    if permission == PUBLIC:
+        monitor = written["anonymous"]
+    elif grants(ctx.policy.permissions_for({Role.MONITOR.value}), permission):
+        monitor = written["admin"]
+    else:
+        monitor = 403
+    revoked = written["revoked_session"] if permission == PUBLIC else 401
+    return {**written, "monitor_certificate": monitor, "revoked_api_token": revoked}
+
+
+@dataclass(frozen=True)
+class CertificateServer:
+    """The module's ``mtls`` server process and what a cell needs to share its database and uploads."""
+
+    process: ServerProcess
+    pki: PKI
+    database_url: str
+    upload_dir: Path
+
+    def monitor_client(self) -> httpx.AsyncClient:
+        """A client presenting the ``monitor`` certificate (and nothing else)."""
+        return httpx.AsyncClient(
+            base_url=self.process.base_url, verify=self.pki.client_context("monitor"), timeout=30.0
+        )
+
+
+@pytest.fixture(scope="module")
+def certificate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CertificateServer]:
+    """One real ``library-api serve --mode mtls`` for every certificate cell of the module.
+
+    Monitoring networks are moved off loopback so that ``/metrics`` and ``/health/detailed`` are decided by the
+    certificate alone, as they are for a caller outside the monitoring networks in process.
+    """
+    directory = tmp_path_factory.mktemp("authorisation-mtls")
+    pki = make_pki(directory / "pki")
+    database_url = f"sqlite+aiosqlite:///{directory}/library.db"
+    args = ("--mode", "mtls", "--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
+    environment = {"MONITORING_ALLOWED_NETWORKS": "192.0.2.0/24", "RATE_LIMIT_ENABLED": "false"}
+    process = start_server(database_url, directory, args=args, env=environment, scheme="https")
+    try:
+        process.wait_ready(verify=pki.client_context("monitor"))
+        yield CertificateServer(process, pki, database_url, directory / "up")
+    finally:
+        process.stop()
+
+
+@asynccontextmanager
+async def sharing_application(server: CertificateServer) -> AsyncIterator[FastAPI]:
+    """An in-process application on the certificate server's database and upload directory."""
+    application = create_app(fast_settings(database_url=server.database_url, upload_dir=server.upload_dir))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 async def run_cell(
-    app: FastAPI, people: People, key: tuple[str, str], caller: str
+    app: FastAPI, people: People, key: tuple[str, str], caller: str, server: CertificateServer
 ) -> tuple[int, httpx.Response, World]:
     ctx: AppContext = app.state.context
     async with client_for(app, OUTSIDE_PEER) as http:
         world = await build_world(ctx, http, people)
         if caller == "revoked_session":
             await revoke_owner_sessions(world)
-        response = await MATRIX[key].send(http, world, world.headers[caller])
+        if caller == "revoked_api_token":
+            world.headers[caller] = await revoked_api_token(world, http)
+        if caller == "monitor_certificate":
+            async with server.monitor_client() as remote:
+                response = await MATRIX[key].send(remote, world, world.headers[caller])
+        else:
+            response = await MATRIX[key].send(http, world, world.headers[caller])
     return response.status_code, response, world
 
 
@@ -287,32 +407,31 @@ async def test_every_route_has_a_row(app_factory: AppFactory) -> None:
     assert served - set(MATRIX) == set(), "routes without a row in the authorisation matrix"
     assert set(MATRIX) - served == set(), "rows for routes the application does not serve"
     for key, row in MATRIX.items():
-        assert set(row.statuses) == set(CALLERS), key
+        assert set(row.statuses) == set(WRITTEN_CALLERS), key
+        assert set(derived_statuses(app, key, row.statuses)) == set(CALLERS), key
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("key", list(MATRIX), ids=[f"{m} {p}" for m, p in MATRIX])
-async def test_authorisation_cell(app_factory: AppFactory, key: tuple[str, str], figures: Record) -> None:
-    """One row: each caller in turn (the revoked session last, since it ends the owner's sessions)."""
-    app = await app_factory()
-    people = await build_people(app.state.context)
-    observed = {}
-    for caller in CALLERS:
-        status, response, world = await run_cell(app, people, key, caller)
-        observed[caller] = status
-        assert_no_exposure(response, world, caller)
-        if status >= 400:
-            assert response.headers["content-type"] == "application/problem+json", response.text[:300]
+async def test_authorisation_cell(certificate_server: CertificateServer, key: tuple[str, str], figures: Record) -> None:
+    """One row: each caller in turn (the revoked session after the others it would disturb: it ends the owner's
+    sessions). The application shares the certificate server's database, so every caller sees the same world."""
+    async with sharing_application(certificate_server) as app:
+        expected = derived_statuses(app, key, MATRIX[key].statuses)
+        people = await build_people(app.state.context)
+        observed = {}
+        for caller in CALLERS:
+            status, response, world = await run_cell(app, people, key, caller, certificate_server)
+            observed[caller] = status
+            assert_no_exposure(response, world, caller)
+            if status >= 400:
+                assert response.headers["content-type"] == "application/problem+json", response.text[:300]
     figures(
         route=" ".join(key),
         cells=len(observed),
-        mismatches=sum(observed[c] != s for c, s in MATRIX[key].statuses.items()),
+        mismatches=sum(observed[c] != s for c, s in expected.items()),
     )
-    assert observed == MATRIX[key].statuses
-
-
-@pytest.mark.parametrize("caller", list(PENDING_CALLERS))
-def test_pending_caller_columns(caller: str) -> None:
-    pytest.skip(f"{caller}: {PENDING_CALLERS[caller]}")
+    assert observed == expected
 
 
 async def test_a_reader_cannot_raise_their_own_role_or_reactivate(app_factory: AppFactory) -> None:

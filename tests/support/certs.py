@@ -85,6 +85,7 @@ def make_pki(directory: Path) -> PKI:
     _save(directory, "server", authority.issue_server(["127.0.0.1", "localhost"]))
     _save(directory, "librarian", authority.issue_client("alice", ["librarian", "monitor"]))
     _save(directory, "reader", authority.issue_client("bob", ["reader"]))
+    _save(directory, "monitor", authority.issue_client("prometheus", ["monitor"]))
     _save(directory, "unknown-role", authority.issue_client("carol", ["astronaut"]))
     _save(directory, "revoked", authority.issue_client("dave", ["librarian"]))
     _save(directory, "uri-roles", authority.issue_client("erin", ["librarian"], uri_roles=True))
