@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -62,8 +62,9 @@ class Call:
     """One request of the load: which caller, when it was sent and ended, and what came back."""
 
     caller: int
-    request_id: str
     sent: float
+    request_id: str = ""
+    """The id the server gave the request (on its access line, with the pid of the worker that served it)."""
     ended: float = 0.0
     status: int | None = None
     error: str | None = None
@@ -77,34 +78,42 @@ class Load:
     token: str
     calls: list[Call] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    reconnect: set[int] = field(default_factory=set)
+    """Callers asked to drop their connection and open a new one (to spread the callers over the workers)."""
 
     async def run(self) -> None:
         deadline = time.monotonic() + LOAD_LIMIT
         await asyncio.gather(*(self._caller(index, deadline) for index in range(CALLERS)))
 
     async def _caller(self, index: int, deadline: float) -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=20, limits=limits) as http:
-            number = 0
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                number += 1
-                call = Call(index, f"load-{index}-{number}-{uuid.uuid4().hex[:8]}", time.monotonic())
-                self.calls.append(call)
-                headers = {"X-Request-ID": call.request_id}
-                if number % 2:
-                    path = "/api/v1/books"
-                else:
-                    path = "/api/v1/auth/me"
-                    headers.update(bearer(self.token))
-                try:
-                    answer = await http.get(path, headers=headers)
-                    call.status = answer.status_code
-                except httpx.TransportError as exc:
-                    call.error = type(exc).__name__
-                call.ended = time.monotonic()
-                if call.error is not None:  # pace the retries of a refused caller; wake at once on stop
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stop.wait(), timeout=0.05)
+        number = 0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=20, limits=limits) as http:
+                self.reconnect.discard(index)
+                while not self.stop.is_set() and time.monotonic() < deadline and index not in self.reconnect:
+                    number += 1
+                    await self._call(http, index, number)
+
+    async def _call(self, http: httpx.AsyncClient, index: int, number: int) -> None:
+        call = Call(index, time.monotonic())
+        self.calls.append(call)
+        headers: dict[str, str] = {}
+        if number % 2:
+            path = "/api/v1/books"
+        else:
+            path = "/api/v1/auth/me"
+            headers.update(bearer(self.token))
+        try:
+            answer = await http.get(path, headers=headers)
+            call.status = answer.status_code
+            call.request_id = answer.headers["x-request-id"]
+        except httpx.TransportError as exc:
+            call.error = type(exc).__name__
+        call.ended = time.monotonic()
+        if call.error is not None:  # pace the retries of a refused caller; wake at once on stop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=0.05)
 
     def answered(self) -> int:
         return sum(call.status is not None for call in self.calls)
@@ -254,9 +263,30 @@ def access_pids(server: ServerProcess) -> dict[str, int]:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if record.get("logger") == "library_api.access" and "request_id" in record:
+            if str(record.get("logger")).endswith(".access") and "request_id" in record:
                 pids[str(record["request_id"])] = int(record["pid"])
     return pids
+
+
+BOOTED = re.compile(r"Booting worker with pid: (\d+)")
+
+
+async def new_worker_serving(server: ServerProcess, known: set[int], within: float = 90) -> int:
+    """Wait until Gunicorn has booted a worker not in ``known`` and it answers a request; its pid."""
+    deadline = time.monotonic() + within
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per request: the kernel spreads them
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=20, limits=fresh) as http:
+        while True:
+            booted = {int(pid) for pid in BOOTED.findall(server.log())} - known
+            if booted:
+                answers = await asyncio.gather(*(http.get("/health") for _ in range(6)))
+                ids = {answer.headers["x-request-id"] for answer in answers}
+                pids = await asyncio.to_thread(access_pids, server)
+                served = {pids[request_id] for request_id in ids if request_id in pids} & booted
+                if served:
+                    return served.pop()
+            assert time.monotonic() < deadline, f"no replacement worker served a request:\n{server.log()[-3000:]}"
+            await asyncio.sleep(0.1)
 
 
 async def test_gunicorn_worker_killed_under_load_only_costs_its_own_connections(
@@ -267,36 +297,39 @@ async def test_gunicorn_worker_killed_under_load_only_costs_its_own_connections(
     token = token_for(ctx, await create_user(ctx, Role.READER))
     load = Load(server.base_url, token)
     running = asyncio.create_task(load.run())
-    deadline = time.monotonic() + 60
-    while True:  # until both workers hold some of the callers' connections
-        await load.until_answered(CALLERS * 3)
-        pids = access_pids(server)
-        serving = {pids[call.request_id] for call in load.calls if call.request_id in pids}
-        if len(serving) == 2:
+    deadline = time.monotonic() + 90
+    while True:  # until each worker holds at least a quarter of the callers' connections
+        await load.until_answered(load.answered() + CALLERS * 2)
+        pids = await asyncio.to_thread(access_pids, server)
+        latest = {call.caller: pids[call.request_id] for call in load.calls if call.request_id in pids}
+        per_worker = Counter(latest.values())
+        if len(latest) == CALLERS and len(per_worker) == 2 and min(per_worker.values()) >= CALLERS // 4:
             break
-        assert time.monotonic() < deadline, "the callers' connections all went to one worker"
-        await asyncio.sleep(0.1)
-
-    served_by = {call.caller: pids[call.request_id] for call in load.calls if call.request_id in pids}
-    victim = Counter(served_by.values()).most_common()[-1][0]
+        assert time.monotonic() < deadline, f"the callers' connections stay on one worker: {per_worker}"
+        busiest = per_worker.most_common(1)[0][0]
+        load.reconnect.update(caller for caller, pid in latest.items() if pid == busiest and caller % 2)
+    serving = set(per_worker)
+    while load.reconnect:
+        assert time.monotonic() < deadline, "callers asked to reconnect did not"
+        await asyncio.sleep(0.02)
+    await load.until_answered(load.answered() + CALLERS * 2)
+    victim = min(serving, key=lambda pid: per_worker[pid])
     killed = time.monotonic()
     answered_at_kill = load.answered()
     os.kill(victim, signal.SIGKILL)
 
-    def replaced() -> bool:
-        now = access_pids(server)
-        return any(now[c.request_id] not in serving for c in load.calls if c.sent > killed and c.request_id in now)
-
-    wait_until = time.monotonic() + 60
-    while not await asyncio.to_thread(replaced):
-        assert time.monotonic() < wait_until, "no replacement worker served a request"
-        await asyncio.sleep(0.1)
+    replacement = await new_worker_serving(server, serving)
     await load.until_answered(answered_at_kill + CALLERS * 3)
     load.stop.set()
     await running
 
     failed = [call for call in load.calls if call.error is not None or call.status != 200]
-    pids = access_pids(server)
+    pids = await asyncio.to_thread(access_pids, server)
+    served_by = {  # the worker behind each caller's connection when the kill came (its last answer before)
+        call.caller: pids[call.request_id]
+        for call in load.calls
+        if call.ended < killed and call.status == 200 and call.request_id in pids
+    }
     on_victim = {caller for caller, pid in served_by.items() if pid == victim}
     async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
         metrics = samples((await http.get("/metrics")).text)
@@ -310,6 +343,8 @@ async def test_gunicorn_worker_killed_under_load_only_costs_its_own_connections(
     answered_ok = sum(call.status == 200 for call in load.calls)
     figures(
         server="gunicorn x2",
+        killed_worker=victim,
+        replacement=replacement,
         requests=len(load.calls),
         callers_on_killed_worker=len(on_victim),
         failed=len(failed),
