@@ -8,8 +8,9 @@ connected too. Asserted:
 - every request sent before the signal completes with 200 (its normal status), none is reset;
 - requests sent after the signal either complete with 200 or, once a worker has closed its listener and its idle
   keep-alive connections (Uvicorn's shutdown, after the drain), fail to connect or find their connection closed;
-  those are counted apart, never a 5xx, and the ones lost on an open connection stay fewer than the callers
-  (a socket left listening with no worker accepting would reset every caller's next connection);
+  those are counted apart, never a 5xx, and hardly any is lost on an open connection (a request already in a
+  connection's buffer when the server stops is served; a socket left listening with no worker accepting would
+  reset every caller's next connection);
 - every WebSocket client gets the ``shutdown`` message and a 1001 close; the process exits 0.
 
 Then, on Gunicorn with two workers, one worker is killed with SIGKILL under load: Gunicorn starts a replacement,
@@ -244,10 +245,11 @@ async def test_sigterm_under_load_loses_no_request_sent_before_it(
     assert [(c.request_id, c.status, c.error) for c in before if c.status != 200] == []
     assert {call.status for call in after if call.status is not None} <= {200}
     assert set(refused) <= {"ConnectError", "RemoteProtocolError", "ReadError"}, refused
-    # Refused at connect is clean (nothing was sent). A request lost on an open connection is one that was on the
-    # wire as a worker closed that connection at the end of its drain; every caller losing one means that the
-    # socket went on listening with nobody accepting (newcomers queued by the kernel, then reset).
-    assert sum(refused.values()) - refused["ConnectError"] < CALLERS, refused
+    # Refused at connect is clean (nothing was sent). A request lost on an open connection is one whose head was
+    # still on its way as a worker closed that connection at the end of its drain: a rare race, not the rule.
+    # Requests already waiting in a connection's buffer are served (``HeadDeadlineProtocol.shutdown``), and
+    # newcomers are refused, not queued on a socket nobody accepts from (``WorkerSupervisor``).
+    assert sum(refused.values()) - refused["ConnectError"] <= CALLERS // 4, refused
     assert sum(call.status == 200 for call in after) > 0, "requests are served while the WebSocket clients drain"
 
 
