@@ -8,9 +8,8 @@ connected too. Asserted:
 - every request sent before the signal completes with 200 (its normal status), none is reset;
 - requests sent after the signal either complete with 200 or, once a worker has closed its listener and its idle
   keep-alive connections (Uvicorn's shutdown, after the drain), fail to connect or find their connection closed;
-  those are counted apart, never a 5xx, and hardly any is lost on an open connection (a request already in a
-  connection's buffer when the server stops is served; a socket left listening with no worker accepting would
-  reset every caller's next connection);
+  those are counted apart, never a 5xx; a request lost on an open connection was sent as its worker closed it
+  (at most one per caller and worker), and few of them on fresh connections;
 - every WebSocket client gets the ``shutdown`` message and a 1001 close; the process exits 0.
 
 Then, on Gunicorn with two workers, one worker is killed with SIGKILL under load: Gunicorn starts a replacement,
@@ -59,13 +58,15 @@ LOAD_LIMIT = 60.0
 CLOSED_BY_SERVER = "server shutting down; reconnect later"
 
 
-@dataclass
+@dataclass(eq=False)
 class Call:
     """One request of the load: which caller, when it was sent and ended, and what came back."""
 
     caller: int
     sent: float
     request_id: str = ""
+    announced_close: bool = False
+    """The answer carried ``connection: close`` (the server ends the connection after it)."""
     """The id the server gave the request (on its access line, with the pid of the worker that served it)."""
     ended: float = 0.0
     status: int | None = None
@@ -110,6 +111,7 @@ class Load:
             answer = await http.get(path, headers=headers)
             call.status = answer.status_code
             call.request_id = answer.headers["x-request-id"]
+            call.announced_close = answer.headers.get("connection", "").lower() == "close"
         except httpx.TransportError as exc:
             call.error = type(exc).__name__
         call.ended = time.monotonic()
@@ -240,17 +242,33 @@ async def test_sigterm_under_load_loses_no_request_sent_before_it(
         requests_after_signal=len(after),
         served_after_signal=sum(call.status == 200 for call in after),
         refused_after_signal=dict(refused),
+        lost_on_open_connections=len(lost_on_open_connections(load.calls)),
     )
     assert in_flight > 0, "the signal should find requests in flight"
     assert [(c.request_id, c.status, c.error) for c in before if c.status != 200] == []
     assert {call.status for call in after if call.status is not None} <= {200}
     assert set(refused) <= {"ConnectError", "RemoteProtocolError", "ReadError"}, refused
-    # Refused at connect is clean (nothing was sent). A request lost on an open connection is one whose head was
-    # still on its way as a worker closed that connection at the end of its drain: a rare race, not the rule.
-    # Requests already waiting in a connection's buffer are served (``HeadDeadlineProtocol.shutdown``), and
-    # newcomers are refused, not queued on a socket nobody accepts from (``WorkerSupervisor``).
-    assert sum(refused.values()) - refused["ConnectError"] <= CALLERS // 4, refused
+    # Refused at connect is clean (nothing was sent). A request lost on an open connection is one sent on a
+    # kept-alive connection just as its worker closed it between requests at the end of the drain (HTTP/1.1 lets
+    # a server do that; a client may retry such a request), or a new connection still in the kernel's queue
+    # when the last listener closed. At most one per caller per worker; and few on fresh connections: a socket
+    # left listening with nobody accepting would queue, then reset, every caller's next connection.
+    lost = lost_on_open_connections(load.calls)
+    assert all(count <= workers for count in Counter(call.caller for call in lost).values()), lost
+    assert sum(not reused for reused in lost.values()) < CALLERS // 2, lost
     assert sum(call.status == 200 for call in after) > 0, "requests are served while the WebSocket clients drain"
+
+
+def lost_on_open_connections(calls: list[Call]) -> dict[Call, bool]:
+    """Requests that failed after connecting, each with whether it went on a connection that had answered before."""
+    previous: dict[int, Call] = {}
+    lost = {}
+    for call in calls:
+        if call.error is not None and call.error != "ConnectError":
+            before = previous.get(call.caller)
+            lost[call] = before is not None and before.status is not None and not before.announced_close
+        previous[call.caller] = call
+    return lost
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
