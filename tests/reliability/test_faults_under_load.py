@@ -10,7 +10,8 @@ for a fixed time) keeps catalogue reads and bookings in flight while a dependenc
   readiness is 503, every booking the clients were told was created exists, none exceeds the copies, and once
   PostgreSQL is back the service recovers on its own.
 
-A Gunicorn worker killed with SIGKILL needs the Gunicorn worker class, which this service does not ship yet.
+A Gunicorn worker killed with SIGKILL under load is in ``test_shutdown_under_load.py``, with the other tests of
+worker processes coming and going.
 """
 
 from __future__ import annotations

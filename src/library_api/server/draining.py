@@ -48,6 +48,7 @@ class WorkerSupervisor:
         self._context = multiprocessing.get_context("spawn")
         self._pending: list[int] = []
         self._stopping = False
+        self._listener: socket.socket | None = None
 
     def _record(self, sig: int, frame: FrameType | None) -> None:
         self._pending.append(sig)
@@ -60,7 +61,7 @@ class WorkerSupervisor:
 
     def run(self) -> int:
         """Serve until every worker has stopped; the exit code is 0 unless a worker could not start."""
-        listener = self.config.bind_socket()
+        listener = self._listener = self.config.bind_socket()
         previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
         processes = [self._start(listener) for _ in range(self.workers)]
         exit_code = 0
@@ -103,7 +104,16 @@ class WorkerSupervisor:
             self._stop(processes, forwarded)
 
     def _stop(self, processes: list[BaseProcess], sig: int) -> None:
+        """Signal the workers, and let go of this process's copy of the listening socket.
+
+        The workers hold copies of their own, closed as each one stops accepting. Were the supervisor to keep
+        its copy until the end, the socket would go on listening after the last worker stopped accepting: the
+        kernel would complete the handshakes of newcomers and queue their requests, which nobody reads and
+        which are reset when the supervisor exits, instead of being refused at once.
+        """
         self._stopping = True
+        if self._listener is not None:
+            self._listener.close()
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, sig)

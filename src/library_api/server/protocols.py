@@ -8,6 +8,12 @@ whenever a new request on it begins, stops it when the head is complete, and whe
 ``408 Request Timeout`` (``application/problem+json``) and closes the connection. WebSocket upgrades complete
 their head like any request and are not affected afterwards. Requests the HTTP parser refuses get a 400 problem
 document, like every other error the service gives.
+
+At shutdown, Uvicorn closes every connection that is between requests at once. Under load that is often a
+connection whose next request is already in the socket's receive buffer, not yet read by the busy event loop:
+closing it resets a request the client sent before the server decided to stop. :meth:`HeadDeadlineProtocol.shutdown`
+instead closes such a connection one loop turn later (:data:`SHUTDOWN_READ_GRACE`), after the buffered bytes have
+been read; a request whose head has arrived by then is served, with ``connection: close``.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ _MALFORMED_RESPONSE = _problem_response(
 )
 
 
+SHUTDOWN_READ_GRACE = 0.05
+"""Seconds between the server's shutdown and closing a connection that is between requests: long enough for the
+event loop to poll the socket once and read a request already waiting there, short enough to change nothing
+else."""
+
+
 class HeadDeadlineProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` that gives each request ``head_timeout`` seconds to deliver its line and headers."""
 
@@ -46,6 +58,7 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._shutting_down = False
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -77,6 +90,22 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
         """The head is complete; the application (and its own limits) take over."""
         self._disarm()
         super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def shutdown(self) -> None:
+        """The server is stopping: finish the request in progress, or one already received, then close."""
+        self._shutting_down = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(SHUTDOWN_READ_GRACE, self._close_between_requests)
+        else:
+            self.cycle.keep_alive = False
+
+    def _close_between_requests(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a request arrived in the meantime; close after its response
+        elif not self.transport.is_closing():
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request the HTTP parser refuses with a 400 problem document instead of plain text.
