@@ -66,8 +66,10 @@ class WorkerSupervisor:
         processes = [self._start(listener) for _ in range(self.workers)]
         exit_code = 0
         try:
-            while any(process.is_alive() for process in processes):
+            while True:
                 self._forward_signals(processes)
+                if self._stopping and not any(process.is_alive() for process in processes):
+                    break
                 for index, process in enumerate(processes):
                     if process.is_alive() or self._stopping:
                         continue
