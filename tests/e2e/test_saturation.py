@@ -118,8 +118,10 @@ async def test_a_saturated_pool_answers_every_request_in_time(server: LiveServer
     assert len(answered) == CONCURRENT
     assert set(statuses) <= {200, 503}, [(s, error) for s, _, _, error in answered if s not in {200, 503}]
     assert statuses.count(503) >= CONCURRENT - 2 and statuses.count(200) >= 1, statuses
-    slowest = max(elapsed for _, elapsed, *_ in answered)
-    assert slowest <= POOL_TIMEOUT + 1 + dispatch, f"the slowest answer took {slowest:.2f} s ({dispatch=:.2f} s)"
+    # The requests that queued for the pool; the two that got a connection wait for the test's lock, not for the
+    # server, and are answered once it is released (the gather above bounds them).
+    slowest = max(elapsed for status, elapsed, *_ in answered if status == 503)
+    assert slowest <= POOL_TIMEOUT + 1 + dispatch, f"the slowest 503 took {slowest:.2f} s ({dispatch=:.2f} s)"
     for status, _, response, _ in answered:
         assert response is not None
         if status == 503:

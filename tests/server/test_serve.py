@@ -24,3 +24,17 @@ async def test_single_worker_serves_and_stops_on_sigterm(tmp_path: Path) -> None
         await asyncio.to_thread(server.stop)
     assert "loaded the sample catalogue" in server.log()
     assert "Application shutdown complete" in server.log()
+
+
+@pytest.mark.e2e
+async def test_reload_mode_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()  # the directory the reloader watches, relative to the working directory
+    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/reload.db", tmp_path, args=("--reload",))
+    try:
+        await asyncio.to_thread(server.wait_ready)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            assert (await client.get("/health")).json() == {"status": "ok"}
+    finally:
+        exit_code = await asyncio.to_thread(server.stop)
+    assert exit_code == 0, server.log()
+    assert "with reload" in server.log()
