@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.databases import empty_postgres_database
 from tests.support.live_server import LiveServer
 from tests.support.processes import TEST_ENVIRONMENT
 from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
@@ -42,14 +43,8 @@ MARGIN = 0.5
 @pytest.fixture(scope="module")
 async def database_name() -> AsyncIterator[str]:
     require_postgres()
-    name = f"library_revoke_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield name
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with empty_postgres_database("library_revoke") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.databases import empty_postgres_database
 from tests.support.live_server import LiveServer
 from tests.support.private_services import PrivateRedis, wait_for
 from tests.support.processes import TEST_ENVIRONMENT
-from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
+from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -49,14 +49,8 @@ def redis_with_password() -> Iterator[PrivateRedis]:
 @pytest.fixture(scope="module")
 async def database_name() -> AsyncIterator[str]:
     require_postgres()
-    name = f"library_e2e_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield name
-    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with empty_postgres_database("library_e2e") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,24 @@ class DatabaseTemplate:
         if self.backend == "sqlite":
             return
         name = url.rsplit("/", 1)[1]
+        await drop_postgres_database(name)
+
+
+@contextlib.asynccontextmanager
+async def empty_postgres_database(prefix: str) -> AsyncIterator[str]:
+    """A new empty PostgreSQL database named ``prefix`` plus a random suffix, dropped when the block ends.
+
+    For tests whose server process migrates its own database (``library-api migrate``).
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    try:
+        yield name
+    finally:
         await drop_postgres_database(name)
 
 
