@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from library_api.context import AppContext
 from library_api.security.accounts import AccountState, AccountStateCache
 from tests.support.factories import create_user
@@ -15,6 +17,7 @@ async def test_cache_is_bounded_and_ttl_zero_always_reads(ctx: AppContext) -> No
     assert await bounded.get(10_001) is None
     bounded.forget(10_001)
     uncached = AccountStateCache(ctx.database.sessionmaker, ttl=0)
-    uncached.remember(user.id, AccountState(role="admin", is_active=True, token_version=99))
+    uncached.remember(user.id, dataclasses.replace(AccountState.of(user), role="admin", token_version=99))
     state = await uncached.get(user.id)
-    assert state == AccountState(role="reader", is_active=True, token_version=0)
+    assert state == AccountState.of(user)
+    assert (state.role, state.token_version, state.email) == ("reader", 0, user.email)

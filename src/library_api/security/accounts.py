@@ -8,61 +8,72 @@ touch the database.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from library_api.cache.local import TimedCache
 from library_api.users.models import User
 
 
 @dataclass(frozen=True, slots=True)
 class AccountState:
-    """What decides whether a user's tokens are honoured."""
+    """What decides whether a user's tokens are honoured, and the profile its owner reads at ``/auth/me``.
+
+    The profile rides along because it is one row either way: with it, ``/auth/me`` answers from this cache
+    without a statement, and shows a change made on another worker within the same time-to-live.
+    """
 
     role: str
     is_active: bool
     token_version: int
+    email: str
+    full_name: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> AccountState:
+        """The state of an account object just read or written."""
+        return cls(
+            role=user.role,
+            is_active=user.is_active,
+            token_version=user.token_version,
+            email=user.email,
+            full_name=user.full_name,
+            created_at=user.created_at,
+        )
+
+
+_STATE = select(User.role, User.is_active, User.token_version, User.email, User.full_name, User.created_at).where(
+    User.id == bindparam("user_id")
+)
 
 
 class AccountStateCache:
-    """A bounded time-to-live cache of :class:`AccountState` per user, loaded from the database on a miss."""
+    """A bounded time-to-live cache of :class:`AccountState` per user, loaded from the database on a miss.
+
+    Concurrent misses for one user share a single load (:class:`~library_api.cache.local.TimedCache`).
+    """
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl: float, max_entries: int = 50_000) -> None:
         self._sessionmaker = sessionmaker
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._entries: OrderedDict[int, tuple[float, AccountState | None]] = OrderedDict()
+        self._cache: TimedCache[int, AccountState | None] = TimedCache(ttl, max_entries)
 
     async def get(self, user_id: int) -> AccountState | None:
         """The user's current state, or ``None`` when the account does not exist."""
-        now = time.monotonic()
-        cached = self._entries.get(user_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        return await self._cache.get(user_id, lambda: self._load(user_id))
+
+    async def _load(self, user_id: int) -> AccountState | None:
         async with self._sessionmaker() as session:
-            row = (
-                await session.execute(select(User.role, User.is_active, User.token_version).where(User.id == user_id))
-            ).one_or_none()
-        state = (
-            None
-            if row is None
-            else AccountState(role=row.role, is_active=row.is_active, token_version=row.token_version)
-        )
-        self.remember(user_id, state)
-        return state
+            row = (await session.execute(_STATE, {"user_id": user_id})).one_or_none()
+        return None if row is None else AccountState(**row._mapping)
 
     def remember(self, user_id: int, state: AccountState | None) -> None:
         """Store a state just read or written, so the next request of this worker need not read it."""
-        if self._ttl <= 0:
-            return
-        self._entries[user_id] = (time.monotonic() + self._ttl, state)
-        self._entries.move_to_end(user_id)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._cache.remember(user_id, state)
 
     def forget(self, user_id: int) -> None:
         """Drop what this worker knows about a user after changing the account."""
-        self._entries.pop(user_id, None)
+        self._cache.forget(user_id)

@@ -13,14 +13,13 @@ that time while a busy service token costs one statement per worker per second.
 from __future__ import annotations
 
 import secrets
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from library_api.cache.local import TimedCache
 from library_api.db.base import utcnow
 from library_api.http.problems import InvalidInput, NotFound
 from library_api.security.permissions import PermissionPolicy, Role
@@ -64,9 +63,7 @@ class ApiTokenService:
     ) -> None:
         self._policy = policy
         self._reader = reader
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, ApiTokenState | None]] = OrderedDict()
+        self._cache: TimedCache[str, ApiTokenState | None] = TimedCache(ttl, max_entries)
 
     def check_roles(self, roles: list[str]) -> list[str]:
         """The roles without duplicates, each known to the permission table; unknown ones are a 422."""
@@ -113,19 +110,13 @@ class ApiTokenService:
         )
         await session.commit()
         await session.refresh(row)
-        self._entries.pop(row.token_hash, None)
+        self._cache.forget(row.token_hash)
         return row
 
     async def resolve(self, token: str) -> ApiTokenState | None:
         """The live state of a presented token, or ``None`` when it is unknown, revoked or expired."""
         digest = digest_token(token)
-        now = time.monotonic()
-        cached = self._entries.get(digest)
-        if cached is not None and cached[0] > now:
-            state = cached[1]
-        else:
-            state = await self._load(digest)
-            self._remember(digest, state)
+        state = await self._cache.get(digest, lambda: self._load(digest))
         if state is None or state.expired(utcnow()):
             return None
         return state
@@ -147,12 +138,4 @@ class ApiTokenService:
 
     def forget(self, token: str) -> None:
         """Drop what this worker knows about a token, so that its next use reads the database."""
-        self._entries.pop(digest_token(token), None)
-
-    def _remember(self, digest: str, state: ApiTokenState | None) -> None:
-        if self._ttl <= 0:
-            return
-        self._entries[digest] = (time.monotonic() + self._ttl, state)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._cache.forget(digest_token(token))
