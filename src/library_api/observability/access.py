@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Depends, Request
 
 from library_api.context import get_context
-from library_api.security.dependencies import PERMISSION_ATTRIBUTE, check, get_principal
+from library_api.security.dependencies import PERMISSION_ATTRIBUTE, check, resolve_principal
 from library_api.security.permissions import Permission
 
 
@@ -24,7 +24,7 @@ def monitoring(permission: Permission) -> Any:
         client = request.client
         if client is not None and get_context(request).monitoring_networks.contains(client.host):
             return
-        check(await get_principal(request, None), permission)
+        check(await resolve_principal(request), permission)
 
     setattr(dependency, PERMISSION_ATTRIBUTE, permission.value)
     dependency.__name__ = f"monitoring_{permission.value.replace(':', '_')}"

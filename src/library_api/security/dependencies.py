@@ -25,13 +25,18 @@ PUBLIC = "public"
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 
 
-async def get_principal(request: Request, _token: Annotated[str | None, Security(oauth2_scheme)]) -> Principal:
+async def resolve_principal(request: Request) -> Principal:
     """The caller of this request, authenticated once and kept on the scope for the rest of the request."""
     principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
     if principal is None:
         principal = await get_context(request).authenticator.authenticate(request)
         request.scope[PRINCIPAL_SCOPE_KEY] = principal
     return principal
+
+
+async def get_principal(request: Request, _token: Annotated[str | None, Security(oauth2_scheme)]) -> Principal:
+    """The caller, as a dependency; ``_token`` only declares the bearer scheme in the OpenAPI document."""
+    return await resolve_principal(request)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
@@ -50,8 +55,9 @@ def check(principal: Principal, permission: Permission) -> Principal:
 def require(permission: Permission) -> Any:
     """A dependency that admits only callers holding ``permission`` and yields their principal."""
 
-    async def dependency(principal: CurrentPrincipal) -> Principal:
-        return check(principal, permission)
+    async def dependency(request: Request, _token: Annotated[str | None, Security(oauth2_scheme)]) -> Principal:
+        # One dependency level rather than two (FastAPI solves each level on every request).
+        return check(await resolve_principal(request), permission)
 
     setattr(dependency, PERMISSION_ATTRIBUTE, permission.value)
     dependency.__name__ = f"require_{permission.value.replace(':', '_')}"
