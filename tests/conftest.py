@@ -83,7 +83,7 @@ async def database(shared_engine: AsyncEngine) -> AsyncIterator[Database]:
         sessionmaker = async_sessionmaker(
             bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
         )
-        yield Database(engine=shared_engine, sessionmaker=sessionmaker, owned=False)
+        yield Database(engine=shared_engine, sessionmaker=sessionmaker, owned=False, bound=connection)
         if transaction.is_active:
             await transaction.rollback()
 

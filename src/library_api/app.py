@@ -294,7 +294,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
     install_problem_handlers(app)
     install_database_unavailable_handler(app)
 
-    for router in (auth_router, users_router, books_router, bookings_router, tokens_router, realtime_router):
+    for router in (bookings_router, auth_router, users_router, books_router, tokens_router, realtime_router):
         app.include_router(router, prefix=settings.api_v1_str, dependencies=[Depends(single_valued_query)])
     app.include_router(health_router)
     if settings.metrics_enabled:

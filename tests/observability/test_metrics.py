@@ -114,6 +114,21 @@ async def test_database_metrics(app_factory: AppFactory) -> None:
     assert value(text, "db_connections") == 0  # every connection went back to the pool
 
 
+async def test_every_hot_read_is_timed(app_factory: AppFactory, committed_url: str) -> None:
+    """Reads the driver runs itself on PostgreSQL (past SQLAlchemy's events) still feed the statement metric."""
+    app = await app_factory(database_url=committed_url, principal_cache_ttl=60)
+    _, headers = await user_headers(app.state.context)
+    async with client_for(app) as client:
+        assert (await client.get("/api/v1/bookings", headers=headers)).status_code == 200  # loads the account state
+        before = value(await scrape(client), "db_query_duration_seconds_count", query_type="select")
+        for _ in range(3):
+            assert (await client.get("/api/v1/bookings", headers=headers)).status_code == 200
+        after = value(await scrape(client), "db_query_duration_seconds_count", query_type="select")
+        connections = value(await scrape(client), "db_connections")
+    assert after - before == 3 + 1  # the three reads, and the second scrape's own database check (SELECT 1)
+    assert connections == 0
+
+
 async def test_system_figures_are_present(app_factory: AppFactory) -> None:
     app = await app_factory()
     async with client_for(app) as client:

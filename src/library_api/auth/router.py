@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, status
 
 from library_api.auth.schemas import PrincipalOut, RefreshRequest, TokenPair
-from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.deps import ContextDep, SessionDep
 from library_api.http.links import Link
 from library_api.http.problems import Forbidden
 from library_api.http.rate_limit import limit_login_attempts
@@ -106,9 +106,9 @@ async def logout_all(principal: SignedIn, session: SessionDep, ctx: ContextDep) 
 
 
 @router.get("/me", responses=problems(401, 403), summary="The caller's account")
-async def me(principal: SignedIn, session: ReadSessionDep, ctx: ContextDep) -> UserOut:
+async def me(principal: SignedIn, ctx: ContextDep) -> UserOut:
     """The account behind the access token."""
-    return await ctx.users.profile(session, _user_id(principal))
+    return await ctx.users.profile(_user_id(principal))
 
 
 @router.patch("/me", responses=problems(401, 403, 422), summary="Change the caller's name or password")

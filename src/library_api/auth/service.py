@@ -130,9 +130,7 @@ class AuthService:
             )
         )
         access = self._tokens.issue_access(user_id=user.id, role=user.role, token_version=user.token_version, now=now)
-        self._accounts.remember(
-            user.id, AccountState(role=user.role, is_active=user.is_active, token_version=user.token_version)
-        )
+        self._accounts.remember(user.id, AccountState.of(user))
         return TokenPair(
             access_token=access.token,
             expires_in=access.expires_in,

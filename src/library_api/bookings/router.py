@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, status
 from library_api.bookings.models import BookingStatus
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.bookings.service import BookingFilters
-from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.deps import ContextDep, SessionDep
 from library_api.http.links import Link
 from library_api.http.responses import problems
 from library_api.security.dependencies import require
@@ -48,7 +48,6 @@ async def create_booking(body: BookingCreate, principal: Booker, session: Sessio
 @router.get("", responses=problems(401, 403, 422), summary="List bookings")
 async def list_bookings(
     principal: Viewer,
-    session: ReadSessionDep,
     ctx: ContextDep,
     user_id: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Librarians only")] = None,
     book_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
@@ -58,13 +57,13 @@ async def list_bookings(
 ) -> BookingPage:
     """The caller's bookings, newest first; librarians see everyone's and may filter by user."""
     filters = BookingFilters(user_id=user_id, book_id=book_id, status=status)
-    return await ctx.bookings.page(session, principal, filters, limit, offset)
+    return await ctx.bookings.page(ctx.database, principal, filters, limit, offset)
 
 
 @router.get("/{booking_id}", responses=problems(401, 403, 404, 422), summary="One booking")
-async def get_booking(booking_id: BookingId, principal: Viewer, session: ReadSessionDep, ctx: ContextDep) -> BookingOut:
+async def get_booking(booking_id: BookingId, principal: Viewer, ctx: ContextDep) -> BookingOut:
     """A booking of the caller's (or anyone's, for librarians); others' are reported as not found."""
-    return await ctx.bookings.get(session, principal, booking_id)
+    return await ctx.bookings.get(ctx.database, principal, booking_id)
 
 
 @router.post("/{booking_id}/cancel", responses=problems(401, 403, 404, 409, 422), summary="Cancel a booking")

@@ -8,6 +8,7 @@ committed before it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
@@ -20,7 +21,8 @@ from library_api.bookings.periods import peak_overlap
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.books.repository import BookRepository
 from library_api.db.base import utcnow
-from library_api.db.engine import begin_write
+from library_api.db.engine import Database, begin_write
+from library_api.db.reads import HotRead
 from library_api.events import DomainEvent, EventBus
 from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
 from library_api.security.permissions import Permission
@@ -63,29 +65,30 @@ _VIEW_COLUMNS = (
 """What :class:`BookingOut` shows; reads select these plain columns, sparing the ORM's per-row object work."""
 
 
-_ANY_BOOKING = select(*_VIEW_COLUMNS).where(Booking.id == bindparam("booking_id"))
-_OWN_BOOKING = _ANY_BOOKING.where(Booking.user_id == bindparam("user_id"))
-_OWN_PAGE = (
+_ANY_BOOKING = HotRead(select(*_VIEW_COLUMNS).where(Booking.id == bindparam("booking_id")))
+_OWN_BOOKING = HotRead(_ANY_BOOKING.statement.where(Booking.user_id == bindparam("user_id")))
+_OWN_PAGE = HotRead(
     select(*_VIEW_COLUMNS, func.count().over().label("total"))
     .where(Booking.user_id == bindparam("user_id"))
     .order_by(Booking.id.desc())
     .limit(bindparam("limit", type_=Integer))
     .offset(bindparam("offset", type_=Integer))
 )
-"""The hot reads (one booking; a reader's own unfiltered page) built once: a request only binds parameters."""
+"""The hot reads (one booking; a reader's own unfiltered page), built and compiled once: a request only binds
+parameters, and on PostgreSQL the driver runs them directly (:mod:`library_api.db.reads`)."""
 
 
-def present_row(row: Any) -> BookingOut:
-    """The public view of a booking read as the columns of :data:`_VIEW_COLUMNS`."""
+def present_row(row: Mapping[Any, Any]) -> BookingOut:
+    """The public view of a booking read as the columns of :data:`_VIEW_COLUMNS`, by label."""
     return BookingOut(
-        id=row.id,
-        book_id=row.book_id,
-        user_id=row.user_id,
-        start=row.start_at,
-        end=row.end_at,
-        status=BookingStatus(row.status),
-        created_at=row.created_at,
-        closed_at=row.closed_at,
+        id=row["id"],
+        book_id=row["book_id"],
+        user_id=row["user_id"],
+        start=row["start_at"],
+        end=row["end_at"],
+        status=BookingStatus(row["status"]),
+        created_at=row["created_at"],
+        closed_at=row["closed_at"],
     )
 
 
@@ -125,49 +128,60 @@ class BookingService:
         return view
 
     async def page(
-        self, session: AsyncSession, principal: Principal, filters: BookingFilters, limit: int, offset: int
+        self, database: Database, principal: Principal, filters: BookingFilters, limit: int, offset: int
     ) -> BookingPage:
         """Bookings the caller may see, newest first: their own, or anyone's with ``bookings:read:any``."""
+        sees_all = principal.can(Permission.BOOKINGS_READ_ANY)
+        async with database.read_connection() as connection:
+            rows: Sequence[Mapping[Any, Any]]
+            if not sees_all and filters == BookingFilters():
+                parameters = {"user_id": self._owner(principal), "limit": limit, "offset": offset}
+                rows = await _OWN_PAGE.fetch(connection, parameters)
+                conditions = [Booking.user_id == self._owner(principal)] if not rows and offset else []
+            else:
+                conditions = self._conditions(principal, filters, sees_all=sees_all)
+                statement = (
+                    select(*_VIEW_COLUMNS, func.count().over().label("total"))
+                    .where(*conditions)
+                    .order_by(Booking.id.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+                rows = (await connection.execute(statement)).mappings().all()
+            if rows:
+                total = rows[0]["total"]
+            elif offset == 0:
+                total = 0
+            else:  # past the last row, the window function has nothing to count on
+                count = select(func.count()).select_from(Booking).where(*conditions)
+                total = (await connection.execute(count)).scalar_one()
+        return BookingPage(items=[present_row(row) for row in rows], total=total, limit=limit, offset=offset)
+
+    def _conditions(
+        self, principal: Principal, filters: BookingFilters, *, sees_all: bool
+    ) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = []
-        if principal.can(Permission.BOOKINGS_READ_ANY):
-            if filters.user_id is not None:
-                conditions.append(Booking.user_id == filters.user_id)
-        else:
+        if not sees_all:
             conditions.append(Booking.user_id == self._owner(principal))
+        elif filters.user_id is not None:
+            conditions.append(Booking.user_id == filters.user_id)
         if filters.book_id is not None:
             conditions.append(Booking.book_id == filters.book_id)
         if filters.status is not None:
             conditions.append(Booking.status == filters.status)
-        if len(conditions) == 1 and filters == BookingFilters() and not principal.can(Permission.BOOKINGS_READ_ANY):
-            parameters = {"user_id": self._owner(principal), "limit": limit, "offset": offset}
-            rows = (await session.execute(_OWN_PAGE, parameters)).all()
-        else:
-            statement = (
-                select(*_VIEW_COLUMNS, func.count().over().label("total"))
-                .where(*conditions)
-                .order_by(Booking.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            rows = (await session.execute(statement)).all()
-        if rows:
-            total = rows[0].total
-        elif offset == 0:
-            total = 0
-        else:
-            total = (await session.execute(select(func.count()).select_from(Booking).where(*conditions))).scalar_one()
-        return BookingPage(items=[present_row(row) for row in rows], total=total, limit=limit, offset=offset)
+        return conditions
 
-    async def get(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
+    async def get(self, database: Database, principal: Principal, booking_id: int) -> BookingOut:
         """One booking; another reader's booking is reported as not found."""
-        if principal.can(Permission.BOOKINGS_READ_ANY):
-            result = await session.execute(_ANY_BOOKING, {"booking_id": booking_id})
-        else:
-            result = await session.execute(_OWN_BOOKING, {"booking_id": booking_id, "user_id": self._owner(principal)})
-        row = result.one_or_none()
-        if row is None:
+        async with database.read_connection() as connection:
+            if principal.can(Permission.BOOKINGS_READ_ANY):
+                rows = await _ANY_BOOKING.fetch(connection, {"booking_id": booking_id})
+            else:
+                parameters = {"booking_id": booking_id, "user_id": self._owner(principal)}
+                rows = await _OWN_BOOKING.fetch(connection, parameters)
+        if not rows:
             raise NotFound(f"No booking with id {booking_id}.")
-        return present_row(row)
+        return present_row(rows[0])
 
     async def cancel(self, session: AsyncSession, principal: Principal, booking_id: int) -> BookingOut:
         """Cancel an active booking: its owner may, and so may anyone with ``bookings:manage``."""

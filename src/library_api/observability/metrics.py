@@ -31,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from library_api.db.reads import STATEMENT_OBSERVER
 from library_api.events import DomainEvent
 from library_api.observability import multiprocess
 
@@ -242,11 +243,18 @@ class Metrics:
         delattr(context, _STARTED)
         self.db_query_duration.labels(query_type(statement)).observe(time.perf_counter() - started)
 
-    def _on_checkout(self, *_args: Any) -> None:
-        self.db_connections.inc()
+    def observe_statement(self, statement: str, seconds: float) -> None:
+        """Time a statement that did not pass through SQLAlchemy's events (the driver-run hot reads)."""
+        self.db_query_duration.labels(query_type(statement)).observe(seconds)
 
-    def _on_checkin(self, *_args: Any) -> None:
+    def _on_checkout(self, _dbapi_connection: Any, record: Any, *_args: Any) -> None:
+        self.db_connections.inc()
+        record.info[STATEMENT_OBSERVER] = self.observe_statement
+
+    def _on_checkin(self, _dbapi_connection: Any, record: Any, *_args: Any) -> None:
         self.db_connections.dec()
+        if record is not None:
+            record.info.pop(STATEMENT_OBSERVER, None)
 
 
 def query_type(statement: str) -> str:

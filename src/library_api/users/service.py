@@ -6,7 +6,7 @@ families, so a demoted or deactivated user loses access at once rather than when
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,11 +19,6 @@ from library_api.security.passwords import PasswordService
 from library_api.security.permissions import USER_ROLES, Role
 from library_api.users.models import User
 from library_api.users.schemas import UserAdminUpdate, UserOut, UserSelfUpdate
-
-_PROFILE = select(User.id, User.email, User.full_name, User.role, User.is_active, User.created_at).where(
-    User.id == bindparam("user_id")
-)
-"""The columns of :class:`UserOut`, built once and found in the compiled cache by key on every request."""
 
 
 def normalize_email(email: str) -> str:
@@ -73,12 +68,23 @@ class UserService:
             raise NotFound(f"No user with id {user_id}.")
         return user
 
-    async def profile(self, session: AsyncSession, user_id: int) -> UserOut:
-        """The account as its owner sees it, read as plain columns (no ORM object): the hot ``/auth/me`` path."""
-        row = (await session.execute(_PROFILE, {"user_id": user_id})).one_or_none()
-        if row is None:
+    async def profile(self, user_id: int) -> UserOut:
+        """The account as its owner sees it, from the account-state cache: ``/auth/me`` usually reads nothing.
+
+        A change made on this worker is seen at once (the writer refreshes the cache); one made on another
+        worker within ``PRINCIPAL_CACHE_TTL`` seconds, like a revocation.
+        """
+        state = await self._accounts.get(user_id)
+        if state is None:
             raise NotFound(f"No user with id {user_id}.")
-        return UserOut.model_validate(row)
+        return UserOut(
+            id=user_id,
+            email=state.email,
+            full_name=state.full_name,
+            role=state.role,
+            is_active=state.is_active,
+            created_at=state.created_at,
+        )
 
     async def find_by_email(self, session: AsyncSession, email: str) -> User | None:
         """The account registered under ``email``, if any."""
@@ -151,6 +157,4 @@ class UserService:
         )
 
     def _remember(self, user: User) -> None:
-        self._accounts.remember(
-            user.id, AccountState(role=user.role, is_active=user.is_active, token_version=user.token_version)
-        )
+        self._accounts.remember(user.id, AccountState.of(user))
