@@ -1,6 +1,7 @@
 """Authenticated reads of the full service against a bare FastAPI route serving the same bytes, in one run.
 
     .venv/bin/python -m benchmarks.bench_auth_reads [--quick] [--duration 10] [--rounds 3] [--soak 30]
+                                                    [--event-loop asyncio|uvloop]
 
 What it does, in order:
 
@@ -10,8 +11,9 @@ What it does, in order:
 3. for each of ``GET /api/v1/auth/me``, ``GET /api/v1/bookings?limit=20`` and ``GET /api/v1/bookings/{id}``
    (all with the reader's bearer token): saves the service's exact answer, starts ``benchmarks/bare_app.py``
    serving those bytes, and runs wrk at 64 connections against both, rounds alternating, median round;
-4. runs each route once more against the service alone at 256 connections for ``--soak`` seconds and reports
-   the non-2xx answers (any 5xx or 4xx), the socket errors and the p99.
+4. runs each route once more at 256 connections for ``--soak`` seconds, the service and then the bare route
+   (the bare figures show what the machine and wrk themselves do to the tail at that load), and reports the
+   service's non-2xx answers (any 5xx or 4xx), socket errors and p99 beside the bare route's p99.
 
 It prints one line per route and load with requests/s, p50, p99, the ratio to the bare route and the error
 counts. It also prints the CPU time each server process spent per request (from ``/proc``, around the wrk
@@ -106,6 +108,9 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=30, help="seconds of the 256-connection run per route")
     parser.add_argument("--soak-connections", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="a fast check: 2 s rounds, 1 round, 5 s soak")
+    parser.add_argument(
+        "--event-loop", choices=["asyncio", "uvloop"], default="asyncio", help="the service's EVENT_LOOP"
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds, args.soak = 2, 1, 5
@@ -118,6 +123,7 @@ def main() -> None:
         "SEED_SAMPLE_ON_EMPTY": "true",
         "LOG_LEVEL": "WARNING",
         "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
+        "EVENT_LOOP": args.event_loop,
     }
     service_port, bare_port = free_port(), free_port()
     service = start(
@@ -137,14 +143,17 @@ def main() -> None:
             "/api/v1/bookings/{id}": f"/api/v1/bookings/{booking_id}",
         }
         print(
-            f"PostgreSQL, Uvicorn 1 worker; {args.connections} connections, {args.duration:g} s x {args.rounds} "
-            f"rounds; soak {args.soak_connections} connections for {args.soak:g} s; logs in {workdir}"
+            f"PostgreSQL, Uvicorn 1 worker ({args.event_loop}); {args.connections} connections, "
+            f"{args.duration:g} s x {args.rounds} rounds; "
+            f"soak {args.soak_connections} connections for {args.soak:g} s; logs in {workdir}"
         )
+        bodies: dict[str, Path] = {}
         for label, path in paths.items():
             answer = httpx.get(service.base_url + path, headers=headers)
             answer.raise_for_status()
             body_file = workdir / f"body-{uuid.uuid4().hex[:6]}.json"
             body_file.write_bytes(answer.content)
+            bodies[label] = body_file
             if bare is not None:
                 bare.stop()
             bare = start(
@@ -174,10 +183,21 @@ def main() -> None:
             )
         for label, path in paths.items():
             soak = wrk(service.base_url + path, connections=args.soak_connections, duration=args.soak, headers=headers)
+            if bare is not None:
+                bare.stop()
+            bare = start(
+                [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), str(bare_port), str(bodies[label])],
+                bare_port,
+            )
+            bare.wait_ready(path)
+            reference = wrk(
+                bare.base_url + path, connections=args.soak_connections, duration=args.soak, headers=headers
+            )
             print(
                 f"GET {label:<27} c={args.soak_connections:<3} service {soak.requests_per_second:7.0f} req/s "
                 f"p50 {soak.p50_ms:7.2f} ms p99 {soak.p99_ms:7.2f} ms | non-2xx {soak.non_2xx} "
-                f"socket errors {soak.socket_errors}",
+                f"socket errors {soak.socket_errors} | bare {reference.requests_per_second:7.0f} req/s "
+                f"p50 {reference.p50_ms:6.2f} ms p99 {reference.p99_ms:7.2f} ms",
                 flush=True,
             )
     finally:

@@ -38,3 +38,20 @@ async def test_reload_mode_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         exit_code = await asyncio.to_thread(server.stop)
     assert exit_code == 0, server.log()
     assert "with reload" in server.log()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("event_loop", "uvloop_loaded"), [(None, False), ("uvloop", True)])
+async def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for(
+    tmp_path: Path, event_loop: str | None, uvloop_loaded: bool
+) -> None:
+    env = {} if event_loop is None else {"EVENT_LOOP": event_loop}
+    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/loop.db", tmp_path, env=env)
+    try:
+        await asyncio.to_thread(server.wait_ready)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            assert (await client.get("/health")).status_code == 200
+        mapped = await asyncio.to_thread(Path(f"/proc/{server.process.pid}/maps").read_text)
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert ("uvloop/loop." in mapped) is uvloop_loaded

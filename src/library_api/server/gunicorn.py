@@ -49,7 +49,7 @@ class LibraryWorker(UvicornWorker):
     """A Gunicorn worker running Uvicorn with the service's TLS context, TLS extension and graceful drain."""
 
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - the base class declares it so; only read
-        "loop": "auto",
+        "loop": "asyncio",  # replaced by EVENT_LOOP in __init__
         "http": TLSHttpToolsProtocol,
         "ws": TLSWebSocketsProtocol,
     }
@@ -62,6 +62,7 @@ class LibraryWorker(UvicornWorker):
             self.config.ssl_context_factory = UvicornTLSFactory(tls)
         self.config.http = http_protocol(settings)  # type: ignore[assignment]  # any protocol factory works
         self.config.server_header = False
+        self.config.loop = settings.event_loop
         self.config.ws_max_size = settings.ws_max_size
         self.config.ws_ping_interval = settings.ws_ping_interval or None
         self.config.ws_ping_timeout = settings.ws_ping_timeout or None

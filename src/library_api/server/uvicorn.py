@@ -124,6 +124,7 @@ def uvicorn_options(settings: Settings, tls: ServerTLS | None) -> dict[str, Any]
         "port": settings.port,
         "log_config": None,
         "server_header": False,
+        "loop": settings.event_loop,
         "proxy_headers": False,
         "access_log": False,
         "http": http_protocol(settings),
