@@ -48,6 +48,10 @@ async def test_a_killed_worker_is_replaced_and_the_rest_stop_cleanly(tmp_path: P
     try:
         await asyncio.to_thread(server.wait_ready)
         await asyncio.to_thread(wait_for, lambda: len(worker_pids(server.process.pid)) == 2, 60, "two workers")
+        # Both workers must have finished starting: a victim killed mid-start-up never logs its start-up.
+        await asyncio.to_thread(
+            wait_for, lambda: server.log().count("Application startup complete") == 2, 120, "both start-ups"
+        )
         first = worker_pids(server.process.pid)
         victim = min(first)
         psutil.Process(victim).kill()
