@@ -20,8 +20,8 @@ $(UV):
 	$(PYTHON) -m venv $(BOOTSTRAP)
 	$(BOOTSTRAP)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --python $(PYTHON)
+$(VENV)/.installed: pyproject.toml uv.lock Makefile | $(UV)
+	$(UV) sync --locked --compile-bytecode --python $(PYTHON)
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,7 +36,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Bytecode is written up front: every server process a test starts imports the package afresh, and an
+# environment with PYTHONDONTWRITEBYTECODE set would otherwise compile it again each time.
 pytest: install
+	$(VENV)/bin/python -m compileall -q src/library_api
 	$(VENV)/bin/coverage erase
 	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
 	$(VENV)/bin/coverage combine --quiet
