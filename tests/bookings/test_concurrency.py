@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +17,7 @@ from library_api.bookings.models import Booking
 from library_api.context import AppContext
 from library_api.db.base import utcnow
 from tests.conftest import fast_settings
+from tests.support.cli import invoke
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_isbn
 from tests.support.processes import TEST_ENVIRONMENT, start_server
 
@@ -100,8 +99,7 @@ async def test_fifty_readers_race_against_two_server_processes(committed_url: st
 
 
 def _create_admin(database_url: str, directory: Path, email: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **TEST_ENVIRONMENT, "DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "library_api", "users", "create", "--email", email, "--password", PASSWORD]
-    return subprocess.run(
-        [*command, "--role", "admin"], cwd=directory, env=env, capture_output=True, text=True, check=False
+    arguments = ["--env-file", str(directory / "none.env"), "users", "create", "--email", email]
+    return invoke(
+        [*arguments, "--password", PASSWORD, "--role", "admin"], {**TEST_ENVIRONMENT, "DATABASE_URL": database_url}
     )

@@ -10,9 +10,7 @@ refused too.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import pytest_asyncio
 from library_api.db.base import utcnow
 from tests.reliability import budget
 from tests.reliability.conftest import Record
+from tests.support.cli import invoke
 from tests.support.databases import DatabaseTemplate, build_template, drop_template
 from tests.support.factories import PASSWORD, bearer, unique_isbn
 from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, start_server
@@ -81,10 +80,9 @@ async def track(postgres_template: DatabaseTemplate, directory: Path) -> AsyncIt
 
 
 def _create_admin(database_url: str, directory: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **TEST_ENVIRONMENT, "DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "library_api", "users", "create", "--email", ADMIN_EMAIL, "--password", PASSWORD]
-    return subprocess.run(
-        [*command, "--role", "admin"], cwd=directory, env=env, capture_output=True, text=True, timeout=120, check=False
+    arguments = ["--env-file", str(directory / "none.env"), "users", "create", "--email", ADMIN_EMAIL]
+    return invoke(
+        [*arguments, "--password", PASSWORD, "--role", "admin"], {**TEST_ENVIRONMENT, "DATABASE_URL": database_url}
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.cli import invoke
 from tests.support.private_services import wait_for
 from tests.support.services import free_port
 
@@ -54,10 +55,7 @@ class LiveServer:
 
     def run_cli(self, *arguments: str) -> subprocess.CompletedProcess[str]:
         """Run another ``library-api`` command (``migrate``, ``users create``) with this server's settings."""
-        command = [str(CLI), "--env-file", str(self.directory / "none.env"), *arguments]
-        return subprocess.run(
-            command, env=self.env, cwd=self.directory, capture_output=True, text=True, timeout=180, check=False
-        )
+        return invoke(["--env-file", str(self.directory / "none.env"), *arguments], self.env)
 
     def _answers(self, path: str) -> bool:
         assert self.process is not None

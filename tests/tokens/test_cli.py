@@ -1,4 +1,4 @@
-"""``library-api tokens create|list|revoke`` as real processes, checked against a running application."""
+"""``library-api tokens create|list|revoke``, checked against a running application (once as a real process)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import httpx
 
 from library_api.app import create_app
 from tests.conftest import fast_settings
+from tests.support.cli import SETTING_PREFIXES, invoke
 from tests.support.factories import bearer
 from tests.support.processes import TEST_ENVIRONMENT
 
@@ -19,8 +20,18 @@ CLI = Path(sys.executable).with_name("library-api")
 
 
 def run(database_url: str, directory: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "LIBRARY_API_"))}
-    environment.update(TEST_ENVIRONMENT, DATABASE_URL=database_url)
+    """The command run in this process, with the environment a deployment would give it."""
+    return invoke(["--env-file", str(directory / "none.env"), "tokens", *arguments], settings(database_url))
+
+
+def settings(database_url: str) -> dict[str, str]:
+    return {**TEST_ENVIRONMENT, "DATABASE_URL": database_url}
+
+
+def run_process(database_url: str, directory: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The real ``library-api`` executable, with the same environment."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
+    environment.update(settings(database_url))
     return subprocess.run(
         [str(CLI), "--env-file", str(directory / "none.env"), "tokens", *arguments],
         env=environment,
@@ -39,7 +50,7 @@ async def test_create_list_revoke(committed_url: str, tmp_path: Path) -> None:
     assert token.startswith("lib_") and "\n" not in token
     assert "shown only this once" in created.stderr and token not in created.stderr
 
-    listed = run(committed_url, tmp_path, "list", "--json")
+    listed = run_process(committed_url, tmp_path, "list", "--json")
     assert listed.returncode == 0, listed.stderr
     entries = json.loads(listed.stdout)
     assert [(e["name"], e["roles"], e["revoked_at"]) for e in entries] == [("prometheus", ["monitor", "admin"], None)]
