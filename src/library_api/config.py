@@ -139,9 +139,9 @@ class Settings(BaseSettings):
     # ----- HTTP -----
     max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
     http_header_timeout: float = Field(default=10.0, gt=0, le=300)
-    # asyncio by default: under saturation uvloop served some connections seconds late (see docs/benchmarks.md).
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     """Seconds a client has to send a request's line and headers (slowloris guard, Uvicorn)."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """Event loop of Uvicorn and Gunicorn workers; asyncio kept its tail on an overloaded host (docs/servers.md)."""
     backend_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

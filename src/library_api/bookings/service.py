@@ -137,7 +137,7 @@ class BookingService:
             if not sees_all and filters == BookingFilters():
                 parameters = {"user_id": self._owner(principal), "limit": limit, "offset": offset}
                 rows = await _OWN_PAGE.fetch(connection, parameters)
-                conditions = [Booking.user_id == self._owner(principal)] if not rows and offset else []
+                conditions = self._conditions(principal, filters, sees_all=False) if not rows and offset else []
             else:
                 conditions = self._conditions(principal, filters, sees_all=sees_all)
                 statement = (
