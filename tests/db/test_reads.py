@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import Float, bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 
 from library_api.app import create_app
 from library_api.context import AppContext
+from library_api.db.engine import create_database
 from library_api.db.reads import HotRead
 from library_api.users.models import User
 from tests.conftest import fast_settings
@@ -24,8 +27,8 @@ _USERS_FROM = HotRead(
 
 async def test_the_driver_path_returns_what_sqlalchemy_returns(ctx: AppContext) -> None:
     users = [await create_user(ctx) for _ in range(3)]
+    hot = await _USERS_FROM.fetch(ctx.database, {"first": users[1].id})
     async with ctx.database.read_connection() as connection:
-        hot = await _USERS_FROM.fetch(connection, {"first": users[1].id})
         reference = (await connection.execute(_USERS_FROM.statement, {"first": users[1].id})).mappings().all()
     assert [dict(row) for row in hot] == [dict(row) for row in reference]
     assert [row["id"] for row in hot] == [users[1].id, users[2].id]
@@ -72,9 +75,56 @@ async def test_a_statement_error_is_reported_by_sqlalchemy(committed_url: str, t
     async with app.router.lifespan_context(app):
         ctx: AppContext = app.state.context
         broken = HotRead(select(User.id).where(User.id == bindparam("first") / 0))
-        async with ctx.database.read_connection() as connection:
-            if connection.dialect.name == "sqlite":
-                assert list(await broken.fetch(connection, {"first": 1})) == []  # SQLite's x / 0 is NULL
-                return
-            with pytest.raises(DBAPIError, match="division by zero"):
-                await broken.fetch(connection, {"first": 1})
+        if ctx.database.dialect == "sqlite":
+            assert list(await broken.fetch(ctx.database, {"first": 1})) == []  # SQLite's x / 0 is NULL
+            return
+        with pytest.raises(DBAPIError, match="division by zero"):
+            await broken.fetch(ctx.database, {"first": 1})
+
+
+_SLEEP = HotRead(select(func.pg_sleep(bindparam("seconds", type_=Float))))
+_BACKEND = HotRead(select(func.pg_backend_pid().label("pid")))
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_connections_come_back_to_the_pool_and_overflow_ones_are_closed(committed_url: str) -> None:
+    database = create_database(fast_settings(database_url=committed_url, database_pool_size=1, database_max_overflow=1))
+    pool = database.engine.pool
+    assert isinstance(pool, QueuePool)
+    try:
+        async with database.pooled_connection() as first:
+            async with database.pooled_connection() as second:
+                assert pool.checkedout() == 2
+                overflow = second.driver_connection
+            assert pool.checkedin() == 1  # the pool had room: the connection went back for reuse
+            kept = first.driver_connection
+        assert (pool.checkedout(), pool.checkedin()) == (0, 1)
+        assert overflow is not None and not overflow.is_closed()
+        assert kept is not None and kept.is_closed()  # the pool was full again: the overflow connection was closed
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_read_cancelled_mid_statement_closes_its_connection(committed_url: str) -> None:
+    database = create_database(fast_settings(database_url=committed_url, database_pool_size=1, database_max_overflow=0))
+    admin = await asyncpg.connect(committed_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        sleeper = asyncio.create_task(_SLEEP.fetch(database, {"seconds": 30}))
+        backend = None
+        async with asyncio.timeout(10):
+            while backend is None:
+                backend = await admin.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+                )
+                await asyncio.sleep(0.02)  # polling the server for the statement to start, bounded above
+        sleeper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+        assert database.engine.pool.checkedout() == 0
+        rows = await _BACKEND.fetch(database, {})
+        assert rows[0]["pid"] != backend  # the interrupted connection was not handed out again
+        await admin.execute("SELECT pg_terminate_backend($1)", backend)
+    finally:
+        await admin.close()
+        await database.dispose()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Form, status
 
 from library_api.auth.schemas import PrincipalOut, RefreshRequest, TokenPair
 from library_api.deps import ContextDep, SessionDep
+from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.problems import Forbidden
 from library_api.http.rate_limit import limit_login_attempts
@@ -17,7 +18,7 @@ from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.users.schemas import UserCreate, UserOut, UserSelfUpdate
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=LeanRoute)
 
 SignedIn = Annotated[Principal, require(Permission.ACCOUNT_SELF)]
 

@@ -10,13 +10,14 @@ from library_api.bookings.models import BookingStatus
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.bookings.service import BookingFilters
 from library_api.deps import ContextDep, SessionDep
+from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.responses import problems
 from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 
-router = APIRouter(prefix="/bookings", tags=["bookings"])
+router = APIRouter(prefix="/bookings", tags=["bookings"], route_class=LeanRoute)
 
 BookingId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 Booker = Annotated[Principal, require(Permission.BOOKINGS_CREATE)]

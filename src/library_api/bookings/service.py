@@ -132,28 +132,29 @@ class BookingService:
     ) -> BookingPage:
         """Bookings the caller may see, newest first: their own, or anyone's with ``bookings:read:any``."""
         sees_all = principal.can(Permission.BOOKINGS_READ_ANY)
-        async with database.read_connection() as connection:
-            rows: Sequence[Mapping[Any, Any]]
-            if not sees_all and filters == BookingFilters():
-                parameters = {"user_id": self._owner(principal), "limit": limit, "offset": offset}
-                rows = await _OWN_PAGE.fetch(connection, parameters)
-                conditions = self._conditions(principal, filters, sees_all=False) if not rows and offset else []
-            else:
-                conditions = self._conditions(principal, filters, sees_all=sees_all)
-                statement = (
-                    select(*_VIEW_COLUMNS, func.count().over().label("total"))
-                    .where(*conditions)
-                    .order_by(Booking.id.desc())
-                    .limit(limit)
-                    .offset(offset)
-                )
+        rows: Sequence[Mapping[Any, Any]]
+        if not sees_all and filters == BookingFilters():
+            parameters = {"user_id": self._owner(principal), "limit": limit, "offset": offset}
+            rows = await _OWN_PAGE.fetch(database, parameters)
+            conditions = self._conditions(principal, filters, sees_all=False) if not rows and offset else []
+        else:
+            conditions = self._conditions(principal, filters, sees_all=sees_all)
+            statement = (
+                select(*_VIEW_COLUMNS, func.count().over().label("total"))
+                .where(*conditions)
+                .order_by(Booking.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            async with database.read_connection() as connection:
                 rows = (await connection.execute(statement)).mappings().all()
-            if rows:
-                total = rows[0]["total"]
-            elif offset == 0:
-                total = 0
-            else:  # past the last row, the window function has nothing to count on
-                count = select(func.count()).select_from(Booking).where(*conditions)
+        if rows:
+            total = rows[0]["total"]
+        elif offset == 0:
+            total = 0
+        else:  # past the last row, the window function has nothing to count on
+            count = select(func.count()).select_from(Booking).where(*conditions)
+            async with database.read_connection() as connection:
                 total = (await connection.execute(count)).scalar_one()
         return BookingPage(items=[present_row(row) for row in rows], total=total, limit=limit, offset=offset)
 
@@ -173,12 +174,11 @@ class BookingService:
 
     async def get(self, database: Database, principal: Principal, booking_id: int) -> BookingOut:
         """One booking; another reader's booking is reported as not found."""
-        async with database.read_connection() as connection:
-            if principal.can(Permission.BOOKINGS_READ_ANY):
-                rows = await _ANY_BOOKING.fetch(connection, {"booking_id": booking_id})
-            else:
-                parameters = {"booking_id": booking_id, "user_id": self._owner(principal)}
-                rows = await _OWN_BOOKING.fetch(connection, parameters)
+        if principal.can(Permission.BOOKINGS_READ_ANY):
+            rows = await _ANY_BOOKING.fetch(database, {"booking_id": booking_id})
+        else:
+            parameters = {"booking_id": booking_id, "user_id": self._owner(principal)}
+            rows = await _OWN_BOOKING.fetch(database, parameters)
         if not rows:
             raise NotFound(f"No booking with id {booking_id}.")
         return present_row(rows[0])

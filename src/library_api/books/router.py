@@ -17,13 +17,14 @@ from library_api.books.repository import BookFilters
 from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, BookUpdate
 from library_api.deps import ContextDep, ReadSessionDep, SessionDep
 from library_api.http.conditional import conditional_response
+from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.problems import ContentTooLarge, NotFound, UnsupportedMediaType
 from library_api.http.responses import problems
 from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
 
-router = APIRouter(prefix="/books", tags=["books"])
+router = APIRouter(prefix="/books", tags=["books"], route_class=LeanRoute)
 
 BookId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 NOT_MODIFIED = {"description": "The client's copy (its `If-None-Match`) is current"}

@@ -22,7 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
+from sqlalchemy.util import greenlet_spawn
 
 from library_api.config import Settings
 
@@ -41,8 +42,9 @@ class Database:
     statement on its own in autocommit mode, which spares read-only requests the ``BEGIN`` and ``ROLLBACK``
     round trips. A read that needs several statements to agree uses ``sessionmaker`` instead.
 
-    ``read_connection`` serves the hottest reads (see :mod:`library_api.db.reads`) a bare autocommit connection,
-    without a session around it. ``bound`` pins every session and read connection to one connection: tests run
+    ``read_connection`` serves reads a bare autocommit connection, without a session around it;
+    ``pooled_connection`` serves the hottest reads (see :mod:`library_api.db.reads`) the pooled driver
+    connection itself. ``bound`` pins every session and read connection to one connection: tests run
     each case inside a transaction on it and roll it back afterwards.
     """
 
@@ -71,11 +73,7 @@ class Database:
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
         """A pooled autocommit connection for one read (the bound connection, when there is one).
 
-        Readers queue first-come first-served for as many turns as the pool has connections, and only then
-        check a connection out. SQLAlchemy's pool alone lets a newcomer take a connection that was just
-        handed to a woken waiter, which then queues again at the back: under a load of hundreds of
-        concurrent reads, a few of them waited seconds while the median waited milliseconds. A reader that
-        gets no turn within ``DATABASE_POOL_TIMEOUT`` fails like a pool timeout (503 ``database-busy``).
+        Readers take a turn first (see :meth:`_take_turn`), then check a connection out.
         """
         if self.bound is not None:
             yield self.bound
@@ -86,6 +84,55 @@ class Database:
             async with self.read_engine.connect() as connection:
                 yield connection
             return
+        turns = await self._take_turn(pool)
+        try:
+            async with self.read_engine.connect() as connection:
+                yield connection
+        finally:
+            turns.release()
+
+    @asynccontextmanager
+    async def pooled_connection(self) -> AsyncIterator[PoolProxiedConnection]:
+        """A PostgreSQL connection straight from the pool, for a statement the driver runs itself.
+
+        The same turn and the same pool as :meth:`read_connection`, without SQLAlchemy's ``Connection`` around
+        the checkout (its execution options, isolation-level bookkeeping and events cost more CPU than the
+        statement the hottest reads run). The driver runs outside any transaction, so the connection is in
+        autocommit mode as far as the server is concerned. A block that ends in an exception (a read cancelled
+        mid-statement) does not hand its connection back for reuse: it is closed, and the pool opens a new one
+        when needed.
+        """
+        if self.bound is not None:
+            yield await self.bound.get_raw_connection()
+            return
+        assert self.read_engine is not None
+        pool = self.read_engine.pool
+        assert isinstance(pool, QueuePool)
+        turns = await self._take_turn(pool)
+        try:
+            pooled: PoolProxiedConnection = await greenlet_spawn(pool.connect)
+            try:
+                yield pooled
+            except BaseException:
+                pooled.invalidate()
+                pooled.close()
+                raise
+            if pool.checkedin() < pool.size():
+                pooled.close()  # back into the pool's queue: no I/O, so no greenlet is needed
+            else:
+                await greenlet_spawn(pooled.close)  # an overflow connection is closed, which awaits the driver
+        finally:
+            turns.release()
+
+    async def _take_turn(self, pool: QueuePool) -> asyncio.Semaphore:
+        """Wait first come, first served for one of as many turns as the pool has connections.
+
+        SQLAlchemy's pool alone lets a newcomer take a connection that was just handed to a woken waiter, which
+        then queues again at the back: under a load of hundreds of concurrent reads, a few of them waited
+        seconds while the median waited milliseconds. A reader that gets no turn within
+        ``DATABASE_POOL_TIMEOUT`` fails like a pool timeout (503 ``database-busy``). The caller releases the
+        returned semaphore when its read is over.
+        """
         if self._read_turns is None:
             self._read_turns = asyncio.Semaphore(pool.size() + max(pool._max_overflow, 0))
         turns = self._read_turns
@@ -97,11 +144,7 @@ class Database:
                 raise PoolTimeout(f"no turn for a read within {pool.timeout()} s") from None
         else:
             await turns.acquire()
-        try:
-            async with self.read_engine.connect() as connection:
-                yield connection
-        finally:
-            turns.release()
+        return turns
 
     @property
     def reader(self) -> async_sessionmaker[AsyncSession]:

@@ -10,7 +10,7 @@ asyncpg's own statement cache).
 
 What does not change:
 
-* the connection comes from SQLAlchemy's pool (:meth:`library_api.db.engine.Database.read_connection`), so
+* the connection comes from SQLAlchemy's pool (:meth:`library_api.db.engine.Database.pooled_connection`), so
   pool size, overflow, ``DATABASE_POOL_TIMEOUT`` and its 503 ``database-busy`` answer apply as before;
 * a driver error is never surfaced as such: the statement runs once more through SQLAlchemy, which translates
   the error, invalidates a dead connection and so gives the usual 503 ``database-unavailable`` or the real
@@ -31,8 +31,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
+
+from library_api.db.engine import Database
 
 STATEMENT_OBSERVER = "library.statement_observer"
 """Key, in a pooled connection's ``info``, of a ``(statement, seconds)`` callback timing driver-run statements."""
@@ -50,20 +51,21 @@ class HotRead:
         self.parameter_names: tuple[str, ...] = tuple(compiled.positiontup or ())
         self._literals = {name: value for name, value in compiled.params.items() if value is not None}
 
-    async def fetch(self, connection: AsyncConnection, parameters: Mapping[str, Any]) -> Sequence[Mapping[Any, Any]]:
+    async def fetch(self, database: Database, parameters: Mapping[str, Any]) -> Sequence[Mapping[Any, Any]]:
         """The rows of the statement with ``parameters`` bound, each readable by column label."""
-        if connection.dialect.name == "postgresql":
-            pooled = await connection.get_raw_connection()
-            driver = pooled.driver_connection
-            assert driver is not None
+        if database.dialect == "postgresql":
             values = {**self._literals, **parameters} if self._literals else parameters
             arguments = [values[name] for name in self.parameter_names]
-            started = time.perf_counter()
-            with contextlib.suppress(Exception):  # any driver failure is retried below, where SQLAlchemy judges it
-                records: Sequence[Mapping[Any, Any]] = await driver.fetch(self.postgresql_text, *arguments)
-                observe: Callable[[str, float], None] | None = connection.info.get(STATEMENT_OBSERVER)
-                if observe is not None:
-                    observe(self.postgresql_text, time.perf_counter() - started)
-                return records
-        result = await connection.execute(self.statement, dict(parameters))
-        return result.mappings().all()
+            async with database.pooled_connection() as pooled:
+                driver = pooled.driver_connection
+                assert driver is not None
+                started = time.perf_counter()
+                with contextlib.suppress(Exception):  # any driver failure is retried below, where SQLAlchemy judges it
+                    records: Sequence[Mapping[Any, Any]] = await driver.fetch(self.postgresql_text, *arguments)
+                    observe: Callable[[str, float], None] | None = pooled.info.get(STATEMENT_OBSERVER)
+                    if observe is not None:
+                        observe(self.postgresql_text, time.perf_counter() - started)
+                    return records
+        async with database.read_connection() as connection:
+            result = await connection.execute(self.statement, dict(parameters))
+            return result.mappings().all()

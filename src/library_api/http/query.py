@@ -58,6 +58,8 @@ def _is_utf8(query_string: bytes) -> bool:
 async def single_valued_query(request: Request) -> None:
     """Refuse a query string that is not UTF-8 or repeats a single-valued parameter (the common case is cheap)."""
     raw: bytes = request.scope.get("query_string", b"")
+    if b"%" not in raw and b"&" not in raw:  # no escapes and at most one parameter: nothing to refuse
+        return
     if b"%" in raw and not _is_utf8(raw):
         raise InvalidInput("The query string is not valid UTF-8 once its escapes are decoded.", field="query")
     names = [name for name, _ in request.query_params.multi_items()]

@@ -150,6 +150,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._duration_children: dict[tuple[str, str], Any] = {}
         self._progress_children: dict[tuple[str, str], Any] = {}
+        self._statement_children: dict[str, Any] = {}
 
         if self.multiprocess_dir is not None:
             self.registry.register(multiprocess.LockedMultiProcessCollector(self.multiprocess_dir))
@@ -245,7 +246,11 @@ class Metrics:
 
     def observe_statement(self, statement: str, seconds: float) -> None:
         """Time a statement that did not pass through SQLAlchemy's events (the driver-run hot reads)."""
-        self.db_query_duration.labels(query_type(statement)).observe(seconds)
+        kind = query_type(statement)
+        histogram = self._statement_children.get(kind)
+        if histogram is None:
+            histogram = self._statement_children[kind] = self.db_query_duration.labels(kind)
+        histogram.observe(seconds)
 
     def _on_checkout(self, _dbapi_connection: Any, record: Any, *_args: Any) -> None:
         self.db_connections.inc()

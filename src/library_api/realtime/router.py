@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from library_api.context import AppContext, get_context
 from library_api.deps import ContextDep
+from library_api.http.lean import LeanRoute
 from library_api.http.problems import InvalidInput, ServiceUnavailable, Unauthorized
 from library_api.http.responses import problems
 from library_api.realtime.broker import BrokerUnavailable
@@ -55,7 +56,7 @@ logger = logging.getLogger("library_api.realtime")
 router = APIRouter()
 """The WebSocket route, mounted at the root (``/ws/{client_id}``)."""
 
-api_router = APIRouter(tags=["live events"])
+api_router = APIRouter(tags=["live events"], route_class=LeanRoute)
 """HTTP routes of live events, mounted under the API prefix."""
 
 SUBPROTOCOL = "library-api.v1"
