@@ -47,7 +47,8 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 _EFFECTIVE_ROUTE = getattr(fastapi.routing, "_effective_route_context_var", None)
 """Where FastAPI's own ``get_route_handler`` finds the route as included (with its router's prefix and
-dependencies). Without it the included route cannot be seen, and every route keeps FastAPI's handler."""
+dependencies); a private name of FastAPI 0.165. Should an upgrade drop it, every route keeps FastAPI's handler
+and the test that the hot reads skip FastAPI's dependency solver fails, which is the signal to look here."""
 
 _IMMUTABLE_DEFAULTS = (type(None), bool, int, float, str, bytes)
 
@@ -57,6 +58,7 @@ class _Dependency:
     """One dependency: what to call, how to hand it the request, and which endpoint argument it fills."""
 
     call: Callable[..., Awaitable[Any]]
+    key: tuple[Any, str | None]
     argument: str | None
     request_argument: str | None
     cached: bool
@@ -159,6 +161,7 @@ def plan(route: Any) -> LeanPlan | None:
     dependencies = tuple(
         _Dependency(
             call=cast(Callable[..., Awaitable[Any]], dependency.call),
+            key=(dependency.call, dependency.scope),
             argument=dependency.name,
             request_argument=dependency.request_param_name or dependency.http_connection_param_name,
             cached=dependency.use_cache,
@@ -225,17 +228,21 @@ def _bind(
 
 
 async def _solve(lean: LeanPlan, request: Request) -> dict[str, Any]:
-    """The endpoint's arguments: dependencies first (each once per request), then the parameters."""
+    """The endpoint's arguments: dependencies first, then the parameters.
+
+    A dependency runs once per request unless it opts out of caching, keyed as FastAPI keys its cache: by the
+    callable and its declared scope.
+    """
     values: dict[str, Any] = {}
     solved: dict[Any, Any] = {}
     for dependency in lean.dependencies:
-        if dependency.cached and dependency.call in solved:
-            result = solved[dependency.call]
+        if dependency.cached and dependency.key in solved:
+            result = solved[dependency.key]
         elif dependency.request_argument is None:
             result = await dependency.call()
         else:
             result = await dependency.call(**{dependency.request_argument: request})
-        solved.setdefault(dependency.call, result)
+        solved.setdefault(dependency.key, result)
         if dependency.argument is not None:
             values[dependency.argument] = result
     errors: list[Any] = []
