@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel, Json
+from starlette.requests import HTTPConnection
 
 from library_api.bookings.schemas import BookingCreate
 from library_api.context import AppContext
@@ -303,6 +304,10 @@ def plain() -> str:
     return "value"
 
 
+async def both(request: Request, connection: HTTPConnection) -> bool:
+    return request.scope is connection.scope
+
+
 def _refused_app() -> tuple[FastAPI, dict[str, str]]:
     router = APIRouter(route_class=LeanRoute)
     expected: dict[str, str] = {}
@@ -379,6 +384,14 @@ def _refused_app() -> tuple[FastAPI, dict[str, str]]:
     async def plain_dependency(value: Annotated[str, Depends(plain)]) -> str:
         return value
 
+    @router.get(refused("/twice", "its endpoint takes the request twice"))
+    async def twice(request: Request, connection: HTTPConnection) -> bool:
+        return request.scope is connection.scope
+
+    @router.get(refused("/dependency-twice", "dependency 'both' takes the request twice"))
+    async def dependency_twice(same: Annotated[bool, Depends(both)]) -> bool:
+        return same
+
     app = FastAPI()
     app.include_router(router)
     return app, expected
@@ -400,4 +413,6 @@ async def test_refused_routes_keep_working(solver_calls: list[str]) -> None:
         assert (await http.get("/plain")).json() == "value"
         assert (await http.get("/many?tag=a&tag=b")).json() == 2
         assert (await http.get("/html")).text == "<p>hi</p>"
-    assert solver_calls == ["/sync", "/plain", "/many", "/html"]
+        assert (await http.get("/twice")).json() is True
+        assert (await http.get("/dependency-twice")).json() is True
+    assert solver_calls == ["/sync", "/plain", "/many", "/html", "/twice", "/dependency-twice"]

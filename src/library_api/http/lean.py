@@ -110,6 +110,8 @@ def _refusals(route: Any) -> Iterator[str]:
         yield "its endpoint takes a response, background tasks or a WebSocket"
     if dependant.security_scopes_param_name or dependant.own_oauth_scopes:
         yield "it uses security scopes"
+    if dependant.request_param_name and dependant.http_connection_param_name:
+        yield "its endpoint takes the request twice"
     if not isinstance(route.response_class, DefaultPlaceholder):
         yield "it sets a response class"
     status_code = route.status_code or 200
@@ -147,6 +149,8 @@ def _dependency_refusals(dependency: Dependant) -> Iterator[str]:
         yield f"dependency '{name}' uses security scopes"
     if dependency.concurrency is not None:
         yield f"dependency '{name}' limits its concurrency"
+    if dependency.request_param_name and dependency.http_connection_param_name:
+        yield f"dependency '{name}' takes the request twice"
     call = dependency.call
     target = call if inspect.isfunction(call) else getattr(call, "__call__", None)  # noqa: B004
     if not inspect.iscoroutinefunction(target):
