@@ -1,7 +1,7 @@
 """Authenticated reads of the full service against a bare FastAPI route serving the same bytes, in one run.
 
     .venv/bin/python -m benchmarks.bench_auth_reads [--quick] [--duration 10] [--rounds 3] [--soak 30]
-                                                    [--event-loop asyncio|uvloop]
+                                                    [--event-loop auto|asyncio|uvloop]
 
 What it does, in order:
 
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--soak-connections", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="a fast check: 2 s rounds, 1 round, 5 s soak")
     parser.add_argument(
-        "--event-loop", choices=["asyncio", "uvloop"], default="asyncio", help="the service's EVENT_LOOP"
+        "--event-loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="the service's EVENT_LOOP"
     )
     args = parser.parse_args()
     if args.quick:

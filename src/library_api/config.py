@@ -140,8 +140,8 @@ class Settings(BaseSettings):
     max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
     http_header_timeout: float = Field(default=10.0, gt=0, le=300)
     """Seconds a client has to send a request's line and headers (slowloris guard, Uvicorn)."""
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
-    """Event loop of Uvicorn and Gunicorn workers; asyncio kept its tail on an overloaded host (docs/servers.md)."""
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """Event loop of Uvicorn and Gunicorn workers: ``auto`` (uvloop where installed, as Uvicorn does), or either."""
     backend_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

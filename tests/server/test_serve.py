@@ -41,8 +41,8 @@ async def test_reload_mode_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("event_loop", "uvloop_loaded"), [(None, False), ("uvloop", True)])
-async def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for(
+@pytest.mark.parametrize(("event_loop", "uvloop_loaded"), [(None, True), ("asyncio", False), ("uvloop", True)])
+async def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_for(
     tmp_path: Path, event_loop: str | None, uvloop_loaded: bool
 ) -> None:
     env = {} if event_loop is None else {"EVENT_LOOP": event_loop}

@@ -49,7 +49,7 @@ class LibraryWorker(UvicornWorker):
     """A Gunicorn worker running Uvicorn with the service's TLS context, TLS extension and graceful drain."""
 
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - the base class declares it so; only read
-        "loop": "asyncio",  # replaced by EVENT_LOOP in __init__
+        "loop": "auto",  # replaced by EVENT_LOOP in __init__
         "http": TLSHttpToolsProtocol,
         "ws": TLSWebSocketsProtocol,
     }
