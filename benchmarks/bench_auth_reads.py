@@ -59,6 +59,22 @@ async def drop_database(name: str) -> None:
     await connection.close()
 
 
+def start_service(database: str, event_loop: str, workdir: Path, log_name: str) -> Process:
+    """``library-api serve`` on ``database`` as the benchmarks run it: one Uvicorn worker, sample catalogue, a
+    free port, long-lived access tokens and warnings only in the log."""
+    env = {
+        "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+        "AUTO_MIGRATE": "true",
+        "SEED_SAMPLE_ON_EMPTY": "true",
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
+        "EVENT_LOOP": event_loop,
+    }
+    port = free_port()
+    command = [sys.executable, "-m", "library_api", "serve", "--port", str(port)]
+    return start(command, port, env, cwd=workdir, log=workdir / log_name)
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -117,22 +133,8 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="library-bench-auth-"))
     database = asyncio.run(create_database())
-    env = {
-        "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
-        "AUTO_MIGRATE": "true",
-        "SEED_SAMPLE_ON_EMPTY": "true",
-        "LOG_LEVEL": "WARNING",
-        "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
-        "EVENT_LOOP": args.event_loop,
-    }
-    service_port, bare_port = free_port(), free_port()
-    service = start(
-        [sys.executable, "-m", "library_api", "serve", "--port", str(service_port)],
-        service_port,
-        env,
-        cwd=workdir,
-        log=workdir / "service.log",
-    )
+    service = start_service(database, args.event_loop, workdir, "service.log")
+    bare_port = free_port()
     bare: Process | None = None
     try:
         service.wait_ready("/health/ready")

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks._harness import ROOT, Process, free_port, start
-from benchmarks.bench_auth_reads import create_database, drop_database, measured, prepare_reader
+from benchmarks.bench_auth_reads import create_database, drop_database, measured, prepare_reader, start_service
 
 LOOPS = ("asyncio", "uvloop")
 
@@ -37,25 +37,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="library-bench-loops-"))
     database = asyncio.run(create_database())
-    env = {
-        "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
-        "AUTO_MIGRATE": "true",
-        "SEED_SAMPLE_ON_EMPTY": "true",
-        "LOG_LEVEL": "WARNING",
-        "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
-    }
     processes: list[Process] = []
     try:
         services: dict[str, Process] = {}
         for loop in LOOPS:
-            port = free_port()
-            service = start(
-                [sys.executable, "-m", "library_api", "serve", "--port", str(port)],
-                port,
-                {**env, "EVENT_LOOP": loop},
-                cwd=workdir,
-                log=workdir / f"service-{loop}.log",
-            )
+            service = start_service(database, loop, workdir, f"service-{loop}.log")
             processes.append(service)
             service.wait_ready("/health/ready")
             services[loop] = service
