@@ -2,8 +2,8 @@
 
 FastAPI solves a route's dependencies generically on every request: a nested call per dependency level, a cache
 key per dependency, alias and sequence checks per parameter, a throwaway sub-response, telemetry hooks. For an
-authenticated read that costs more CPU than the read itself: about 150 µs of the 600 µs a reader's booking list
-took (measured in ``docs/benchmarks.md``). :class:`LeanRoute` keeps everything FastAPI derives from the
+authenticated read that cost more CPU than the read itself: about 45% of a reader's booking list, in the
+profile recorded in ``docs/benchmarks.md``. :class:`LeanRoute` keeps everything FastAPI derives from the
 declaration (the OpenAPI document, the dependant, the response field) and replaces only the per-request
 interpretation, for routes where that interpretation is plain:
 
