@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     backend_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Peers believed for ``X-Forwarded-For``, ``X-Forwarded-Proto`` and ``X-Request-ID``; nothing more."""
+    forwarded_cert_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Peers believed for a forwarded client certificate (``ssl-client-cert``), verified against TLS_CA_FILE."""
     content_security_policy: str = DEFAULT_CONTENT_SECURITY_POLICY
     hsts_max_age: int = Field(default=63_072_000, ge=0)
     gzip_minimum_size: int = Field(default=1000, ge=0)
@@ -246,6 +249,7 @@ class Settings(BaseSettings):
         "allowed_file_types",
         "allowed_hosts",
         "trusted_proxies",
+        "forwarded_cert_proxies",
         "monitoring_allowed_networks",
         mode="before",
     )
@@ -547,6 +551,7 @@ def _network_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
     for key, networks in (
         ("TRUSTED_PROXIES", settings.trusted_proxies),
+        ("FORWARDED_CERT_PROXIES", settings.forwarded_cert_proxies),
         ("MONITORING_ALLOWED_NETWORKS", settings.monitoring_allowed_networks),
     ):
         for network in networks:
@@ -729,6 +734,11 @@ def security_problems(settings: Settings) -> list[str]:
         problems.append("SECURITY_MODE: 'mtls' needs TLS_CA_FILE, the CA that issues client certificates")
     if crl is not None and ca is None:
         problems.append("TLS_CRL_FILE: a revocation list needs TLS_CA_FILE (it checks client certificates)")
+    if settings.forwarded_cert_proxies and ca is None:
+        problems.append(
+            "FORWARDED_CERT_PROXIES: forwarded client certificates are verified against TLS_CA_FILE; set it, or "
+            "empty FORWARDED_CERT_PROXIES"
+        )
     if settings.is_production and decision.mode == "http" and not settings.allow_http_behind_proxy:
         problems.append(
             "SECURITY_MODE: production refuses plain HTTP; configure TLS_CERT_FILE and TLS_KEY_FILE, or set "

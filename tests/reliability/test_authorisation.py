@@ -11,10 +11,12 @@ another's answer. The rows cover:
 - API5 broken function-level authorisation: readers cannot manage the catalogue, users, returns, broadcasts
   or metrics; librarians cannot manage users.
 
-Two columns are not written by hand but derived from what the route declares (``require(...)`` or ``public()``)
-and the role table: a client certificate holding only the ``monitor`` role, sent through one real ``mtls``
-server process for the whole module (the in-process transport cannot present a certificate), and an API token
-with the ``admin`` role revoked through the API before the call. :func:`test_every_route_has_a_row` walks the
+Three columns are not written by hand: two are derived from what the route declares (``require(...)`` or
+``public()``) and the role table: a client certificate holding only the ``monitor`` role, sent through one real
+``mtls`` server process for the whole module (the in-process transport cannot present a certificate), and an
+API token with the ``admin`` role revoked through the API before the call. The third is a forged forwarded
+certificate (self-signed, ``O=admin``) sent by the peer the service believes for certificates: 401 everywhere.
+:func:`test_every_route_has_a_row` walks the
 application's routes, so a new route without a row fails.
 """
 
@@ -50,13 +52,18 @@ WRITTEN_CALLERS = ("anonymous", "owner", "other_reader", "librarian", "admin", "
 """Callers whose statuses each row states: ``owner`` is the reader whose booking and account the world holds;
 ``revoked_session`` is the owner's access token after "log out everywhere"."""
 
-DERIVED_CALLERS = ("monitor_certificate", "revoked_api_token")
-"""Callers whose statuses follow from the route's declared permission (see :func:`derived_statuses`)."""
+DERIVED_CALLERS = ("monitor_certificate", "revoked_api_token", "forged_forwarded_certificate")
+"""Callers whose statuses follow from the route's declared permission (see :func:`derived_statuses`), or, for a
+self-signed ``O=admin`` certificate forwarded by the very proxy the service believes for certificates, are 401
+on every route: a forwarded certificate that does not verify is refused before any route runs."""
 
 CALLERS = WRITTEN_CALLERS + DERIVED_CALLERS
 
 OUTSIDE_PEER = "203.0.113.7"
 """Calls come from a documentation address, outside the monitoring networks, so only credentials count."""
+
+CERTIFICATE_PROXY = "203.0.113.9"
+"""The proxy named in ``FORWARDED_CERT_PROXIES``: the forger's best position, a peer whose headers are read."""
 
 
 @dataclass
@@ -326,7 +333,12 @@ def derived_statuses(app: FastAPI, key: tuple[str, str], written: dict[str, int]
     else:
         monitor = 403
     revoked = written["revoked_session"] if permission == PUBLIC else 401
-    return {**written, "monitor_certificate": monitor, "revoked_api_token": revoked}
+    return {
+        **written,
+        "monitor_certificate": monitor,
+        "revoked_api_token": revoked,
+        "forged_forwarded_certificate": 401,
+    }
 
 
 @dataclass(frozen=True)
@@ -368,7 +380,14 @@ def certificate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cer
 @asynccontextmanager
 async def sharing_application(server: CertificateServer) -> AsyncIterator[FastAPI]:
     """An in-process application on the certificate server's database and upload directory."""
-    application = create_app(fast_settings(database_url=server.database_url, upload_dir=server.upload_dir))
+    application = create_app(
+        fast_settings(
+            database_url=server.database_url,
+            upload_dir=server.upload_dir,
+            forwarded_cert_proxies=[CERTIFICATE_PROXY],
+            tls_ca_file=server.pki.ca,
+        )
+    )
     async with application.router.lifespan_context(application):
         yield application
 
@@ -386,6 +405,9 @@ async def run_cell(
         if caller == "monitor_certificate":
             async with server.monitor_client() as remote:
                 response = await MATRIX[key].send(remote, world, world.headers[caller])
+        elif caller == "forged_forwarded_certificate":
+            async with client_for(app, CERTIFICATE_PROXY) as forger:
+                response = await MATRIX[key].send(forger, world, server.pki.forwarded("self-signed-admin"))
         else:
             response = await MATRIX[key].send(http, world, world.headers[caller])
     return response.status_code, response, world

@@ -12,12 +12,21 @@ import ssl
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from library_api.security.issuing import Authority, write_certificate, write_key, write_revocation_list
+from library_api.security.issuing import (
+    Authority,
+    PrivateKey,
+    new_key,
+    write_certificate,
+    write_key,
+    write_revocation_list,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,10 @@ class PKI:
         """An httpx client for ``base_url`` presenting ``name``'s certificate."""
         return httpx.Client(base_url=base_url, verify=self.client_context(name), timeout=10.0, **options)  # type: ignore[arg-type]
 
+    def forwarded(self, name: str, verify: str = "SUCCESS") -> dict[str, str]:
+        """The headers a TLS-terminating proxy sends for a client that presented ``name``'s certificate."""
+        return {"ssl-client-cert": quote(self.cert(name).read_text()), "ssl-client-verify": verify}
+
     def revoke(self, *names: str) -> None:
         """Rewrite the CRL so that it revokes the certificates of ``names``."""
         serials = [x509.load_pem_x509_certificate(self.cert(name).read_bytes()).serial_number for name in names]
@@ -73,6 +86,29 @@ def _save(directory: Path, name: str, pair: tuple[object, object]) -> None:
     certificate, key = pair
     write_certificate(directory / f"{name}.pem", certificate)  # type: ignore[arg-type]
     write_key(directory / f"{name}-key.pem", key)  # type: ignore[arg-type]
+
+
+def self_signed_leaf(common_name: str, organizations: list[str]) -> tuple[x509.Certificate, PrivateKey]:
+    """A self-signed client leaf (clientAuth, not a CA) naming roles: what a forger makes for themselves."""
+    key = new_key()
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization) for organization in organizations]
+    )
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
 
 
 def make_pki(directory: Path) -> PKI:
@@ -108,6 +144,10 @@ def make_pki(directory: Path) -> PKI:
     _save(directory, "no-eku", authority.issue("judy", organizations=["librarian"], usages=()))
     self_signed = Authority.create("mallory")
     _save(directory, "self-signed", (self_signed.certificate, self_signed.key))
+    _save(directory, "self-signed-admin", self_signed_leaf("mallory", ["admin"]))
+    impostor = Authority.create(authority.certificate.subject.rfc4514_string().removeprefix("CN="))
+    assert impostor.certificate.subject == authority.certificate.subject
+    _save(directory, "impostor", impostor.issue_client("mallory", ["admin"]))
     write_certificate(directory / "ca-as-leaf.pem", authority.certificate)
     write_key(directory / "ca-as-leaf-key.pem", authority.key)
     write_revocation_list(authority, directory, [])

@@ -2,7 +2,9 @@
 
 1. **Request context** (:mod:`library_api.http.request_context`): the real client address and scheme, from
    trusted proxies only, and the request id, bound to :data:`~library_api.observability.logging.request_id_var`
-   for every log line of the request and returned as ``X-Request-ID``.
+   for every log line of the request and returned as ``X-Request-ID``. A forwarded client certificate that
+   fails verification is answered here with a 401 problem, whatever the route: a credential that is present
+   but wrong is never downgraded to an anonymous caller.
 2. **Security headers** (:mod:`library_api.http.security_headers`): added to every response that passes here,
    whichever layer inside produced it (a 400, 413, 429, or the 500 below).
 3. **Telemetry** (:mod:`library_api.http.telemetry`): the route template, the HTTP metrics and the access
@@ -16,10 +18,12 @@ scopes get step 1 (the address and the id); lifespan scopes pass through.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from library_api.http.request_context import REQUEST_ID_HEADER, RequestContext
+from library_api.http.problems import problem_response
+from library_api.http.request_context import REQUEST_ID_HEADER, RequestContext, forwarded_certificate_error
 from library_api.http.security_headers import SecurityHeaders
 from library_api.http.telemetry import Telemetry
 from library_api.observability.logging import request_id_var
@@ -71,7 +75,11 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, edge_send)
+            refused = forwarded_certificate_error(scope)
+            if refused is None:
+                await self.app(scope, receive, edge_send)
+            else:
+                await _unauthorized(refused, scope["path"])(scope, receive, edge_send)
         except Exception:
             status = 500
             response = self.telemetry.unhandled(method, scope["path"])
@@ -80,3 +88,15 @@ class EdgeMiddleware:
         finally:
             self.telemetry.end(scope, method, template, in_progress, status, started, size)
             request_id_var.reset(token)
+
+
+def _unauthorized(detail: str, path: str) -> Any:
+    """The 401 problem for a refused forwarded certificate (the same type every other refusal has)."""
+    return problem_response(
+        401,
+        "unauthorized",
+        "Authentication required",
+        detail,
+        instance=path,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )

@@ -2,8 +2,9 @@
 
 1. **Edge** (:mod:`library_api.http.edge`), three steps in one layer:
 
-   a. *request context*: the real client address and scheme (from trusted proxies only) and the request id.
-      First, so that everything after it, including every log line and the access line, sees both;
+   a. *request context*: the real client address and scheme (from trusted proxies only), a forwarded client
+      certificate (from certificate proxies only, verified in full), and the request id. First, so that
+      everything after it, including every log line and the access line, sees them;
    b. *security headers*: on every response, even a 400 from trusted hosts, a 429, a 413 or the 500 of an
       unhandled error;
    c. *telemetry*: access line and HTTP metrics; it resolves the route template for itself and the rate
@@ -25,6 +26,7 @@ and costs a few microseconds per request.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -36,12 +38,13 @@ from library_api.http.edge import EdgeMiddleware
 from library_api.http.gzip import GZipMiddleware
 from library_api.http.networks import Networks
 from library_api.http.rate_limit import RateLimitMiddleware
-from library_api.http.request_context import RequestContext
+from library_api.http.request_context import CertificateCheck, RequestContext
 from library_api.http.routes import RouteTable
 from library_api.http.security_headers import SecurityHeaders
 from library_api.http.telemetry import Telemetry
 from library_api.http.trusted_hosts import TrustedHostMiddleware
 from library_api.observability.health import PROBE_PATHS
+from library_api.security.forwarded_certificates import ForwardedCertificateVerifier
 
 
 class CrossOriginMiddleware(CORSMiddleware):
@@ -59,6 +62,21 @@ MULTIPART_ALLOWANCE = 64 * 1024
 """Room for the multipart envelope around a cover image of ``MAX_UPLOAD_SIZE`` bytes."""
 
 EXPOSED_HEADERS = ["X-Request-ID", "ETag", "RateLimit", "RateLimit-Policy", "Retry-After"]
+
+
+def forwarded_certificate_check(
+    ca_file: Path | None, crl_file: Path | None, proxies: list[str]
+) -> CertificateCheck | None:
+    """The verifier of forwarded client certificates, when certificate proxies are configured.
+
+    Settings validation refuses ``FORWARDED_CERT_PROXIES`` without ``TLS_CA_FILE``; the error here is for an
+    application built from unvalidated settings.
+    """
+    if not proxies:
+        return None
+    if ca_file is None:
+        raise ValueError("FORWARDED_CERT_PROXIES needs TLS_CA_FILE")
+    return ForwardedCertificateVerifier(ca_file, crl_file).problem
 
 
 def install_middleware(app: FastAPI, context: AppContext) -> None:
@@ -97,7 +115,11 @@ def install_middleware(app: FastAPI, context: AppContext) -> None:
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, exempt_paths=quiet_paths)
     app.add_middleware(
         EdgeMiddleware,
-        context=RequestContext(Networks(settings.trusted_proxies)),
+        context=RequestContext(
+            Networks(settings.trusted_proxies),
+            Networks(settings.forwarded_cert_proxies),
+            forwarded_certificate_check(settings.tls_ca_file, settings.tls_crl_file, settings.forwarded_cert_proxies),
+        ),
         headers=SecurityHeaders(
             content_security_policy=settings.content_security_policy,
             hsts_max_age=settings.hsts_max_age,

@@ -4,14 +4,16 @@ One authenticator serves HTTP requests and WebSocket handshakes alike. A bearer 
 cryptographically and then against the account's live state (:mod:`library_api.security.accounts`). An API
 token (``lib_...``, see :mod:`library_api.tokens.service`) is accepted as ``Authorization: Bearer`` or as
 ``X-API-Key`` and looked up by its digest. Without either, a verified client certificate (the ASGI TLS
-extension ``scope["extensions"]["tls"]``, set by the server adapters in :mod:`library_api.server` or, behind a
-trusted proxy, by the request context) identifies the caller: its CN is the identity and its roles are read by
+extension ``scope["extensions"]["tls"]``, set by the server adapters in :mod:`library_api.server` or, from a
+peer in ``FORWARDED_CERT_PROXIES`` and after full verification, by the request context) identifies the
+caller: its CN is the identity and its roles are read by
 :class:`~library_api.security.certificates.CertificateReader`; roles the role table does not know grant
 nothing, so a certificate with no known role is authenticated but gets 403 everywhere. Every kind of caller
 becomes one :class:`Principal` whose roles go through the same permission table. No credential at all yields
 the anonymous principal, whose permissions the role table decides, except in ``token`` and ``mtls`` modes
 where it holds none (every non-public route then needs credentials). A credential that is present but wrong
-is always an error, never a silent downgrade to anonymous.
+is always an error, never a silent downgrade to anonymous: that includes a forwarded certificate the request
+context refused (the extension then carries ``client_cert_error`` and no certificate).
 """
 
 from __future__ import annotations
@@ -65,8 +67,11 @@ class Authenticator:
             if api_key is not None:
                 return await self.from_api_token(api_key.strip())
             tls = connection.scope.get("extensions", {}).get("tls")
-            if tls and tls.get("client_cert_chain"):
-                return self.from_certificate(tls["client_cert_chain"][0])
+            if tls:
+                if tls.get("client_cert_chain"):
+                    return self.from_certificate(tls["client_cert_chain"][0])
+                if tls.get("client_cert_error"):
+                    raise Unauthorized(str(tls["client_cert_error"]))
             return self.anonymous
         scheme, _, credentials = header.partition(" ")
         credentials = credentials.strip()

@@ -9,7 +9,9 @@ Two jobs share this module because both read certificates with :mod:`cryptograph
   the CRL and the ``ssl_client`` purpose; :class:`CertificateReader` adds what OpenSSL leaves to the
   application: the leaf must carry the clientAuth extended key usage (a leaf without any EKU passes OpenSSL),
   must not be a CA certificate, and must be issued directly by a certificate of the configured CA file, which
-  bounds the chain to the hierarchy the operator installed (Python's ``ssl`` offers no verify depth).
+  bounds the chain to the hierarchy the operator installed (Python's ``ssl`` offers no verify depth). A
+  certificate a proxy forwarded in a header has passed no handshake of ours: it is verified in full first by
+  :class:`library_api.security.forwarded_certificates.ForwardedCertificateVerifier`.
 * **Start-up checks** of the server's certificate, key, CA and CRL (:func:`check_tls_files`): every problem is
   one line naming the setting, so a bad file stops the service before any port opens.
 """
@@ -87,7 +89,7 @@ class CertificateReader:
         names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         common_name = str(names[0].value) if names else ""
         roles = self._roles(certificate)
-        problem = self._problem(certificate, common_name)
+        problem = self._problem(certificate)
         return CertificateIdentity(common_name, roles, subject, problem)
 
     def _roles(self, certificate: x509.Certificate) -> frozenset[str]:
@@ -101,24 +103,37 @@ class CertificateReader:
         uris = names.get_values_for_type(x509.UniformResourceIdentifier)
         return frozenset(uri.removeprefix(self.uri_prefix) for uri in uris if uri.startswith(self.uri_prefix))
 
-    def _problem(self, certificate: x509.Certificate, common_name: str) -> str | None:
-        if not common_name:
-            return "The client certificate has no subject common name."
-        try:
-            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-            if constraints.ca:
-                return "A CA certificate cannot identify a client."
-        except x509.ExtensionNotFound:
-            pass
-        try:
-            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            return "The client certificate lacks the clientAuth extended key usage."
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-            return "The client certificate lacks the clientAuth extended key usage."
+    def _problem(self, certificate: x509.Certificate) -> str | None:
+        problem = leaf_problem(certificate)
+        if problem is not None:
+            return problem
         if self.trusted_issuers is not None and certificate.issuer.public_bytes() not in self.trusted_issuers:
             return "The client certificate must be issued directly by a configured certificate authority."
         return None
+
+
+def leaf_problem(certificate: x509.Certificate) -> str | None:
+    """Why ``certificate`` cannot identify a client whatever signed it: no common name, a CA, or no clientAuth.
+
+    OpenSSL's ``ssl_client`` purpose check lets a leaf without any extended key usage through; this rule does
+    not, for presented and forwarded certificates alike.
+    """
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or not str(names[0].value):
+        return "The client certificate has no subject common name."
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            return "A CA certificate cannot identify a client."
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "The client certificate lacks the clientAuth extended key usage."
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return "The client certificate lacks the clientAuth extended key usage."
+    return None
 
 
 def issuer_names(ca_file: Path) -> frozenset[bytes]:
