@@ -98,6 +98,11 @@ class NginxSite:
     def ca_file(self) -> Path:
         return self.prefix / "ca.pem"
 
+    @property
+    def client_ca_file(self) -> Path:
+        """The CA nginx verifies client certificates against (written when client certificates are on)."""
+        return self.prefix / "conf" / "certs" / "client-ca.pem"
+
     def url(self, path: str = "/") -> str:
         return f"https://localhost:{self.https_port}{path}"
 

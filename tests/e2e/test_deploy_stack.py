@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -198,9 +199,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[S
     cli(env, "users", "create", "--email", admin, "--role", "admin", "--password", PASSWORD, cwd=work)
 
     api_port = free_port()
+    # nginx verifies client certificates (optional ones) and is the one peer the service believes for them
+    site = prepare_nginx(work / "nginx", upstream_port=api_port, client_certificates=True)
+    env.update(FORWARDED_CERT_PROXIES="127.0.0.1/32", TLS_CA_FILE=str(site.client_ca_file))
     with ExitStack() as stack_:
         process = stack_.enter_context(gunicorn(env, api_port, work))
-        site = prepare_nginx(work / "nginx", upstream_port=api_port)
         stack_.enter_context(nginx_running(site))
         with httpx.Client(base_url=site.url(""), verify=ssl.create_default_context(cafile=site.ca_file)) as http:
             admin_token = login(http, admin)
@@ -327,6 +330,37 @@ def test_a_websocket_through_nginx_receives_an_event(stack: Stack) -> None:
                     assert {"id", "type", "topic", "ts", "data"} <= set(message)
                     return
             pytest.fail("the book's event never arrived through nginx")
+
+
+def test_certificate_headers_a_client_sends_never_pass_nginx(stack: Stack) -> None:
+    """A client without a TLS client certificate sends nginx's own headers, carrying a genuine certificate of the
+    client CA (certificates are public): nginx replaces them, so the service sees an anonymous caller. Had
+    they passed, the service, which believes nginx for certificates, would have taken the caller for an admin."""
+    genuine = stack.site.client_ca.issue_cert("mallory", common_name="mallory", organization_name="admin")
+    headers = {"ssl-client-cert": quote(genuine.cert_chain_pems[0].bytes().decode()), "ssl-client-verify": "SUCCESS"}
+    with stack.client() as http:
+        whoami = http.get("/api/v1/auth/principal", headers=headers)
+        users = http.get("/api/v1/users", headers=headers)
+    assert whoami.status_code == 200, whoami.text
+    assert whoami.json()["credential"] == "anonymous"
+    assert users.status_code == 401
+
+
+def test_a_client_certificate_verified_by_nginx_reaches_the_service(stack: Stack, tmp_path: Path) -> None:
+    """The same certificate presented in the TLS handshake: nginx verifies it, forwards it, the service verifies
+    it again against the same CA and reads its roles."""
+    holder = stack.site.client_ca.issue_cert("erin", common_name="erin", organization_name="librarian")
+    holder.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "erin.pem"))
+    tls = stack.tls()
+    tls.load_cert_chain(str(tmp_path / "erin.pem"))
+    with httpx.Client(base_url=stack.site.url(""), verify=tls, timeout=30) as http:
+        whoami = http.get("/api/v1/auth/principal")
+    assert whoami.json() == {
+        "subject": "certificate:erin",
+        "name": "erin",
+        "credential": "certificate",
+        "roles": ["librarian"],
+    }
 
 
 def test_deploy_health_passes_against_the_stack(stack: Stack) -> None:
