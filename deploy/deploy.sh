@@ -8,6 +8,8 @@
 #   deploy/deploy.sh seed       load the sample catalogue (only books not catalogued yet)
 #   deploy/deploy.sh start      start or update the stack and wait until every service is healthy
 #   deploy/deploy.sh health     probe the running service through its public entry point
+#   deploy/deploy.sh e2e        health, then a reader's journey through the entry point (register, log in,
+#                               read the catalogue and their bookings): the release check of staging
 #   deploy/deploy.sh full       check, build, test, migrate, start, health (SKIP_TESTS=1 skips test)
 #   deploy/deploy.sh rollback   go back to the previous release (image) and check its health
 #
@@ -262,6 +264,46 @@ health_check() {
     ok "all health checks passed"
 }
 
+json_field() {
+    # the string value of a top-level JSON member (enough for the service's token answers; no jq needed)
+    sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" <<< "$2"
+}
+
+end_to_end_check() {
+    health_check
+    step "end-to-end check at ${HEALTH_BASE_URL}: a new reader's journey"
+    local -a tls=()
+    [[ -n "${HEALTH_CA_FILE:-}" ]] && tls=(--cacert "${HEALTH_CA_FILE}")
+    local suffix email password answer token status
+    suffix="$(date +%s)-${RANDOM}${RANDOM}"
+    email="e2e-${suffix}@example.com"
+    password="E2e-${suffix}-${RANDOM}${RANDOM}"
+    request() {
+        curl --silent --show-error --max-time 10 "${tls[@]}" --write-out '\n%{http_code}' "$@" || printf '\n000'
+    }
+    answer="$(request -H 'Content-Type: application/json' \
+        --data "{\"email\":\"${email}\",\"password\":\"${password}\",\"full_name\":\"Release check\"}" \
+        "${HEALTH_BASE_URL}/api/v1/auth/register")"
+    [[ "${answer##*$'\n'}" == 201 ]] || die "registration answered ${answer##*$'\n'}: ${answer%$'\n'*}"
+    ok "registered ${email}"
+    answer="$(request --data-urlencode "username=${email}" --data-urlencode "password=${password}" \
+        "${HEALTH_BASE_URL}/api/v1/auth/login")"
+    [[ "${answer##*$'\n'}" == 200 ]] || die "login answered ${answer##*$'\n'}"
+    token="$(json_field access_token "${answer%$'\n'*}")"
+    [[ -n "${token}" ]] || die "login gave no access token"
+    ok "logged in"
+    answer="$(request -H "Authorization: Bearer ${token}" "${HEALTH_BASE_URL}/api/v1/auth/me")"
+    [[ "${answer##*$'\n'}" == 200 && "$(json_field email "${answer%$'\n'*}")" == "${email}" ]] ||
+        die "/api/v1/auth/me did not name the new reader (${answer##*$'\n'})"
+    ok "/api/v1/auth/me names the new reader"
+    for path in "/api/v1/books?limit=1" /api/v1/bookings; do
+        status="$(http_status "${path}" -H "Authorization: Bearer ${token}")"
+        [[ "${status}" == 200 ]] || die "${path} answered ${status} to the new reader"
+        ok "${path} 200"
+    done
+    ok "end-to-end check passed"
+}
+
 rollback() {
     step "rolling back"
     if [[ "${DEPLOY_TARGET}" == kubernetes ]]; then
@@ -293,6 +335,7 @@ main() {
         seed) load_sample_data ;;
         start) start_application ;;
         health) health_check ;;
+        e2e) end_to_end_check ;;
         full)
             check_environment
             [[ "${DEPLOY_TARGET}" == compose ]] && build_image
@@ -303,7 +346,7 @@ main() {
             ;;
         rollback) rollback ;;
         *)
-            printf 'usage: %s {check|build|migrate|test|seed|start|health|full|rollback}\n' "$0" >&2
+            printf 'usage: %s {check|build|migrate|test|seed|start|health|e2e|full|rollback}\n' "$0" >&2
             exit 2
             ;;
     esac

@@ -53,7 +53,7 @@ def shell(
 def test_deploy_without_a_command_prints_its_usage() -> None:
     result = shell(DEPLOY / "deploy.sh", "launch", env=script_env())
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("{check|build|migrate|test|seed|start|health|full|rollback}")
+    assert result.stderr.strip().endswith("{check|build|migrate|test|seed|start|health|e2e|full|rollback}")
 
 
 def test_deploy_health_fails_clearly_when_nothing_answers() -> None:

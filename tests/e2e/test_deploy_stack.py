@@ -379,6 +379,38 @@ def test_deploy_health_passes_against_the_stack(stack: Stack) -> None:
     assert "all health checks passed" in result.stdout
 
 
+def test_the_release_check_passes_against_the_stack(stack: Stack) -> None:
+    """``deploy.sh e2e``, the check the workflow runs on staging before production, against the real stack."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_"))}
+    env.update(
+        HEALTH_BASE_URL=f"https://localhost:{stack.site.https_port}",
+        HEALTH_CA_FILE=str(stack.site.ca_file),
+        HEALTH_TIMEOUT="30",
+    )
+    result = subprocess.run(
+        [str(DEPLOY / "deploy.sh"), "e2e"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "/api/v1/auth/me names the new reader" in result.stdout
+    assert "end-to-end check passed" in result.stdout
+
+
+def test_the_release_check_fails_when_the_service_refuses_readers(stack: Stack) -> None:
+    """The same check against an entry point where no service answers fails, says why, and reports no success."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_"))}
+    env.update(
+        HEALTH_BASE_URL=f"https://localhost:{stack.site.https_port}/nowhere",
+        HEALTH_CA_FILE=str(stack.site.ca_file),
+        HEALTH_TIMEOUT="1",
+    )
+    result = subprocess.run(
+        [str(DEPLOY / "deploy.sh"), "e2e"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0
+    assert "end-to-end check passed" not in result.stdout
+    assert "/health/ready did not answer 200" in result.stderr
+
+
 def in_progress(port: int, token: str, endpoint: str) -> float:
     response = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=bearer(token), timeout=5)
     assert response.status_code == 200, response.text
