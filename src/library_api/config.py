@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from dotenv import dotenv_values
 from limits import parse_many
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -41,6 +42,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
+
+from library_api.config_aliases import translate
 
 DEFAULT_CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -262,6 +265,15 @@ class Settings(BaseSettings):
     def _extensions(cls, value: list[str]) -> list[str]:
         return [item if item.startswith(".") else f".{item}" for item in (v.lower() for v in value)]
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        """Any case, as Uvicorn and the seed's ``.env`` spell it (``info``), and ``warn`` for ``warning``."""
+        if isinstance(value, str):
+            upper = value.strip().upper()
+            return "WARNING" if upper == "WARN" else upper
+        return value
+
     @field_validator("role_permissions", "rate_limit_routes", mode="before")
     @classmethod
     def _json_tables(cls, value: Any) -> Any:
@@ -400,12 +412,16 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     env_file: Path | None = Path(".env"),
     config_file: Path | None = None,
+    warnings: list[str] | None = None,
 ) -> Settings:
     """Merge every configuration layer and validate the result, raising :class:`ConfigError` on any problem.
 
     ``env`` replaces the process environment (tests pass their own); ``overrides`` are command-line flags.
     Overrides handed down by a parent process through ``LIBRARY_API_OVERRIDES`` sit just below ``overrides``.
+    Keys of other stacks are translated or refused (:mod:`library_api.config_aliases`); keys that look like
+    ours but are not are appended to ``warnings`` when the caller passes a list.
     """
+    warnings = [] if warnings is None else warnings
     environ = dict(os.environ if env is None else env)
     layers: list[tuple[str, dict[str, Any]]] = []
 
@@ -421,13 +437,26 @@ def load_settings(
     file_path = file_path or environ.get("CONFIG_FILE")
     if file_path:
         layers.append((f"config file {file_path}", read_config_file(Path(file_path))))
+    translated: list[str] = []
     try:
         if env_file is not None and env_file.is_file():
-            layers.append((f"{env_file}", dict(DotEnvSettingsSource(Settings, env_file=env_file)())))
-        layers.append(("environment", _environment_values(environ)))
+            raw_file = {key.upper(): value or "" for key, value in dotenv_values(env_file).items()}
+            aliases = translate(raw_file, Settings.model_fields, whole_environment=False)
+            file_values = dict(DotEnvSettingsSource(Settings, env_file=env_file)())
+            layers.append((f"{env_file}", _with_aliases(file_values, aliases.values)))
+            translated += aliases.problems
+            warnings.extend(f"{env_file}: {line}" for line in aliases.warnings)
+        aliases = translate(
+            {key.upper(): value for key, value in environ.items()}, Settings.model_fields, whole_environment=True
+        )
+        layers.append(("environment", _with_aliases(_environment_values(environ), aliases.values)))
+        translated += aliases.problems
+        warnings.extend(f"environment: {line}" for line in aliases.warnings)
     except SettingsError as exc:
         field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"
         raise ConfigError([f"{_env_name(field)}: not valid JSON"]) from None
+    if translated:
+        raise ConfigError(translated)
     layers.append(("inherited flags", inherited))
     layers.append(("command line", explicit))
 
@@ -456,6 +485,13 @@ def _remaining_problems(exc: ValidationError, merged: Mapping[str, Any]) -> list
     except ValidationError:  # pragma: no cover - every invalid field was left out above
         return []
     return [line for line in validate_settings(partial) if line.split(":")[0].lower() not in invalid]
+
+
+def _with_aliases(values: dict[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
+    """A layer's values with the translations of other stacks' keys (which never replace our own keys)."""
+    for key, value in aliases.items():
+        values.setdefault(key.lower(), value)
+    return values
 
 
 def _environment_values(environ: Mapping[str, str]) -> dict[str, Any]:

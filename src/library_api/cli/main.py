@@ -48,10 +48,14 @@ def settings_from(ctx: typer.Context, **flags: Any) -> Settings:
     """Load settings with this command's flags on top; exit 2 listing every problem when they are invalid."""
     state: CliState = ctx.obj
     overrides = {key: value for key, value in flags.items() if value is not None}
+    warnings: list[str] = []
     try:
-        return load_settings(overrides, env_file=state.env_file, config_file=state.config_file)
+        settings = load_settings(overrides, env_file=state.env_file, config_file=state.config_file, warnings=warnings)
     except ConfigError as exc:
         raise fail(exc.problems, EXIT_CONFIG) from None
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
+    return settings
 
 
 @app.callback()
