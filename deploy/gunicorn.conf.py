@@ -244,7 +244,7 @@ proc_name = "library-api"
 
 graceful_timeout = graceful_timeout_for(_service)
 timeout = _integer("TIMEOUT", 60, minimum=1)
-keepalive = _integer("KEEPALIVE", 75, minimum=1)
+keepalive = _integer("KEEPALIVE", _integer("HTTP_TIMEOUT_KEEP_ALIVE", 75, minimum=1), minimum=1)
 max_requests = _integer("MAX_REQUESTS", 10_000)
 max_requests_jitter = _integer("MAX_REQUESTS_JITTER", max_requests // 10)
 

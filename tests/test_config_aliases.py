@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,12 @@ def test_the_seeds_production_env_keys_all_have_a_meaning() -> None:
     assert len(keys) > 40
     assert keys - meaning == set()
     assert translate(dict.fromkeys(keys, "1"), Settings.model_fields, whole_environment=False).warnings == []
+
+
+def test_the_seeds_uvicorn_and_gunicorn_keys_all_have_a_meaning() -> None:
+    """The keys the seed's ``uvicorn_config.py`` and ``gunicorn_conf.py`` read from the environment."""
+    seed = next(SEED_ENV.glob("002_*.md")).read_text(encoding="utf-8")
+    keys = set(re.findall(r'os\.getenv\("([A-Z_]+)"', seed))
+    ours = {name.upper() for name in Settings.model_fields}
+    assert {"HTTP_MAX_CONNECTIONS", "PROXY_HEADERS", "FORWARDED_ALLOW_IPS", "WORKERS_PER_CORE"} <= keys
+    assert keys - (ours | TRANSLATED | set(READ_ELSEWHERE) | set(REFUSED)) == set()

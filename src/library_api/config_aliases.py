@@ -34,6 +34,7 @@ READ_ELSEWHERE: dict[str, str] = {
     "MAX_REQUESTS": "deploy/gunicorn.conf.py (worker recycling)",
     "MAX_REQUESTS_JITTER": "deploy/gunicorn.conf.py (worker recycling jitter)",
     "KEEPALIVE": "deploy/gunicorn.conf.py (idle keep-alive seconds)",
+    "HTTP_TIMEOUT_KEEP_ALIVE": "deploy/gunicorn.conf.py (Uvicorn's name for KEEPALIVE, read when it is unset)",
     "TIMEOUT": "deploy/gunicorn.conf.py (silent-worker timeout)",
     "GRACEFUL_TIMEOUT": "deploy/gunicorn.conf.py (never below SHUTDOWN_TIMEOUT: the drain decides)",
     "LIMIT_REQUEST_LINE": "deploy/gunicorn.conf.py (request line limit)",

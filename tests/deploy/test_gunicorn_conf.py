@@ -29,6 +29,7 @@ CONTROLLED = {
     "SHUTDOWN_TIMEOUT",
     "TIMEOUT",
     "KEEPALIVE",
+    "HTTP_TIMEOUT_KEEP_ALIVE",
     "MAX_REQUESTS",
     "MAX_REQUESTS_JITTER",
     "GUNICORN_WORKER_CLASS",
@@ -57,6 +58,8 @@ CASES: dict[str, dict[str, str]] = {
     "drain 100 grace 300": {"SHUTDOWN_TIMEOUT": "100", "GRACEFUL_TIMEOUT": "300"},
     "drain 100 grace 102": {"SHUTDOWN_TIMEOUT": "100", "GRACEFUL_TIMEOUT": "102"},
     "timeout soon": {"TIMEOUT": "soon"},
+    "uvicorn keep-alive": {"HTTP_TIMEOUT_KEEP_ALIVE": "7"},
+    "both keep-alives": {"HTTP_TIMEOUT_KEEP_ALIVE": "7", "KEEPALIVE": "9"},
     "zero workers": {"WEB_CONCURRENCY": "0"},
     "negative per core": {"WORKERS_PER_CORE": "-1"},
     "bad port": {"PORT": "99999"},
@@ -142,6 +145,11 @@ def test_a_graceful_timeout_that_would_kill_a_draining_worker_is_refused(outcome
         "error: GRACEFUL_TIMEOUT: must exceed SHUTDOWN_TIMEOUT (100 s) by at least 5 s, or Gunicorn kills workers "
         "that are still draining (got 102; leave it unset for 130)"
     )
+
+
+def test_uvicorns_keep_alive_name_is_read_when_gunicorns_is_unset(outcomes: dict[str, dict[str, Any]]) -> None:
+    assert resolved(outcomes, "uvicorn keep-alive")["keepalive"] == "7"
+    assert resolved(outcomes, "both keep-alives")["keepalive"] == "9"
 
 
 def test_bad_values_stop_start_up_with_one_line_each(outcomes: dict[str, dict[str, Any]]) -> None:
