@@ -46,7 +46,17 @@ def test_the_workflow_postgres_is_the_major_the_suite_runs() -> None:
     image = load_yaml(WORKFLOW)["jobs"]["test"]["services"]["postgres"]["image"]
     require_postgres()
     server = subprocess.run(
-        [tool("psql"), "-h", POSTGRES_HOST, "-p", str(POSTGRES_PORT), "-U", "postgres", "-Atc", "SHOW server_version_num"],
+        [
+            tool("psql"),
+            "-h",
+            POSTGRES_HOST,
+            "-p",
+            str(POSTGRES_PORT),
+            "-U",
+            "postgres",
+            "-Atc",
+            "SHOW server_version_num",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
