@@ -31,7 +31,7 @@ def find(documents: list[dict[str, Any]], kind: str, name: str | None = None) ->
 
 
 def test_the_overlays_exist() -> None:
-    assert OVERLAYS == ["blue-green", "canary", "production", "staging"]
+    assert OVERLAYS == ["blue-green", "canary", "mtls", "production", "staging"]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
