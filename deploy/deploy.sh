@@ -15,6 +15,8 @@
 #
 # Settings (environment):
 #   DEPLOY_TARGET       compose (default) or kubernetes
+#   COMPOSE_FILE        Compose files, `:`-separated (default compose.yaml; compose.yaml:compose.mtls.yaml adds
+#                       client certificates at nginx)
 #   LIBRARY_API_IMAGE   image to run (default: the last one `build` recorded, else library-api:1.0.0)
 #   K8S_OVERLAY         kustomize overlay for kubernetes (default deploy/k8s/overlays/production)
 #   K8S_NAMESPACE       namespace for kubernetes (default library)
@@ -48,7 +50,14 @@ die() {
     exit 1
 }
 
-compose() { docker compose --project-directory "${ROOT}" -f "${ROOT}/compose.yaml" "$@"; }
+# The Compose files: those COMPOSE_FILE lists (Compose's own variable, `:`-separated, relative to the repository),
+# e.g. compose.yaml:compose.mtls.yaml for client certificates at nginx; compose.yaml when it is unset.
+compose_files=()
+IFS=: read -r -a compose_names <<< "${COMPOSE_FILE:-compose.yaml}"
+for name in "${compose_names[@]}"; do
+    if [[ "${name}" == /* ]]; then compose_files+=(-f "${name}"); else compose_files+=(-f "${ROOT}/${name}"); fi
+done
+compose() { docker compose --project-directory "${ROOT}" "${compose_files[@]}" "$@"; }
 
 current_image() {
     if [[ -n "${LIBRARY_API_IMAGE:-}" ]]; then
@@ -91,8 +100,9 @@ check_compose() {
         printf '%serror: SECRET_KEY: must be at least 32 characters%s\n' "${RED}" "${RESET}" >&2
         problems=$((problems + 1))
     fi
-    local certs="${TLS_CERTS_DIR:-${ROOT}/deploy/nginx/certs}"
-    for key in fullchain.pem privkey.pem; do
+    local certs="${TLS_CERTS_DIR:-${ROOT}/deploy/nginx/certs}" files=(fullchain.pem privkey.pem)
+    [[ ":${COMPOSE_FILE:-}:" == *:compose.mtls.yaml:* ]] && files+=(client-ca.pem)
+    for key in "${files[@]}"; do
         if [[ ! -f "${certs}/${key}" ]]; then
             printf '%serror: TLS certificate file %s is missing (see docs/deployment.md, "TLS")%s\n' \
                 "${RED}" "${certs}/${key}" "${RESET}" >&2
@@ -100,12 +110,15 @@ check_compose() {
         fi
     done
     ((problems == 0)) || die "${problems} problem(s) to fix before deploying"
+    if [[ -z "$(env_value ALLOWED_HOSTS)" ]]; then
+        warn "ALLOWED_HOSTS is not set in .env: the service answers only to localhost and 127.0.0.1"
+    fi
     local token="${ROOT}/deploy/prometheus/scrape-token"
     if [[ ! -f "${token}" ]]; then
         (umask 077 && : > "${token}")
         warn "created an empty ${token}: Prometheus scrapes fail until it holds a monitor token"
     fi
-    compose config --quiet || die "compose.yaml does not resolve with this .env"
+    compose config --quiet || die "the Compose files (${COMPOSE_FILE:-compose.yaml}) do not resolve with this .env"
     ok "environment checked"
 }
 
@@ -115,6 +128,10 @@ check_kubernetes() {
     kubectl kustomize "${K8S_OVERLAY}" > /dev/null || die "${K8S_OVERLAY} does not render"
     kubectl -n "${K8S_NAMESPACE}" get secret library-api-secrets > /dev/null 2>&1 ||
         die "secret library-api-secrets is missing in ${K8S_NAMESPACE} (see deploy/k8s/base/shared/secret.template.yaml)"
+    if kubectl kustomize "${K8S_OVERLAY}" | grep -q 'secretName: library-api-client-ca'; then
+        kubectl -n "${K8S_NAMESPACE}" get secret library-api-client-ca > /dev/null 2>&1 ||
+            die "secret library-api-client-ca (the client CA, key ca.crt) is missing in ${K8S_NAMESPACE} (see deploy/k8s/overlays/mtls)"
+    fi
     ok "cluster and overlay checked"
 }
 

@@ -27,7 +27,14 @@ dump="${1:-}"
 [[ -f "${dump}" ]] || die "${dump}: no such file"
 ((confirmed)) || die "restoring replaces the database's contents: run again with --yes to confirm"
 
-compose() { docker compose --project-directory "${ROOT}" -f "${ROOT}/compose.yaml" "$@"; }
+# The Compose files: those COMPOSE_FILE lists (Compose's own variable, `:`-separated, relative to the repository),
+# e.g. compose.yaml:compose.mtls.yaml for client certificates at nginx; compose.yaml when it is unset.
+compose_files=()
+IFS=: read -r -a compose_names <<< "${COMPOSE_FILE:-compose.yaml}"
+for name in "${compose_names[@]}"; do
+    if [[ "${name}" == /* ]]; then compose_files+=(-f "${name}"); else compose_files+=(-f "${ROOT}/${name}"); fi
+done
+compose() { docker compose --project-directory "${ROOT}" "${compose_files[@]}" "$@"; }
 
 if [[ -n "${DATABASE_URL:-}" ]]; then
     url="${DATABASE_URL/#postgresql+asyncpg:\/\//postgresql://}"

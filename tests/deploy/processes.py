@@ -131,7 +131,9 @@ def prepare_nginx(directory: Path, *, upstream_port: int, client_certificates: b
     site.ca.cert_pem.write_to_path(str(site.ca_file))
     if client_certificates:
         site.client_ca.cert_pem.write_to_path(str(conf / "certs" / "client-ca.pem"))
-        shutil.copy(conf / "snippets" / "client-certificate.conf", conf / "mtls.d" / "client-certificate.conf")
+        # What compose.mtls.yaml does: mtls-on.d/ mounted as mtls.d/.
+        shutil.rmtree(conf / "mtls.d")
+        shutil.copytree(conf / "mtls-on.d", conf / "mtls.d")
     site.uploads.mkdir(parents=True)
     (directory / "acme").mkdir()
     (directory / "logs").mkdir()

@@ -33,6 +33,7 @@ VENV_BIN = Path(sys.executable).parent
 SECURITY_ISSUE = "issue 3 (security modes, server adapters, Gunicorn worker)"
 REALTIME_ISSUE = "issue 4 (WebSockets, graceful drain, e-mail)"
 OBSERVABILITY_ISSUE = "issue 5 (metrics, probes, cache, hardening)"
+FORWARDED_CERT_ISSUE = "the forwarded-certificate fix (FORWARDED_CERT_PROXIES, verified against TLS_CA_FILE)"
 
 INFRASTRUCTURE_KEYS: dict[str, str] = {
     "POSTGRES_DB": "the PostgreSQL container's database; compose.yaml builds DATABASE_URL from it",
@@ -64,6 +65,7 @@ INFRASTRUCTURE_KEYS: dict[str, str] = {
 
 PENDING_KEYS: dict[str, str] = {
     "TRUSTED_PROXIES": SECURITY_ISSUE,
+    "FORWARDED_CERT_PROXIES": FORWARDED_CERT_ISSUE,
     "BROADCAST_INTERVAL": REALTIME_ISSUE,
     "WS_MAX_SIZE": REALTIME_ISSUE,
     "WS_PING_INTERVAL": REALTIME_ISSUE,
@@ -130,6 +132,8 @@ class Capabilities:
             return self.server_option
         if issue == REALTIME_ISSUE:
             return self.websocket_route
+        if issue == FORWARDED_CERT_ISSUE:
+            return "forwarded_cert_proxies" in Settings.model_fields
         return self.metrics_route
 
 

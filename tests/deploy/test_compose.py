@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
+from typing import Any
 
 import pytest
 
 from library_api.config import Settings
 from tests.deploy.support import DEPLOY, ROOT, load_yaml, run, tool
 
-COMPOSE_FILES = ["compose.yaml", "compose.dev.yaml"]
+COMPOSE_FILES = ["compose.yaml", "compose.dev.yaml", "compose.mtls.yaml"]
+_DEFAULT = re.compile(r"^\$\{([A-Z_]+):-([^}]*)\}(.*)$")
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,81 @@ def test_the_development_override_reloads_mounted_source() -> None:
     assert "./src:/app/src:ro" in dev["volumes"]
     assert dev["environment"]["PYTHONPATH"] == "/app/src"
     assert dev["environment"]["ENVIRONMENT"] == "development"
+
+
+# ----- the network boundary: whose forwarded headers the API believes -----
+
+
+def nginx_address(compose: dict[str, Any]) -> ipaddress.IPv4Address:
+    """nginx's fixed address, on the one network it is attached to."""
+    networks = compose["services"]["nginx"]["networks"]
+    assert isinstance(networks, dict) and len(networks) == 1, "nginx must sit on exactly one network"
+    (settings,) = networks.values()
+    return ipaddress.IPv4Address(settings["ipv4_address"])
+
+
+def single_address(value: str) -> ipaddress.IPv4Address:
+    """A trusted-peer setting that must name exactly one host address."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    assert len(parts) == 1, f"{value!r} must name one address, not a list"
+    network = ipaddress.ip_network(parts[0], strict=False)
+    assert network.num_addresses == 1, f"{value!r} must be one address, not a range"
+    return ipaddress.IPv4Address(network.network_address)
+
+
+def test_the_api_believes_forwarded_headers_from_nginx_alone(compose: dict) -> None:
+    services = compose["services"]
+    address = nginx_address(compose)
+    (network,) = services["nginx"]["networks"]
+    (pool,) = compose["networks"][network]["ipam"]["config"]
+    subnet = ipaddress.ip_network(pool["subnet"])
+    dynamic = ipaddress.ip_network(pool["ip_range"])
+    assert address in subnet, f"nginx's {address} is outside its network's subnet {subnet}"
+    assert dynamic.subnet_of(subnet)
+    assert address not in dynamic, "Docker could hand nginx's address to another container first"
+    # nginx reaches the API over that network alone, so every request it forwards comes from its address.
+    assert set(services["nginx"]["networks"]) & set(services["api"]["networks"]) == {network}
+    assert "server api:8000;" in (DEPLOY / "nginx" / "nginx.conf").read_text()
+    for name in ("api", "migrate"):
+        assert single_address(services[name]["environment"]["TRUSTED_PROXIES"]) == address, name
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.dev.yaml"])
+def test_without_the_mtls_file_no_forwarded_certificate_is_believed(name: str) -> None:
+    for service, body in load_yaml(ROOT / name)["services"].items():
+        assert "FORWARDED_CERT_PROXIES" not in (body.get("environment") or {}), f"{name}: {service}"
+
+
+def test_the_mtls_variant_believes_certificates_nginx_verified_from_nginx_alone(compose: dict) -> None:
+    variant = load_yaml(ROOT / "compose.mtls.yaml")
+    api = variant["services"]["api"]
+    assert set(variant["services"]) == {"api", "nginx"}, "the migrate job has no use for certificates"
+    assert single_address(api["environment"]["FORWARDED_CERT_PROXIES"]) == nginx_address(compose)
+    # The API verifies against the very file nginx verifies with: certs/client-ca.pem in nginx's certificates.
+    ca_file = api["environment"]["TLS_CA_FILE"]
+    secret = ca_file.removeprefix("/run/secrets/")
+    assert secret in api["secrets"]
+    certs_mount = next(v for v in compose["services"]["nginx"]["volumes"] if v.split(":")[-2] == "/etc/nginx/certs")
+    certs_source = certs_mount.rsplit(":", 2)[0]
+    assert variant["secrets"][secret]["file"] == f"{certs_source}/client-ca.pem"
+    snippet = (DEPLOY / "nginx" / "snippets" / "client-certificate.conf").read_text()
+    assert "ssl_client_certificate certs/client-ca.pem;" in snippet
+    # nginx's side: the mount replaces compose.yaml's empty mtls.d (same target) with the one turning it on.
+    (mount,) = variant["services"]["nginx"]["volumes"]
+    source, target, mode = mount.split(":")
+    assert (target, mode) == ("/etc/nginx/mtls.d", "ro")
+    assert any(v.split(":")[1] == target for v in compose["services"]["nginx"]["volumes"])
+    enabled = sorted((ROOT / source).glob("*.conf"))
+    assert [path.read_text().count("include snippets/client-certificate.conf;") for path in enabled] == [1]
+    assert not list((DEPLOY / "nginx" / "mtls.d").glob("*.conf")), "compose.yaml alone must not verify certificates"
+
+
+def test_production_names_the_hosts_it_answers_to(compose: dict) -> None:
+    environment = compose["services"]["api"]["environment"]
+    assert environment["ENVIRONMENT"] == "production"
+    match = _DEFAULT.match(environment["ALLOWED_HOSTS"])
+    assert match is not None, "ALLOWED_HOSTS must come from .env with a default"
+    variable, default, rest = match.groups()
+    assert (variable, rest) == ("ALLOWED_HOSTS", "")
+    hosts = [host.strip() for host in default.split(",") if host.strip()]
+    assert hosts and "*" not in hosts

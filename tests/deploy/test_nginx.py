@@ -238,6 +238,94 @@ def test_a_client_cannot_forge_the_client_certificate_headers(site: NginxSite, c
     assert seen["ssl-client-verify"] == ["NONE"]
 
 
+FORGED = {
+    "ssl-client-cert": "-----BEGIN%20CERTIFICATE-----forged",
+    "ssl-client-verify": "SUCCESS",
+    "ssl_client_cert": "forged-with-an-underscore",
+}
+"""What a client would send to pass as a certificate holder if nginx let its headers through."""
+
+PROXIED = [("GET", "/api/v1/books"), ("GET", "/health"), ("PUT", "/api/v1/books/7/cover")]
+"""A request to each proxying location of library-api.conf: `/`, `/health`, cover uploads (`/ws/`: its own test)."""
+
+
+def forged_request(site: NginxSite, context: ssl.SSLContext, method: str, path: str) -> dict[str, list[str]]:
+    """The headers the upstream received for a request carrying :data:`FORGED`."""
+    with httpx.Client(verify=context, timeout=10) as http:
+        seen: dict[str, list[str]] = echoed(http.request(method, site.url(path), headers=FORGED, content=b"x"))[
+            "headers"
+        ]
+    assert seen["x-forwarded-proto"] == ["https"], "the request did not pass through a proxying location"
+    return seen
+
+
+@pytest.mark.parametrize(("method", "path"), PROXIED)
+def test_forged_certificate_headers_never_pass_any_location(site: NginxSite, method: str, path: str) -> None:
+    seen = forged_request(site, client_context(site), method, path)
+    assert "ssl-client-cert" not in seen
+    assert "ssl_client_cert" not in seen
+    assert seen["ssl-client-verify"] == ["NONE"]
+
+
+@pytest.mark.parametrize(("method", "path"), PROXIED)
+def test_with_client_certificates_on_nginx_still_overwrites_both_headers(
+    mtls_site: NginxSite, tmp_path: Path, method: str, path: str
+) -> None:
+    anonymous = forged_request(mtls_site, client_context(mtls_site), method, path)
+    assert "ssl-client-cert" not in anonymous
+    assert anonymous["ssl-client-verify"] == ["NONE"]
+    leaf = mtls_site.client_ca.issue_cert("reader@example.org")
+    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
+    cert_file.write_bytes(leaf.cert_chain_pems[0].bytes())
+    key_file.write_bytes(leaf.private_key_pem.bytes())
+    context = client_context(mtls_site)
+    context.load_cert_chain(cert_file, key_file)
+    holder = forged_request(mtls_site, context, method, path)
+    assert holder["ssl-client-verify"] == ["SUCCESS"]
+    (forwarded,) = holder["ssl-client-cert"]
+    assert urllib.parse.unquote(forwarded).strip() == leaf.cert_chain_pems[0].bytes().decode().strip()
+
+
+def test_forged_certificate_headers_never_pass_the_websocket_location(site: NginxSite) -> None:
+    url = f"wss://localhost:{site.https_port}/ws/client-2"
+    with websockets.sync.client.connect(url, ssl=client_context(site), additional_headers=FORGED) as socket_:
+        seen = json.loads(socket_.recv(timeout=5))["headers"]
+    assert seen["upgrade"] == ["websocket"]
+    assert "ssl-client-cert" not in seen
+    assert "ssl_client_cert" not in seen
+    assert seen["ssl-client-verify"] == ["NONE"]
+
+
+def test_the_certificate_headers_are_set_unconditionally_for_every_proxied_request() -> None:
+    """In the configuration itself: one snippet sets both headers, outside any condition, to what nginx verified;
+    every location that proxies includes it and nothing else proxies or sets them."""
+    nginx_dir = DEPLOY / "nginx"
+    snippet = (nginx_dir / "snippets" / "proxy.conf").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in snippet.splitlines())
+    assert "{" not in code, "proxy.conf must hold plain directives, no `if` or other block"
+    headers = dict(re.findall(r"^\s*proxy_set_header\s+(ssl-client-\S+)\s+(\S+);", code, re.MULTILINE))
+    assert headers.get("ssl-client-verify") == "$ssl_client_verify"
+    certificate = headers.get("ssl-client-cert", "")
+    if certificate != "$ssl_client_escaped_cert":
+        # A map that yields the escaped certificate only when nginx verified it, and nothing otherwise.
+        main = (nginx_dir / "nginx.conf").read_text()
+        block = re.search(rf"map\s+\$ssl_client_verify\s+{re.escape(certificate)}\s*\{{([^}}]*)\}}", main)
+        assert block is not None, (
+            f"ssl-client-cert is set to {certificate!r}, which is not nginx's verified certificate"
+        )
+        entries = dict(re.findall(r"^\s*(\S+)\s+(\S+);", block.group(1), re.MULTILINE))
+        assert entries == {"default": '""', "SUCCESS": "$ssl_client_escaped_cert"}, entries
+    files = [path for path in nginx_dir.rglob("*.conf") if path.name != "proxy.conf"]
+    for path in files:
+        text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+        assert "proxy_pass" not in text, f"{path.name} proxies without snippets/proxy.conf"
+        assert not re.search(r"proxy_set_header\s+ssl[-_]client", text, re.IGNORECASE), path.name
+        assert "underscores_in_headers on" not in text, path.name
+        assert "proxy_pass_request_headers" not in text, path.name
+    servers = (nginx_dir / "library-api.conf").read_text()
+    assert servers.count("include snippets/proxy.conf;") == len(PROXIED) + 1, "a proxying location is untested"
+
+
 def test_metrics_and_dotfiles_are_not_served(site: NginxSite, client: httpx.Client) -> None:
     for path in ("/metrics", "/.env", "/api/.git/config", "/ws/.hidden"):
         response = client.get(site.url(path))

@@ -29,7 +29,7 @@ def compose_environment_keys() -> dict[str, set[str]]:
     keys: dict[str, set[str]] = {}
     ours = {name for name, body in load_yaml(ROOT / "compose.yaml")["services"].items() if "build" in body}
     assert ours == {"api", "migrate"}
-    for name in ("compose.yaml", "compose.dev.yaml"):
+    for name in ("compose.yaml", "compose.dev.yaml", "compose.mtls.yaml"):
         for service, body in load_yaml(ROOT / name)["services"].items():
             if service not in ours:
                 continue
@@ -80,6 +80,9 @@ def test_the_production_example_loads_and_refuses_only_its_placeholder_secret(tm
     assert settings.effective_log_format == "json"
     assert settings.auto_migrate is False
     assert settings.backend_cors_origins == ["https://library.example.com", "https://admin.library.example.com"]
+    # Production refuses `*`: the example names its hosts, and believes no forwarded certificate.
+    assert settings.allowed_hosts == ["library.example.com"]
+    assert not any(line.startswith("FORWARDED_CERT_PROXIES=") for line in ENV_EXAMPLE.read_text().splitlines())
 
 
 @pytest.mark.parametrize("source", ["compose", "kubernetes"])
