@@ -49,6 +49,7 @@ INFRASTRUCTURE_KEYS: dict[str, str] = {
     "TIMEOUT": "deploy/gunicorn.conf.py: worker heartbeat limit",
     "GRACEFUL_TIMEOUT": "deploy/gunicorn.conf.py: time a stopping worker is granted",
     "KEEPALIVE": "deploy/gunicorn.conf.py: idle keep-alive",
+    "HTTP_TIMEOUT_KEEP_ALIVE": "deploy/gunicorn.conf.py: Uvicorn's name for KEEPALIVE, read when KEEPALIVE is unset",
     "MAX_REQUESTS": "deploy/gunicorn.conf.py: worker recycling",
     "MAX_REQUESTS_JITTER": "deploy/gunicorn.conf.py: worker recycling jitter",
     "LIMIT_REQUEST_LINE": "deploy/gunicorn.conf.py: request line limit",

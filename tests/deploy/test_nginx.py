@@ -133,7 +133,8 @@ def test_limits_and_timeouts_agree_with_the_service_and_gunicorn() -> None:
     websocket_timeout = seconds(directive(servers, "proxy_read_timeout", within="location /ws/"))
     assert websocket_timeout > math.ceil(settings.shutdown_timeout) + 30
     upstream_idle = seconds(directive(main, "keepalive_timeout", within="upstream library_api"))
-    gunicorn_keepalive = int(re.search(r'_integer\("KEEPALIVE", (\d+)', (DEPLOY / "gunicorn.conf.py").read_text())[1])
+    gunicorn_conf = (DEPLOY / "gunicorn.conf.py").read_text()
+    gunicorn_keepalive = int(re.search(r'_integer\("(?:KEEPALIVE|HTTP_TIMEOUT_KEEP_ALIVE)", (\d+)', gunicorn_conf)[1])
     assert gunicorn_keepalive > upstream_idle, "the service must outlast nginx's idle upstream connections"
     assert "TLSv1.2 TLSv1.3" in directive(main, "ssl_protocols")
     ciphers = directive(main, "ssl_ciphers").split(":")
