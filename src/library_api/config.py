@@ -138,6 +138,8 @@ class Settings(BaseSettings):
 
     # ----- HTTP -----
     max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
+    max_query_parameters: int = Field(default=100, ge=20, le=10_000)
+    """Parameters an API query string may hold (the routes take at most 20); more is a 414 problem."""
     http_header_timeout: float = Field(default=10.0, gt=0, le=300)
     """Seconds a client has to send a request's line and headers (slowloris guard, Uvicorn)."""
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
