@@ -493,6 +493,11 @@ def validate_settings(settings: Settings) -> list[str]:
                 "PASSWORD_HASH_MEMORY_KIB/PASSWORD_HASH_TIME_COST: production needs at least 19456 KiB and 2 "
                 "passes (the OWASP minimum for argon2id)"
             )
+        if "*" in settings.allowed_hosts:
+            problems.append(
+                "ALLOWED_HOSTS: production needs the host names clients use (e.g. ALLOWED_HOSTS=library.example.com); "
+                "'*' answers any Host header and reflects it into redirects"
+            )
     if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         problems.append(
             "DATABASE_URL: must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
