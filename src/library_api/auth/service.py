@@ -9,7 +9,7 @@ sessions keep their refresh tokens and get new access tokens on their next refre
 
 Logging out one session revokes its refresh family only: its access token lives until it expires
 (``ACCESS_TOKEN_EXPIRE_MINUTES``). Ending it too would mean a bumped ``token_version``, which ends every access
-token and live WebSocket session of the account on every device; ``/auth/logout-all`` does exactly that.
+token of the account on every device; ``/auth/logout-all`` does exactly that.
 """
 
 from __future__ import annotations
