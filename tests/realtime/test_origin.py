@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from library_api.config import ConfigError, canonical_origin, load_settings
+from library_api.config import ConfigError, Settings, canonical_origin, load_settings
 from library_api.realtime.origin import REFUSAL, foreign_origin
 from library_api.security.permissions import Role
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
@@ -74,3 +75,5 @@ def test_allowed_origins_are_checked_and_spelt_one_way() -> None:
         [line] = refused.value.problems
         assert line.startswith("WS_ALLOWED_ORIGINS: "), line
     assert canonical_origin("https://example.org:99999") is None
+    with pytest.raises(ValidationError):
+        Settings(ws_allowed_origins=5)  # type: ignore[arg-type]  # neither a list nor text: pydantic's refusal
