@@ -71,7 +71,13 @@ def test_production_refuses_default_and_example_secrets() -> None:
             load_settings(env=env, env_file=None)
         assert any(p.startswith("SECRET_KEY:") for p in caught.value.problems)
     good = load_settings(
-        env={"ENVIRONMENT": "production", "SECRET_KEY": "x" * 40, "ALLOW_HTTP_BEHIND_PROXY": "true"}, env_file=None
+        env={
+            "ENVIRONMENT": "production",
+            "SECRET_KEY": "x" * 40,
+            "ALLOW_HTTP_BEHIND_PROXY": "true",
+            "ALLOWED_HOSTS": "library.example.org",
+        },
+        env_file=None,
     )
     assert good.effective_log_format == "json"
     assert not good.should_seed_on_empty
@@ -84,6 +90,7 @@ def test_production_refuses_weak_password_hashing_and_debug() -> None:
         "PASSWORD_HASH_MEMORY_KIB": "1024",
         "DEBUG": "true",
         "ALLOW_HTTP_BEHIND_PROXY": "true",
+        "ALLOWED_HOSTS": "library.example.org",
     }
     with pytest.raises(ConfigError) as caught:
         load_settings(env=env, env_file=None)

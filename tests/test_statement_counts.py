@@ -96,7 +96,7 @@ async def test_reads_with_an_api_token_need_at_most_two_statements(committed_url
         reader = await create_user(ctx)
         book = await create_book(ctx, copies=3)
         async with ctx.database.sessionmaker() as session:
-            _, token = await ctx.api_tokens.create(session, name="desk", roles=["librarian"])
+            _, token = await ctx.api_tokens.create(session, name="desk", roles=["librarian"], issuer=None)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             start = (utcnow() + timedelta(days=1)).isoformat()

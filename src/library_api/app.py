@@ -89,16 +89,17 @@ class LibraryAPI(FastAPI):
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document, built once, with error responses as ``application/problem+json``.
 
-        Every API operation also lists 503 (database unreachable) and, when rate limiting is on, 429; every
-        operation with a request body lists 400 (a body that is not even text, such as invalid UTF-8). Links
-        declared by the routers say which operation's answer feeds which operation's parameters.
+        Every API operation also lists 414 (more query parameters than ``MAX_QUERY_PARAMETERS``), 503 (database
+        unreachable) and, when rate limiting is on, 429; every operation with a request body lists 400 (a body
+        that is not even text, such as invalid UTF-8). Links declared by the routers say which operation's answer
+        feeds which operation's parameters.
         """
         if self.openapi_schema is None:
             schema = get_openapi(
                 title=self.title, version=self.version, description=self.description, routes=self.routes
             )
             settings: Settings = self.state.context.settings
-            statuses = (429, 503) if settings.effective_rate_limit_enabled else (503,)
+            statuses = (414, 429, 503) if settings.effective_rate_limit_enabled else (414, 503)
             add_problem_responses(schema, settings.api_v1_str, statuses)
             add_links(schema, settings.api_v1_str, (*AUTH_LINKS, *USER_LINKS, *BOOK_LINKS, *BOOKING_LINKS))
             self.openapi_schema = use_problem_media_type(schema)

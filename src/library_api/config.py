@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from dotenv import dotenv_values
@@ -92,6 +93,27 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+def canonical_origin(text: str) -> str | None:
+    """A web origin as ``scheme://host[:port]``, lower case, the scheme's default port left out; None if not one.
+
+    One spelling for every origin compared (``WS_ALLOWED_ORIGINS`` entries and the ``Origin`` header a browser
+    sends), so that ``https://Library.example.com:443`` and ``https://library.example.com`` are the same origin.
+    """
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" if port in (None, default) else f"{parts.scheme}://{host}:{port}"
+
+
 class Settings(BaseSettings):
     """Every setting of the service, with defaults that run the embedded development setup.
 
@@ -141,6 +163,8 @@ class Settings(BaseSettings):
 
     # ----- HTTP -----
     max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
+    max_query_parameters: int = Field(default=100, ge=20, le=10_000)
+    """Parameters an API query string may hold (the routes take at most 20); more is a 414 problem."""
     http_header_timeout: float = Field(default=10.0, gt=0, le=300)
     """Seconds a client has to send a request's line and headers (slowloris guard, Uvicorn)."""
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -204,6 +228,8 @@ class Settings(BaseSettings):
     # ----- real time -----
     broadcast_interval: float = Field(default=10.0, ge=0, le=86_400)
     ws_allow_anonymous: bool = False
+    ws_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, max_length=100)
+    """Browser origins besides the service's own whose pages may open ``/ws`` (``https://host[:port]``)."""
     ws_auth_timeout: float = Field(default=10.0, gt=0, le=300)
     ws_send_queue_size: int = Field(default=256, ge=1, le=100_000)
     ws_history_size: int = Field(default=1000, ge=0, le=1_000_000)
@@ -273,6 +299,18 @@ class Settings(BaseSettings):
             upper = value.strip().upper()
             return "WARNING" if upper == "WARN" else upper
         return value
+
+    @field_validator("ws_allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        origins = _split_list(value)
+        if not isinstance(origins, list):
+            return origins
+        canonical = [canonical_origin(str(origin)) for origin in origins]
+        wrong = [str(origin) for origin, same in zip(origins, canonical, strict=True) if same is None]
+        if wrong:
+            raise ValueError(f"{wrong[0]!r} is not an origin such as https://library.example.com or http://host:8080")
+        return canonical
 
     @field_validator("role_permissions", "rate_limit_routes", mode="before")
     @classmethod
@@ -530,6 +568,11 @@ def validate_settings(settings: Settings) -> list[str]:
             problems.append(
                 "PASSWORD_HASH_MEMORY_KIB/PASSWORD_HASH_TIME_COST: production needs at least 19456 KiB and 2 "
                 "passes (the OWASP minimum for argon2id)"
+            )
+        if "*" in settings.allowed_hosts:
+            problems.append(
+                "ALLOWED_HOSTS: production needs the host names clients use (e.g. ALLOWED_HOSTS=library.example.com); "
+                "'*' answers any Host header and reflects it into redirects"
             )
     if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         problems.append(

@@ -49,11 +49,12 @@ def test_check_config_reports_every_problem_and_exits_2(clean_env: Path) -> None
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert all(line.startswith("error: ") for line in lines)
-    # the invalid port, the default secret, the test suite's deliberately cheap password hashing, plain HTTP
+    # the invalid port, the default secret, the test suite's deliberately cheap password hashing, any host, plain HTTP
     assert [line.split(":")[1].strip() for line in lines] == [
         "PORT",
         "SECRET_KEY",
         "PASSWORD_HASH_MEMORY_KIB/PASSWORD_HASH_TIME_COST",
+        "ALLOWED_HOSTS",
         "SECURITY_MODE",
     ]
 
@@ -68,7 +69,7 @@ def test_config_file_and_env_file_options(clean_env: Path) -> None:
 
 def test_production_without_secret_stops_before_opening_a_port(clean_env: Path) -> None:
     port = free_port()
-    env = {**os.environ, "ENVIRONMENT": "production", "ALLOW_HTTP_BEHIND_PROXY": "true"}
+    env = {**os.environ, "ENVIRONMENT": "production", "ALLOW_HTTP_BEHIND_PROXY": "true", "ALLOWED_HOSTS": "localhost"}
     env.pop("SECRET_KEY", None)
     result = subprocess.run(
         [sys.executable, "-m", "library_api", "serve", "--port", str(port)],

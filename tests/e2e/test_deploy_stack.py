@@ -185,8 +185,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[S
         PROMETHEUS_MULTIPROC_DIR=str(metrics),
         SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT),
         TRUSTED_PROXIES="127.0.0.1/32",
-        # the example's placeholder domain is not what clients of this stack use: nginx passes their Host on
-        ALLOWED_HOSTS="localhost",
+        # the names this test reaches the service by (nginx forwards the client's Host); the example's are real domains
+        ALLOWED_HOSTS="localhost,127.0.0.1",
         # its own Redis keys (cache and rate-limit counts), whatever else uses the same Redis at the same time
         CACHE_KEY_PREFIX=f"e2e{uuid.uuid4().hex[:8]}_",
         # every test here logs in from the same address (nginx on loopback); production's 10 logins a minute

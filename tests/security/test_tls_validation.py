@@ -121,7 +121,13 @@ CASES: dict[str, tuple[dict[str, str], str]] = {
     ),
     "certificate without key": ({"TLS_KEY_FILE": ""}, "error: TLS_CERT_FILE/TLS_KEY_FILE: set both"),
     "production over plain HTTP": (
-        {"TLS_CERT_FILE": "", "TLS_KEY_FILE": "", "ENVIRONMENT": "production", "SECRET_KEY": "s" * 40},
+        {
+            "TLS_CERT_FILE": "",
+            "TLS_KEY_FILE": "",
+            "ENVIRONMENT": "production",
+            "SECRET_KEY": "s" * 40,
+            "ALLOWED_HOSTS": "library.example.org",
+        },
         "error: SECURITY_MODE: production refuses plain HTTP",
     ),
 }
@@ -142,6 +148,7 @@ def test_each_problem_is_one_line_and_exit_2(pki: PKI, case: str) -> None:
 
 def test_production_accepts_plain_http_behind_a_proxy_when_said_so(pki: PKI) -> None:
     env = {"ENVIRONMENT": "production", "SECRET_KEY": "s" * 40, "ALLOW_HTTP_BEHIND_PROXY": "true"}
+    env |= {"ALLOWED_HOSTS": "library.example.org"}
     env |= {"PASSWORD_HASH_MEMORY_KIB": "19456", "PASSWORD_HASH_TIME_COST": "2"}
     code, lines = run_check(env)
     assert code == 0, lines

@@ -84,8 +84,12 @@ async def test_unknown_forged_and_misplaced_credentials_are_401(client: httpx.As
 
 async def test_expired_token_gets_401(client: httpx.AsyncClient, ctx: AppContext) -> None:
     async with ctx.database.sessionmaker() as session:
-        _, token = await ctx.api_tokens.create(session, name="old", roles=["admin"], lifetime=timedelta(seconds=-1))
-        _, live = await ctx.api_tokens.create(session, name="new", roles=["admin"], lifetime=timedelta(days=1))
+        _, token = await ctx.api_tokens.create(
+            session, name="old", roles=["admin"], issuer=None, lifetime=timedelta(seconds=-1)
+        )
+        _, live = await ctx.api_tokens.create(
+            session, name="new", roles=["admin"], issuer=None, lifetime=timedelta(days=1)
+        )
     assert (await client.get("/api/v1/tokens", headers=bearer(token))).status_code == 401
     assert (await client.get("/api/v1/tokens", headers=bearer(live))).status_code == 200
 
@@ -129,7 +133,9 @@ async def test_monitor_token_reads_metrics_from_outside_the_monitoring_networks(
     async with app.router.lifespan_context(app):
         ctx: AppContext = app.state.context
         async with ctx.database.sessionmaker() as session:
-            _, token = await ctx.api_tokens.create(session, name="prometheus", roles=["monitor", "monitor"])
+            _, token = await ctx.api_tokens.create(
+                session, name="prometheus", roles=["monitor", "monitor"], issuer=None
+            )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             assert (await client.get("/metrics")).status_code == 401

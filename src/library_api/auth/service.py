@@ -3,7 +3,13 @@
 Each login starts a refresh *family*. Refreshing spends the presented token (an atomic conditional update, so
 two concurrent refreshes cannot both win) and issues the next one in the same family. Presenting a token that
 was already spent means it was copied: the whole family is revoked, and the thief and the owner both have to
-log in again.
+log in again. The account's ``token_version`` goes up with it, so the access tokens already issued (the thief's
+included) stop working within ``PRINCIPAL_CACHE_TTL`` instead of living out their lifetime; the owner's other
+sessions keep their refresh tokens and get new access tokens on their next refresh.
+
+Logging out one session revokes its refresh family only: its access token lives until it expires
+(``ACCESS_TOKEN_EXPIRE_MINUTES``). Ending it too would mean a bumped ``token_version``, which ends every access
+token of the account on every device; ``/auth/logout-all`` does exactly that.
 """
 
 from __future__ import annotations
@@ -85,7 +91,14 @@ class AuthService:
         )
         if spent.rowcount != 1:  # type: ignore[attr-defined]
             await self._revoke_family(session, family.id, reason="reuse_detected")
+            await session.execute(
+                update(User)
+                .where(User.id == family.user_id)
+                .values(token_version=User.token_version + 1)
+                .execution_options(synchronize_session=False)
+            )
             await session.commit()
+            self._accounts.forget(family.user_id)
             raise Unauthorized(
                 "Refresh token reuse detected; every session of this login was ended.", error="invalid_grant"
             )

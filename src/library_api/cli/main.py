@@ -434,8 +434,9 @@ def tokens_create(
         raise fail(["--name must be 1 to 100 characters"], EXIT_CONFIG)
 
     async def job(context: Any, session: Any) -> tuple[Any, str]:
+        # An operator (database and configuration in hand) may issue any role: no issuer to stay within.
         result: tuple[Any, str] = await context.api_tokens.create(
-            session, name=name.strip(), roles=role, lifetime=lifetime
+            session, name=name.strip(), roles=role, issuer=None, lifetime=lifetime
         )
         return result
 

@@ -6,12 +6,18 @@ replacement characters and searched for as mojibake; it is a 422 instead. A para
 proxy or cache in front might have looked at the first (HTTP parameter pollution). :func:`single_valued_query`
 runs for every API route and refuses such requests. Parameters the route takes as a list (``tag``) may repeat,
 which is how lists are sent.
+
+The guard is linear in the length of the query string and refuses, before anything is parsed, a query string
+with more than ``MAX_QUERY_PARAMETERS`` parameters (414, ``too-many-query-parameters``): the API's routes take
+at most about twenty, and a 64 KiB query of tens of thousands of tiny parameters would otherwise cost every
+later step (parsing, the duplicate check, validation) that many entries, for any caller, before authentication.
 """
 
 from __future__ import annotations
 
 import types
 import typing
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -20,7 +26,8 @@ from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from library_api.http.problems import InvalidInput
+from library_api.context import get_context
+from library_api.http.problems import InvalidInput, ProblemError
 
 _SEQUENCES = (list, tuple, set, frozenset)
 
@@ -55,11 +62,32 @@ def _is_utf8(query_string: bytes) -> bool:
     return True
 
 
+class TooManyQueryParameters(ProblemError):
+    """The query string holds more parameters than any route takes (``MAX_QUERY_PARAMETERS``)."""
+
+    status, slug, title = 414, "too-many-query-parameters", "Too many query parameters"
+
+
+def parameter_count(query_string: bytes) -> int:
+    """How many parameters a query string holds, counted as the parser splits them (empty pieces skipped)."""
+    return sum(1 for piece in query_string.split(b"&") if piece)
+
+
 async def single_valued_query(request: Request) -> None:
-    """Refuse a query string that is not UTF-8 or repeats a single-valued parameter (the common case is cheap)."""
+    """Refuse a query string with too many parameters, not UTF-8, or repeating a single-valued parameter.
+
+    Runs first on every API route. The common case (no escapes, at most one parameter) is decided from the raw
+    bytes without parsing anything, and so is the parameter count unless the query has at least as many ``&``
+    separators as the limit allows parameters.
+    """
     raw: bytes = request.scope.get("query_string", b"")
     if b"%" not in raw and b"&" not in raw:  # no escapes and at most one parameter: nothing to refuse
         return
+    limit = get_context(request).settings.max_query_parameters
+    if raw.count(b"&") >= limit and parameter_count(raw) > limit:
+        raise TooManyQueryParameters(
+            f"The query string holds more than {limit} parameters; no operation takes that many."
+        )
     if b"%" in raw and not _is_utf8(raw):
         raise InvalidInput("The query string is not valid UTF-8 once its escapes are decoded.", field="query")
     names = [name for name, _ in request.query_params.multi_items()]
@@ -68,7 +96,8 @@ async def single_valued_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    repeated = sorted({name for name in names if names.count(name) > 1} & single_valued_names(route))
+    counts = Counter(names)
+    repeated = sorted({name for name, count in counts.items() if count > 1} & single_valued_names(route))
     if repeated:
         name = repeated[0]
         raise InvalidInput(

@@ -14,6 +14,7 @@ _DESCRIPTIONS = {
     404: "No such resource (or not the caller's)",
     409: "Conflicts with the current state",
     413: "Request body too large",
+    414: "More query parameters than any operation takes (`MAX_QUERY_PARAMETERS`)",
     415: "Unsupported media type",
     422: "Invalid input; `errors` lists each field",
     429: "Too many requests; retry after `Retry-After` seconds",

@@ -28,6 +28,7 @@ from library_api.http.responses import problems
 from library_api.realtime.broker import BrokerUnavailable
 from library_api.realtime.connection import Connection
 from library_api.realtime.hub import CLOSE_GOING_AWAY, REASON_SHUTDOWN, Hub
+from library_api.realtime.origin import foreign_origin
 from library_api.realtime.schemas import (
     COMMANDS,
     AuthCommand,
@@ -144,6 +145,9 @@ def _text_of(message: Any) -> str | None:
 
 async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Principal, str | None] | None:
     """Accept the handshake and establish who is calling; ``None`` when refused (the socket is then closed)."""
+    if (refusal := foreign_origin(websocket.scope, context.settings.ws_allowed_origins)) is not None:
+        await _refuse(websocket, CLOSE_POLICY, refusal)
+        return None
     subprotocol = SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
     try:
         principal = await _handshake_principal(websocket, context.authenticator)

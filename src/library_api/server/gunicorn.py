@@ -8,6 +8,12 @@ drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds th
 ``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server gunicorn``) does the
 same from the service's settings.
 
+Uvicorn's own forwarded-header handling is off (``proxy_headers=False``), as under ``serve --server uvicorn``:
+Uvicorn's worker would otherwise believe ``X-Forwarded-For``/``-Proto`` from Gunicorn's ``forwarded_allow_ips``
+(loopback by default) whatever ``TRUSTED_PROXIES`` says. The application's request context
+(:mod:`library_api.http.request_context`) is the one place that believes forwarded headers, from
+``TRUSTED_PROXIES`` only, under every server.
+
 Each worker builds its settings again from the environment (with the parent's command-line flags handed down
 in ``LIBRARY_API_OVERRIDES``), exactly as the application factory in :mod:`library_api.server.asgi` does.
 """
@@ -52,6 +58,7 @@ class LibraryWorker(UvicornWorker):
         "loop": "auto",  # replaced by EVENT_LOOP in __init__
         "http": TLSHttpToolsProtocol,
         "ws": TLSWebSocketsProtocol,
+        "proxy_headers": False,  # forwarded headers are the application's to judge (TRUSTED_PROXIES)
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

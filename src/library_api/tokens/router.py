@@ -36,10 +36,15 @@ def describe(row: ApiToken) -> ApiTokenOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 422), summary="Issue an API token")
-async def create_token(body: ApiTokenCreate, _: Manager, session: SessionDep, ctx: ContextDep) -> ApiTokenIssued:
-    """Issue a token with the given roles; the answer is the only place the token ever appears."""
+async def create_token(body: ApiTokenCreate, manager: Manager, session: SessionDep, ctx: ContextDep) -> ApiTokenIssued:
+    """Issue a token with the given roles, none granting more than the caller holds (else 403).
+
+    The answer is the only place the token ever appears.
+    """
     lifetime = None if body.expires_in_days is None else timedelta(days=body.expires_in_days)
-    row, token = await ctx.api_tokens.create(session, name=body.name, roles=body.roles, lifetime=lifetime)
+    row, token = await ctx.api_tokens.create(
+        session, name=body.name, roles=body.roles, issuer=manager.permissions, lifetime=lifetime
+    )
     return ApiTokenIssued(**describe(row).model_dump(), token=token)
 
 

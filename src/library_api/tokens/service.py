@@ -8,6 +8,11 @@ The prefix lets the authenticator tell an API token from a JWT without trying to
 Recognising a token costs one indexed read, and then nothing for ``PRINCIPAL_CACHE_TTL`` seconds: each worker
 keeps what it learned per digest for that long (1 s by default), so a revocation reaches every worker within
 that time while a busy service token costs one statement per worker per second.
+
+A token never outranks whoever issues it: through the API, every permission of the requested roles must be one
+the caller holds (else 403), so ``tokens:manage`` alone is not a way to every other permission, whichever roles
+``ROLE_PERMISSIONS`` gives it to. An operator at the command line (``library-api tokens create``) holds the
+database and the configuration already, and issues any role.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from library_api.cache.local import TimedCache
 from library_api.db.base import utcnow
-from library_api.http.problems import InvalidInput, NotFound
-from library_api.security.permissions import PermissionPolicy, Role
+from library_api.http.problems import Forbidden, InvalidInput, NotFound
+from library_api.security.permissions import PermissionPolicy, Role, grants
 from library_api.security.tokens import digest_token
 from library_api.tokens.models import ApiToken
 
@@ -73,11 +78,34 @@ class ApiTokenService:
             raise InvalidInput(f"Unknown role(s) {', '.join(unknown)}; known roles: {known}.", field="body.roles")
         return list(dict.fromkeys(roles))
 
+    def check_within(self, roles: list[str], held: frozenset[str]) -> None:
+        """Refuse (403) roles granting any permission outside ``held``, the permissions of the token's issuer."""
+        beyond = [
+            role for role in roles if not all(grants(held, wanted) for wanted in self._policy.permissions_for([role]))
+        ]
+        if beyond:
+            raise Forbidden(
+                f"A token cannot hold permissions its issuer lacks; role(s) {', '.join(beyond)} grant more than "
+                "this credential holds."
+            )
+
     async def create(
-        self, session: AsyncSession, *, name: str, roles: list[str], lifetime: timedelta | None = None
+        self,
+        session: AsyncSession,
+        *,
+        name: str,
+        roles: list[str],
+        issuer: frozenset[str] | None,
+        lifetime: timedelta | None = None,
     ) -> tuple[ApiToken, str]:
-        """Store a new token's digest and return the row with the token, which is never retrievable again."""
+        """Store a new token's digest and return the row with the token, which is never retrievable again.
+
+        ``issuer`` holds the permissions of the caller issuing the token, which the token's roles may not exceed;
+        ``None`` is an operator at the command line, trusted with every role.
+        """
         roles = self.check_roles(roles)
+        if issuer is not None:
+            self.check_within(roles, issuer)
         token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         row = ApiToken(
