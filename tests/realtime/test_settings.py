@@ -17,7 +17,7 @@ def test_defaults() -> None:
     assert settings.shutdown_timeout == 1800
     assert settings.shutdown_progress_interval == 10
     assert settings.ws_per_message_deflate is False
-    assert (settings.ws_max_size, settings.ws_ping_interval, settings.ws_ping_timeout) == (16 * 1024 * 1024, 20, 20)
+    assert (settings.ws_max_size, settings.ws_ping_interval, settings.ws_ping_timeout) == (64 * 1024, 20, 20)
     assert settings.ws_allow_anonymous is False
     assert settings.smtp_port == 587
     assert settings.email_from_name == "Library System"
