@@ -96,7 +96,7 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
     """Refuse a connection with a close code and a reason the client can read (browsers included).
 
     A close frame rather than an HTTP denial response: browsers never see the status of a refused handshake,
-    only a close code, and Uvicorn's default WebSocket protocol logs every denial response as an error.
+    only a close code. Only the abuse limits counted per address are answered before the upgrade (:func:`_deny`).
     """
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(SUBPROTOCOL if SUBPROTOCOL in offered else None)
