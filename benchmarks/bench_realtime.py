@@ -123,6 +123,7 @@ def service_environment(directory: Path, workers: int, deflate: bool, redis_url:
             "BROADCAST_INTERVAL": "0",
             "LOG_LEVEL": "WARNING",
             "WS_PER_MESSAGE_DEFLATE": "true" if deflate else "false",
+            "WS_MAX_CONNECTIONS_PER_PRINCIPAL": "1000000",  # every benchmark connection uses one token
             "UPLOAD_DIR": str(directory / "uploads"),
             "WORKERS": str(workers),
         }

@@ -51,6 +51,7 @@ from library_api.observability.health import router as health_router
 from library_api.observability.metrics import Metrics
 from library_api.observability.scrape import router as metrics_router
 from library_api.observability.sentry import init_sentry
+from library_api.realtime.admission import Admission
 from library_api.realtime.broker import Broker, MemoryBroker
 from library_api.realtime.hub import Hub
 from library_api.realtime.router import api_router as realtime_router
@@ -185,6 +186,11 @@ def build_context(settings: Settings, database: Database) -> AppContext:
     events.subscribe(hub.on_domain_event)
     notifier = Notifier(settings, database)
     events.subscribe(notifier.on_domain_event)
+    rate_limiter = RateLimiter(
+        redis=redis if settings.effective_rate_limit_storage == "redis" else None,
+        key_prefix=settings.cache_key_prefix,
+    )
+    refusals = metrics.ws_refusals
     return AppContext(
         settings=settings,
         database=database,
@@ -214,10 +220,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         metrics=metrics,
         redis=redis,
         catalogue=catalogue,
-        rate_limiter=RateLimiter(
-            redis=redis if settings.effective_rate_limit_storage == "redis" else None,
-            key_prefix=settings.cache_key_prefix,
-        ),
+        rate_limiter=rate_limiter,
         rate_limit_policies=RateLimitPolicies(
             settings.rate_limit_default,
             settings.rate_limit_routes,
@@ -227,6 +230,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         monitoring_networks=Networks(settings.monitoring_allowed_networks),
         health=HealthMonitor(settings, database, redis, shutdown, backoff, metrics.health_ready),
         hub=hub,
+        admission=Admission(settings, rate_limiter, lambda reason: refusals.labels(reason.value).inc()),
         notifier=notifier,
     )
 

@@ -235,7 +235,19 @@ class Settings(BaseSettings):
     ws_history_size: int = Field(default=1000, ge=0, le=1_000_000)
     ws_max_subscriptions: int = Field(default=100, ge=1, le=10_000)
     ws_per_message_deflate: bool = False
-    ws_max_size: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    ws_max_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Largest message a client may send (bytes, after decompression); the server refuses a larger frame with
+    close 1009 before buffering it. Client commands are small JSON objects, so 64 KiB leaves ample room."""
+    ws_preauth_max_size: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    """Largest first message of a connection not yet authenticated (close 1009); the effective limit is never
+    above ``WS_MAX_SIZE``. 16 KiB holds an ``auth`` message with the longest token accepted (8,192 characters)."""
+    ws_handshake_rate: str = "30/minute"
+    """WebSocket handshakes per client address (``limits`` notation), counted by the rate limiter whenever rate
+    limiting is on; the next one is refused with HTTP 429 before the upgrade."""
+    ws_max_pending_per_address: int = Field(default=8, ge=1, le=10_000)
+    """Connections per client address and worker that are open but not yet authenticated (HTTP 429 beyond)."""
+    ws_max_connections_per_principal: int = Field(default=20, ge=1, le=1_000_000)
+    """Open connections (distinct client ids) per caller and worker; one more is closed with 4429."""
     ws_ping_interval: float = Field(default=20.0, ge=0, le=3600)
     ws_ping_timeout: float = Field(default=20.0, ge=0, le=3600)
     realtime_redis_prefix: str = Field(default="library-api:realtime", min_length=1, max_length=100)
@@ -598,6 +610,11 @@ def _realtime_problems(settings: Settings) -> list[str]:
         problems.append("WS_ALLOW_ANONYMOUS: anonymous WebSocket clients are a development setting; turn it off")
     if any(char.isspace() for char in settings.realtime_redis_prefix):
         problems.append(f"REALTIME_REDIS_PREFIX: must not contain spaces (got {settings.realtime_redis_prefix!r})")
+    if not _valid_rate_limit(settings.ws_handshake_rate):
+        problems.append(
+            f"WS_HANDSHAKE_RATE: {settings.ws_handshake_rate!r} is not a rate limit such as '30/minute' or "
+            "'5/second;100/hour'"
+        )
     return problems
 
 

@@ -22,6 +22,7 @@ from library_api.http.limiter import RateLimiter, RateLimitPolicies
 from library_api.http.networks import Networks
 from library_api.notifications.service import Notifier
 from library_api.observability.metrics import Metrics
+from library_api.realtime.admission import Admission
 from library_api.realtime.hub import Hub
 from library_api.resilience.redis import GuardedRedis
 from library_api.security.accounts import AccountStateCache
@@ -63,6 +64,7 @@ class AppContext:
     monitoring_networks: Networks
     health: HealthMonitor
     hub: Hub
+    admission: Admission
     notifier: Notifier
 
 

@@ -80,6 +80,7 @@ def server(committed_url: str, tmp_path: Path, layout: tuple[str, int]) -> Itera
             "SHUTDOWN_PROGRESS_INTERVAL": str(INTERVAL),
             "BROADCAST_INTERVAL": "0",
             "LOG_FORMAT": "json",
+            "WS_MAX_CONNECTIONS_PER_PRINCIPAL": "100",  # one reader holds the fifty clients of the drain test
         },
     )
     try:

@@ -56,7 +56,13 @@ async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
 
 @pytest.fixture
 def server(committed_url: str, tmp_path: Path, redis_prefix: str) -> Iterator[ServerProcess]:
-    env = {"REDIS_URL": REDIS_URL, "REALTIME_REDIS_PREFIX": redis_prefix, "BROADCAST_INTERVAL": "0"}
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "REALTIME_REDIS_PREFIX": redis_prefix,
+        "BROADCAST_INTERVAL": "0",
+        # one reader holds every client of this test: up to all of them on one worker
+        "WS_MAX_CONNECTIONS_PER_PRINCIPAL": str(CLIENTS),
+    }
     process = start_server(committed_url, tmp_path, args=("--workers", "2"), env=env)
     try:
         process.wait_ready(timeout=120)

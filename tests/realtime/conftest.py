@@ -10,6 +10,7 @@ import pytest_asyncio
 
 from library_api.app import create_app
 from library_api.context import AppContext
+from library_api.server.uvicorn import TLSWebSocketsProtocol
 from tests.conftest import fast_settings
 from tests.support.live import Live, serve_in_loop
 
@@ -31,8 +32,12 @@ async def start_live(committed_url: str, tmp_path: Path) -> AsyncIterator[StartL
                 "broadcast_interval": 0,
             }
             defaults.update(values)
-            app = create_app(fast_settings(**defaults))
-            live = await stack.enter_async_context(serve_in_loop(app))
+            settings = fast_settings(**defaults)
+            app = create_app(settings)
+            # The service's own WebSocket protocol and message limit, as ``library-api serve`` runs them.
+            live = await stack.enter_async_context(
+                serve_in_loop(app, ws=TLSWebSocketsProtocol, ws_max_size=settings.ws_max_size)
+            )
             return live, app.state.context
 
         yield start

@@ -17,8 +17,10 @@ def test_defaults() -> None:
     assert settings.shutdown_timeout == 1800
     assert settings.shutdown_progress_interval == 10
     assert settings.ws_per_message_deflate is False
-    assert (settings.ws_max_size, settings.ws_ping_interval, settings.ws_ping_timeout) == (16 * 1024 * 1024, 20, 20)
+    assert (settings.ws_max_size, settings.ws_ping_interval, settings.ws_ping_timeout) == (64 * 1024, 20, 20)
     assert settings.ws_allow_anonymous is False
+    assert (settings.ws_preauth_max_size, settings.ws_handshake_rate) == (16 * 1024, "30/minute")
+    assert (settings.ws_max_pending_per_address, settings.ws_max_connections_per_principal) == (8, 20)
     assert settings.smtp_port == 587
     assert settings.email_from_name == "Library System"
     assert not settings.email_enabled
@@ -31,6 +33,10 @@ def test_defaults() -> None:
         ({"REALTIME_REDIS_PREFIX": "has space"}, "REALTIME_REDIS_PREFIX: must not contain spaces"),
         ({"WS_SEND_QUEUE_SIZE": "0"}, "WS_SEND_QUEUE_SIZE:"),
         ({"BROADCAST_INTERVAL": "-1"}, "BROADCAST_INTERVAL:"),
+        ({"WS_HANDSHAKE_RATE": "lots"}, "WS_HANDSHAKE_RATE: 'lots' is not a rate limit"),
+        ({"WS_MAX_PENDING_PER_ADDRESS": "0"}, "WS_MAX_PENDING_PER_ADDRESS:"),
+        ({"WS_MAX_CONNECTIONS_PER_PRINCIPAL": "0"}, "WS_MAX_CONNECTIONS_PER_PRINCIPAL:"),
+        ({"WS_PREAUTH_MAX_SIZE": "10"}, "WS_PREAUTH_MAX_SIZE:"),
     ],
 )
 def test_bad_realtime_settings_stop_start_up(env: dict[str, str], problem: str) -> None:

@@ -19,7 +19,16 @@ from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.factories import create_book, create_user, token_for, unique_isbn
-from tests.support.live import Live, drain_messages, open_client, receive, receive_until, subscribe, wait_until
+from tests.support.live import (
+    Live,
+    closed_with,
+    drain_messages,
+    open_client,
+    receive,
+    receive_until,
+    subscribe,
+    wait_until,
+)
 
 pytestmark = pytest.mark.parametrize(**SQLITE_ONLY)
 
@@ -30,17 +39,6 @@ async def tokens(ctx: AppContext, *roles: Role) -> list[str]:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def closed_with(client: ClientConnection, within: float = 10) -> tuple[int | None, str | None]:
-    """Read until the server closes the connection; the close code and reason it sent."""
-    deadline = time.monotonic() + within
-    try:
-        while time.monotonic() < deadline:
-            await asyncio.wait_for(client.recv(), timeout=max(deadline - time.monotonic(), 0.01))
-    except ConnectionClosed:
-        return client.close_code, client.close_reason
-    raise AssertionError(f"the server did not close the connection within {within} s")
 
 
 def events(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

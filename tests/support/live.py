@@ -17,6 +17,7 @@ import orjson
 import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.services import free_port
 
@@ -119,3 +120,14 @@ async def drain_messages(client: ClientConnection, quiet: float = 0.3) -> list[d
             messages.append(await receive(client, quiet))
         except TimeoutError:
             return messages
+
+
+async def closed_with(client: ClientConnection, within: float = 10) -> tuple[int | None, str | None]:
+    """Read until the server closes the connection; the close code and reason it sent."""
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.wait_for(client.recv(), timeout=max(deadline - time.monotonic(), 0.01))
+    except ConnectionClosed:
+        return client.close_code, client.close_reason
+    raise AssertionError(f"the server did not close the connection within {within} s")

@@ -117,6 +117,12 @@ class Metrics:
             ["reason"],
             registry=owned,
         )
+        self.ws_refusals = Counter(
+            "websocket_refusals",
+            "WebSocket connections refused by the abuse limits, by reason (e.g. handshake_rate, pending_auth)",
+            ["reason"],
+            registry=owned,
+        )
         self.cache_hits = Counter("cache_hits", "Catalogue answers served from the cache", ["cache"], registry=owned)
         self.cache_misses = Counter(
             "cache_misses", "Catalogue answers that had to be read from the database", ["cache"], registry=owned

@@ -7,6 +7,10 @@ browsers, which cannot set headers, the subprotocol ``bearer.<token>`` offered n
 with close code 4401. Otherwise the connection is accepted and its first message must be
 ``{"type": "auth", "token": ...}`` within ``WS_AUTH_TIMEOUT`` seconds (close 4401 if not), unless
 ``WS_ALLOW_ANONYMOUS`` lets it stay anonymous. Tokens are never logged.
+
+The abuse limits of :mod:`library_api.realtime.admission` apply on the way: a handshake over the address's rate or
+its pending-connection count is refused with HTTP 429 before the upgrade (nothing is read from it); a first message
+above ``WS_PREAUTH_MAX_SIZE`` is closed with 1009; a caller over its connection count is closed with 4429.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ from starlette.websockets import WebSocketDisconnect
 from library_api.context import AppContext, get_context
 from library_api.deps import ContextDep
 from library_api.http.lean import LeanRoute
-from library_api.http.problems import InvalidInput, ServiceUnavailable, Unauthorized
+from library_api.http.problems import InvalidInput, ServiceUnavailable, Unauthorized, problem_response
 from library_api.http.responses import problems
+from library_api.realtime.admission import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    Claim,
+    Denied,
+    Refusal,
+)
 from library_api.realtime.broker import BrokerUnavailable
 from library_api.realtime.connection import Connection
 from library_api.realtime.hub import CLOSE_GOING_AWAY, REASON_SHUTDOWN, Hub
@@ -65,6 +76,8 @@ TOKEN_SUBPROTOCOL_PREFIX = "bearer."  # noqa: S105 - a prefix, not a secret
 CLOSE_POLICY = 1008
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_TRY_AGAIN_LATER = 1013
+DENIAL_EXTENSION = "websocket.http.response"
 
 Broadcaster = Annotated[Principal, require(Permission.BROADCAST_SEND)]
 
@@ -84,11 +97,37 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
     """Refuse a connection with a close code and a reason the client can read (browsers included).
 
     A close frame rather than an HTTP denial response: browsers never see the status of a refused handshake,
-    only a close code, and Uvicorn's default WebSocket protocol logs every denial response as an error.
+    only a close code. Only the abuse limits counted per address are answered before the upgrade (:func:`_deny`).
     """
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(SUBPROTOCOL if SUBPROTOCOL in offered else None)
     await websocket.close(code, reason[:120])
+
+
+async def _deny(websocket: WebSocket, denied: Denied) -> None:
+    """Refuse the handshake itself: HTTP 429 with ``Retry-After`` (a problem), never upgraded, nothing read.
+
+    Every server the service runs on supports the ASGI denial-response extension; under one that does not, the
+    handshake is closed before it is accepted (the server answers 403).
+    """
+    if DENIAL_EXTENSION in (websocket.scope.get("extensions") or {}):
+        response = problem_response(
+            429,
+            "too-many-requests",
+            "Too many requests",
+            denied.detail,
+            instance=websocket.url.path,
+            headers={"Retry-After": str(denied.retry_after)},
+        )
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, denied.detail[:120])
+
+
+def _address(websocket: WebSocket) -> str:
+    """The client address the limits count against (the real client behind trusted proxies)."""
+    client = websocket.scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 async def _handshake_principal(websocket: WebSocket, authenticator: Authenticator) -> Principal:
@@ -103,15 +142,22 @@ async def _handshake_principal(websocket: WebSocket, authenticator: Authenticato
 
 
 async def _first_message_principal(
-    websocket: WebSocket, hub: Hub, authenticator: Authenticator, anonymous: Principal
+    websocket: WebSocket, context: AppContext, anonymous: Principal
 ) -> tuple[Principal | None, str | None]:
     """Wait for ``{"type": "auth"}``; returns the principal (``None`` once closed) and a command to run next."""
-    settings = hub.settings
+    settings = context.settings
+    authenticator = context.authenticator
+    admission = context.admission
     try:
         message = await asyncio.wait_for(websocket.receive(), timeout=settings.ws_auth_timeout)
     except TimeoutError:
         message = None
     if message is not None and message["type"] == "websocket.disconnect":
+        return None, None
+    if message is not None and _size_of(message) > admission.preauth_max_size:
+        admission.refused(Refusal.PREAUTH_SIZE)
+        reason = f"the first message exceeds {admission.preauth_max_size} bytes: authenticate first"
+        await websocket.close(CLOSE_MESSAGE_TOO_BIG, reason)
         return None, None
     text = None if message is None else _text_of(message)
     try:
@@ -129,6 +175,15 @@ async def _first_message_principal(
     reason = "authentication timed out" if message is None else "authentication required"
     await websocket.close(CLOSE_UNAUTHENTICATED, f'{reason}: send {{"type": "auth", "token": ...}} first')
     return None, None
+
+
+def _size_of(message: Any) -> int:
+    """The size of a received message in bytes (text counted as UTF-8)."""
+    text = message.get("text")
+    if text is not None:
+        return len(str(text).encode())
+    raw = message.get("bytes")
+    return 0 if raw is None else len(raw)
 
 
 def _text_of(message: Any) -> str | None:
@@ -154,10 +209,20 @@ async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Prin
     except Unauthorized as exc:
         await _refuse(websocket, CLOSE_UNAUTHENTICATED, exc.detail or "invalid credentials")
         return None
-    await websocket.accept(subprotocol)
     first_command: str | None = None
-    if not principal.is_authenticated:
-        found, first_command = await _first_message_principal(websocket, context.hub, context.authenticator, principal)
+    if principal.is_authenticated:
+        await websocket.accept(subprotocol)
+    else:
+        address = _address(websocket)
+        denied = context.admission.enter_pending(address)
+        if denied is not None:
+            await _deny(websocket, denied)
+            return None
+        try:
+            await websocket.accept(subprotocol)
+            found, first_command = await _first_message_principal(websocket, context, principal)
+        finally:
+            context.admission.leave_pending(address)
         if found is None:
             return None
         principal = found
@@ -167,25 +232,48 @@ async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Prin
     return principal, first_command
 
 
-async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str | None] | None:
-    """Validate, authenticate, accept and register; ``None`` when the handshake was refused or closed."""
-    context = get_context(websocket)
+async def _admit(
+    websocket: WebSocket, context: AppContext, client_id: str
+) -> tuple[Principal, str | None, Claim] | None:
+    """Count the handshake, validate, authenticate and take the caller's place; ``None`` when refused."""
     hub = context.hub
-    if not is_valid_client_id(client_id):
-        await _refuse(websocket, CLOSE_POLICY, "client_id must be 1-64 of A-Z a-z 0-9 _ -")
-        return None
     if hub.draining:
         hub.connections_refused += 1
         await _refuse(websocket, CLOSE_GOING_AWAY, REASON_SHUTDOWN)
+        return None
+    denied = await context.admission.check_handshake(_address(websocket))
+    if denied is not None:
+        await _deny(websocket, denied)
+        return None
+    if not is_valid_client_id(client_id):
+        await _refuse(websocket, CLOSE_POLICY, "client_id must be 1-64 of A-Z a-z 0-9 _ -")
         return None
     authenticated = await _authenticate(websocket, context)
     if authenticated is None:
         return None
     principal, first_command = authenticated
+    admission = context.admission
+    claim = admission.claim(principal, client_id, _address(websocket))
+    if claim is None:
+        reason = f"this credential already holds {admission.max_per_principal} connections; close one first"
+        await websocket.close(CLOSE_TOO_MANY_CONNECTIONS, reason)
+        return None
+    return principal, first_command, claim
+
+
+async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str | None, Claim] | None:
+    """Admit, authenticate, accept and register; ``None`` when the handshake was refused or closed."""
+    context = get_context(websocket)
+    hub = context.hub
+    admitted = await _admit(websocket, context, client_id)
+    if admitted is None:
+        return None
+    principal, first_command, claim = admitted
     connection = Connection(
         hub, websocket, client_id, principal, uuid.uuid4().hex, queue_limit=hub.settings.ws_send_queue_size
     )
     if not await hub.register(connection):
+        claim.release()
         await websocket.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN)
         return None
     connection.offer(
@@ -201,7 +289,7 @@ async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str |
             },
         )
     )
-    return connection, first_command
+    return connection, first_command, claim
 
 
 @router.websocket("/ws/{client_id}", dependencies=[_handshake_authorised()])
@@ -210,7 +298,7 @@ async def live_events(websocket: WebSocket, client_id: str) -> None:
     opened = await _open(websocket, client_id)
     if opened is None:
         return
-    connection, first_command = opened
+    connection, first_command, claim = opened
     hub = connection.hub
     try:
         if first_command is not None:
@@ -234,6 +322,7 @@ async def live_events(websocket: WebSocket, client_id: str) -> None:
             task.uncancel()  # our own cancellation (see Connection.close): end quietly
     finally:
         await hub.unregister(connection)
+        claim.release()
 
 
 async def _run(hub: Hub, connection: Connection, text: str) -> None:

@@ -11,7 +11,9 @@ public building blocks (its ``Config`` for sockets and timeouts, ``Lifespan``, `
   WebSockets alike);
 * the first SIGTERM/SIGINT runs the application's shutdown coordinator drain, then Hypercorn's own graceful
   stop (close listeners, let in-flight requests finish within ``graceful_timeout``, lifespan shutdown). A
-  second signal forces the drain to end.
+  second signal forces the drain to end;
+* ``WS_MAX_SIZE`` holds against clients that ignore close 1009, and permessage-deflate is agreed only with
+  ``WS_PER_MESSAGE_DEFLATE`` (:mod:`library_api.server.hypercorn_ws`).
 
 With ``WORKERS`` above one, the parent binds the sockets and forks that many workers, forwarding the stop
 signal to each; every worker builds its own application and SSL context after the fork.
@@ -36,6 +38,7 @@ from starlette.types import ASGIApp
 
 from library_api.app import create_app
 from library_api.config import Settings
+from library_api.server.hypercorn_ws import install as bound_websocket_messages
 from library_api.server.tls import ServerTLS, find_shutdown
 
 logger = logging.getLogger("library_api.server")
@@ -140,6 +143,7 @@ async def serve(app: ASGIApp, config: HypercornConfig, sockets: list[socket.sock
 
 
 def _worker(settings: Settings, sockets: list[socket.socket], tls: ServerTLS | None) -> None:
+    bound_websocket_messages(settings)
     asyncio.run(serve(create_app(settings), hypercorn_config(settings), sockets, tls))
 
 

@@ -66,12 +66,24 @@ class TLSHttpToolsProtocol(HeadDeadlineProtocol):
 
 
 class TLSWebSocketsProtocol(WebSocketsSansIOProtocol):
-    """Uvicorn's WebSocket protocol, with the connection's TLS extension in the WebSocket scope."""
+    """Uvicorn's WebSocket protocol, with the connection's TLS extension in the WebSocket scope.
+
+    A handshake the application answers with an HTTP denial response (429 from the WebSocket abuse limits) is
+    also marked complete once that response is sent: Uvicorn 0.54 leaves it open and then logs "ASGI callable
+    returned without completing handshake." as an error for every refusal, which an attacker could turn into a
+    flood of error lines.
+    """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register the connection, then read its TLS state once."""
         super().connection_made(transport)
         _attach_tls(self, transport)
+
+    async def send(self, message: Any) -> None:
+        """Pass the application's message on; a finished denial response completes the handshake."""
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            self.handshake_complete = True
 
 
 class DrainingServer(uvicorn.Server):
