@@ -129,11 +129,6 @@ class UserService:
             created_at=state.created_at,
         )
 
-    async def find_by_email(self, session: AsyncSession, email: str) -> User | None:
-        """The account registered under ``email``, if any."""
-        result = await session.execute(select(User).where(User.email == normalize_email(email)))
-        return result.scalar_one_or_none()
-
     async def credentials(
         self, session: AsyncSession, *, email: str | None = None, user_id: int | None = None
     ) -> Credentials | None:
