@@ -63,6 +63,7 @@ from library_api.resilience.retry import Backoff
 from library_api.security.accounts import AccountStateCache
 from library_api.security.authentication import Authenticator
 from library_api.security.certificates import CertificateReader, issuer_names
+from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
 from library_api.security.tokens import TokenService
@@ -154,12 +155,26 @@ def build_context(settings: Settings, database: Database) -> AppContext:
             time_cost=settings.password_hash_time_cost,
             memory_cost=settings.password_hash_memory_kib,
             parallelism=settings.password_hash_parallelism,
-        )
+        ),
+        concurrency=settings.password_hash_concurrency,
+        queue_timeout=settings.password_hash_queue_timeout,
+    )
+    rate_limiter = RateLimiter(
+        redis=redis if settings.effective_rate_limit_storage == "redis" else None,
+        key_prefix=settings.cache_key_prefix,
+    )
+    password_checks = PasswordChecks(
+        passwords,
+        rate_limiter,
+        enabled=settings.effective_rate_limit_enabled,
+        per_account_address=settings.rate_limit_login_account_address,
+        per_account=settings.rate_limit_login_account,
+        known_address_days=settings.rate_limit_login_known_address_days,
     )
     tokens = TokenService(settings)
     accounts = AccountStateCache(database.reader, settings.principal_cache_ttl)
     api_tokens = ApiTokenService(policy, database.reader, settings.principal_cache_ttl)
-    users = UserService(passwords, accounts, settings.password_min_length)
+    users = UserService(passwords, password_checks, accounts, settings.password_min_length)
     books = BookService(events, CoverStore(settings.upload_dir), settings.api_v1_str)
     cache_type = settings.effective_cache_type
     backend: CacheBackend = (
@@ -197,6 +212,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         events=events,
         policy=policy,
         passwords=passwords,
+        password_checks=password_checks,
         tokens=tokens,
         accounts=accounts,
         api_tokens=api_tokens,
@@ -209,7 +225,9 @@ def build_context(settings: Settings, database: Database) -> AppContext:
             anonymous_allowed=not settings.security.requires_credentials,
         ),
         users=users,
-        auth=AuthService(users, passwords, tokens, accounts, timedelta(days=settings.refresh_token_expire_days)),
+        auth=AuthService(
+            users, passwords, password_checks, tokens, accounts, timedelta(days=settings.refresh_token_expire_days)
+        ),
         books=books,
         bookings=BookingService(
             events,
@@ -222,10 +240,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         catalogue=catalogue,
         rate_limiter=rate_limiter,
         rate_limit_policies=RateLimitPolicies(
-            settings.rate_limit_default,
-            settings.rate_limit_routes,
-            builtin_route_limits(settings.api_v1_str),
-            settings.rate_limit_login_account,
+            settings.rate_limit_default, settings.rate_limit_routes, builtin_route_limits(settings.api_v1_str)
         ),
         monitoring_networks=Networks(settings.monitoring_allowed_networks),
         health=HealthMonitor(settings, database, redis, shutdown, backoff, metrics.health_ready),

@@ -160,6 +160,20 @@ class Settings(BaseSettings):
     password_hash_time_cost: int = Field(default=3, ge=1, le=20)
     password_hash_memory_kib: int = Field(default=65_536, ge=1024, le=4 * 1024 * 1024)
     password_hash_parallelism: int = Field(default=4, ge=1, le=64)
+    password_hash_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Password hashes or checks running at once per process (each takes "
+        "PASSWORD_HASH_MEMORY_KIB and a core for its duration); more wait their turn.",
+    )
+    password_hash_queue_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds a password check waits for a hashing slot before it is answered 503 "
+        "password-check-busy with Retry-After.",
+    )
 
     # ----- HTTP -----
     max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
@@ -184,7 +198,23 @@ class Settings(BaseSettings):
     rate_limit_storage: Literal["memory", "redis"] | None = None
     rate_limit_default: str = "600/minute"
     rate_limit_routes: dict[str, str] = Field(default_factory=dict)
-    rate_limit_login_account: str = "10/15 minutes"
+    rate_limit_login_account: str = Field(
+        default="10/15 minutes",
+        description="Failed password checks for one account from all addresses together; once spent, only "
+        "addresses that have not failed for it (or signed in to it recently) may still try.",
+    )
+    rate_limit_login_account_address: str = Field(
+        default="5/15 minutes",
+        description="Failed password checks for one account from one client address (login and every route "
+        "that checks a password); once spent, that address gets 429 for that account.",
+    )
+    rate_limit_login_known_address_days: int = Field(
+        default=30,
+        ge=0,
+        le=365,
+        description="Days after a successful sign-in during which its address keeps its own attempts at an "
+        "account under attack (0: off).",
+    )
 
     # ----- cache / broker -----
     redis_url: SecretStr | None = None
@@ -669,6 +699,7 @@ def _rate_limit_problems(settings: Settings) -> list[str]:
     limits = [
         ("RATE_LIMIT_DEFAULT", settings.rate_limit_default),
         ("RATE_LIMIT_LOGIN_ACCOUNT", settings.rate_limit_login_account),
+        ("RATE_LIMIT_LOGIN_ACCOUNT_ADDRESS", settings.rate_limit_login_account_address),
     ]
     for route, limit in settings.rate_limit_routes.items():
         method, _, path = str(route).partition(" ")

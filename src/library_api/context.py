@@ -27,6 +27,7 @@ from library_api.realtime.hub import Hub
 from library_api.resilience.redis import GuardedRedis
 from library_api.security.accounts import AccountStateCache
 from library_api.security.authentication import Authenticator
+from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
 from library_api.security.tokens import TokenService
@@ -47,6 +48,7 @@ class AppContext:
     events: EventBus
     policy: PermissionPolicy
     passwords: PasswordService
+    password_checks: PasswordChecks
     tokens: TokenService
     accounts: AccountStateCache
     api_tokens: ApiTokenService

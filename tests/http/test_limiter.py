@@ -6,12 +6,18 @@ import asyncio
 import random
 import threading
 import time
+import uuid
+from collections.abc import AsyncIterator
 
-from limits import parse
+import pytest
+from limits import parse, parse_many
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from library_api.http.limiter import LocalWindows, RateLimiter, RateLimitPolicies
+from library_api.resilience.breaker import CircuitBreaker
+from library_api.resilience.redis import GuardedRedis
+from tests.support.services import REDIS_URL, require_redis
 
 
 async def test_same_decisions_as_the_limits_library() -> None:
@@ -59,9 +65,55 @@ def test_idle_keys_are_swept_and_the_number_of_keys_is_bounded() -> None:
 
 async def test_limiter_without_redis_counts_in_process() -> None:
     limiter = RateLimiter(redis=None, key_prefix="test_")
-    items = RateLimitPolicies("2/minute", {}, {}, "1/minute").default.items
+    items = RateLimitPolicies("2/minute", {}, {}).default.items
     decisions = [await limiter.hit(items, "default", "address:192.0.2.1") for _ in range(3)]
     assert [d.allowed for d in decisions] == [True, True, False]
     assert [d.remaining for d in decisions] == [1, 0, 0]
     assert all(0 < d.reset_after <= 60 for d in decisions)
     assert not any(d.shared for d in decisions)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
+    if request.param == "memory":
+        yield RateLimiter(redis=None, key_prefix="test_")
+        return
+    require_redis()
+    redis = GuardedRedis(REDIS_URL, socket_timeout=1.0, breaker=CircuitBreaker("Redis", 3, 5))
+    yield RateLimiter(redis=redis, key_prefix=f"t{uuid.uuid4().hex[:10]}_")
+    await redis.close()
+
+
+async def test_peek_decides_like_hit_without_counting_and_clear_forgets(limiter: RateLimiter) -> None:
+    items = parse_many("2/minute;5/hour")
+    fresh = await limiter.peek(items, "failures", "someone")
+    assert fresh.allowed
+    assert fresh.remaining == 2
+    for _ in range(3):
+        assert (await limiter.peek(items, "failures", "someone")).remaining == 2  # peeking counts nothing
+    await limiter.hit(items, "failures", "someone")
+    once = await limiter.peek(items, "failures", "someone")
+    assert (once.allowed, once.remaining) == (True, 1)
+    await limiter.hit(items, "failures", "someone")
+    spent = await limiter.peek(items, "failures", "someone")
+    assert not spent.allowed
+    assert spent.remaining == 0
+    assert spent.item.get_expiry() == 60
+    assert 0 < spent.reset_after <= 60
+    assert (await limiter.peek(items, "failures", "someone-else")).remaining == 2
+    await limiter.clear(items, "failures", "someone")
+    cleared = await limiter.peek(items, "failures", "someone")
+    assert (cleared.allowed, cleared.remaining) == (True, 2)
+    assert (await limiter.hit(items, "failures", "someone")).allowed
+
+
+async def test_peek_and_clear_fall_back_to_process_memory_when_redis_is_down() -> None:
+    redis = GuardedRedis("redis://127.0.0.1:1/0", socket_timeout=0.2, breaker=CircuitBreaker("Redis", 1, 60))
+    limiter = RateLimiter(redis=redis, key_prefix="down_")
+    items = parse_many("1/minute")
+    assert (await limiter.hit(items, "x")).allowed
+    assert not (await limiter.peek(items, "x")).allowed
+    assert not (await limiter.peek(items, "x")).shared
+    await limiter.clear(items, "x")
+    assert (await limiter.peek(items, "x")).allowed
+    await redis.close()

@@ -95,26 +95,36 @@ async def test_login_is_limited_per_address(app_factory: AppFactory) -> None:
     assert elsewhere.status_code == 200
 
 
-async def test_login_is_limited_per_account_across_addresses(app_factory: AppFactory) -> None:
+async def test_failed_logins_are_limited_per_account_across_addresses(app_factory: AppFactory) -> None:
+    """RATE_LIMIT_LOGIN_ACCOUNT counts failures from every address; past it, addresses that failed must wait."""
     app = await app_factory(rate_limit_enabled=True, rate_limit_login_account="2/minute")
     target = await create_user(app.state.context)
     bystander = await create_user(app.state.context)
     statuses = []
     for number in range(3):
         async with client_for(app, f"198.51.100.{number}") as client:
-            response = await client.post(LOGIN, data={"username": target.email.upper(), "password": "guess-" * 3})
-            statuses.append(response.status_code)
-    async with client_for(app, "198.51.100.99") as client:
+            first = await client.post(LOGIN, data={"username": target.email.upper(), "password": "guess-" * 3})
+            second = await client.post(LOGIN, data={"username": target.email, "password": "guess-" * 4})
+            statuses.append((first.status_code, second.status_code))
+    async with client_for(app, "198.51.100.2") as client:
         refused = await client.post(LOGIN, data={"username": target.email, "password": PASSWORD})
         unaffected = await client.post(LOGIN, data={"username": bystander.email, "password": PASSWORD})
-    assert statuses == [401, 401, 429]
+    async with client_for(app, "198.51.100.99") as client:
+        owner = await client.post(LOGIN, data={"username": target.email, "password": PASSWORD})
+    # The first address spends the account's 2; every later address gets one guess, then waits.
+    assert statuses == [(401, 401), (401, 429), (401, 429)]
     assert refused.status_code == 429
-    assert refused.json()["detail"] == "Too many login attempts for this account; retry later."
-    # both policies apply to a login: the account's (spent) and the address's, each a list item
-    assert refused.headers["ratelimit-policy"].startswith('"login-account";q=2;w=60, "POST /api/v1/auth/login/60s";')
+    assert refused.json()["detail"] == (
+        "Too many failed password attempts for this account from this address; retry later."
+    )
+    # both the guessing policies and the route's own apply to a login, each a list item
+    assert refused.headers["ratelimit-policy"].startswith(
+        '"login-account-address";q=5;w=900, "login-account";q=2;w=60, "POST /api/v1/auth/login/60s";'
+    )
     assert re.match(r'"login-account";r=0;t=\d+, "POST /api/v1/auth/login/60s";r=\d+', refused.headers["ratelimit"])
     assert int(refused.headers["retry-after"]) >= 1
     assert unaffected.status_code == 200
+    assert owner.status_code == 200  # an address that has not failed is never refused
 
 
 async def test_login_is_not_limited_when_rate_limiting_is_off(app_factory: AppFactory) -> None:
@@ -141,6 +151,7 @@ async def test_authenticated_callers_are_counted_once_per_request(app_factory: A
         ({"rate_limit_routes": {"FETCH /x": "1/second"}}, "RATE_LIMIT_ROUTES: 'FETCH /x' must be"),
         ({"rate_limit_routes": {"GET /x": "1/fortnight"}}, "RATE_LIMIT_ROUTES[GET /x]: '1/fortnight'"),
         ({"rate_limit_login_account": ""}, "RATE_LIMIT_LOGIN_ACCOUNT: '' is not a rate limit"),
+        ({"rate_limit_login_account_address": "x"}, "RATE_LIMIT_LOGIN_ACCOUNT_ADDRESS: 'x' is not a rate limit"),
         ({"rate_limit_storage": "redis"}, "RATE_LIMIT_STORAGE: 'redis' needs REDIS_URL"),
     ],
 )

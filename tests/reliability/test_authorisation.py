@@ -142,7 +142,7 @@ def period() -> dict[str, str]:
 
 async def refresh_token_of_owner(world: World) -> str:
     async with world.ctx.database.sessionmaker() as session:
-        return (await world.ctx.auth.login(session, world.owner.email, PASSWORD)).refresh_token
+        return (await world.ctx.auth.login(session, world.owner.email, PASSWORD, "127.0.0.1")).refresh_token
 
 
 Send = Callable[[httpx.AsyncClient, World, dict[str, str]], Awaitable[httpx.Response]]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, status
+from fastapi import APIRouter, Form, Request, status
 
 from library_api.auth.schemas import PrincipalOut, RefreshRequest, TokenPair
 from library_api.deps import ContextDep, SessionDep
 from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.problems import Forbidden
-from library_api.http.rate_limit import limit_login_attempts
+from library_api.http.rate_limit import client_address
 from library_api.http.responses import problems
 from library_api.security.dependencies import CurrentPrincipal, public, require
 from library_api.security.permissions import Permission
@@ -59,11 +59,12 @@ async def register(body: UserCreate, session: SessionDep, ctx: ContextDep) -> Us
 
 @router.post(
     "/login",
-    dependencies=[public(), Depends(limit_login_attempts)],
-    responses=problems(401, 403, 422, 429),
+    dependencies=[public()],
+    responses=problems(401, 403, 409, 422, 429, 503),
     summary="Log in (OAuth2 password)",
 )
 async def login(
+    request: Request,
     username: Annotated[str, Form(min_length=1, max_length=320, description="The account's e-mail address")],
     password: Annotated[str, Form(min_length=1, max_length=1024)],
     session: SessionDep,
@@ -72,9 +73,10 @@ async def login(
     """Exchange an e-mail address (``username``) and password for an access and a refresh token.
 
     The OAuth2 password grant's form fields; ``grant_type``, ``scope`` and client credentials are accepted and
-    ignored, since scopes are not how this service grants permissions (roles are).
+    ignored, since scopes are not how this service grants permissions (roles are). Failed attempts are counted
+    per account and client address: a guesser gets 429, the account's owner elsewhere is never locked out.
     """
-    return await ctx.auth.login(session, username, password)
+    return await ctx.auth.login(session, username, password, client_address(request.scope))
 
 
 @router.post("/refresh", dependencies=[public()], responses=problems(401, 422), summary="Rotate a refresh token")
@@ -112,10 +114,16 @@ async def me(principal: SignedIn, ctx: ContextDep) -> UserOut:
     return await ctx.users.profile(_user_id(principal))
 
 
-@router.patch("/me", responses=problems(401, 403, 422), summary="Change the caller's name or password")
-async def update_me(body: UserSelfUpdate, principal: SignedIn, session: SessionDep, ctx: ContextDep) -> UserOut:
-    """Change one's own name or password (with the current one); role and id cannot be changed here."""
-    user = await ctx.users.update_self(session, _user_id(principal), body)
+@router.patch("/me", responses=problems(401, 403, 409, 422, 429, 503), summary="Change the caller's name or password")
+async def update_me(
+    request: Request, body: UserSelfUpdate, principal: SignedIn, session: SessionDep, ctx: ContextDep
+) -> UserOut:
+    """Change one's own name or password (with the current one); role and id cannot be changed here.
+
+    A wrong ``current_password`` counts as a failed login for the account from the client's address, and is
+    refused with 429 as a login would be: a stolen access token does not buy more guesses than the login does.
+    """
+    user = await ctx.users.update_self(session, _user_id(principal), body, client_address(request.scope))
     return UserOut.model_validate(user)
 
 

@@ -10,6 +10,10 @@ sessions keep their refresh tokens and get new access tokens on their next refre
 Logging out one session revokes its refresh family only: its access token lives until it expires
 (``ACCESS_TOKEN_EXPIRE_MINUTES``). Ending it too would mean a bumped ``token_version``, which ends every access
 token of the account on every device; ``/auth/logout-all`` does exactly that.
+
+A login checks the password with no transaction open (through :class:`PasswordChecks`, which counts failures
+per account and address) and then writes the new family in a short transaction that first makes sure the
+password did not change meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
 from library_api.http.problems import Forbidden, Unauthorized
 from library_api.security.accounts import AccountState, AccountStateCache
+from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.tokens import TokenService, digest_token, new_refresh_token
 from library_api.users.models import User
@@ -39,26 +44,37 @@ class AuthService:
         self,
         users: UserService,
         passwords: PasswordService,
+        checks: PasswordChecks,
         tokens: TokenService,
         accounts: AccountStateCache,
         refresh_lifetime: timedelta,
     ) -> None:
         self._users = users
         self._passwords = passwords
+        self._checks = checks
         self._tokens = tokens
         self._accounts = accounts
         self._refresh_lifetime = refresh_lifetime
 
-    async def login(self, session: AsyncSession, email: str, password: str) -> TokenPair:
-        """Check the password and start a new refresh family; wrong e-mail and wrong password look the same."""
-        await begin_write(session)
-        user = await self._users.find_by_email(session, email)
-        if not await self._passwords.verify(user.password_hash if user else None, password) or user is None:
+    async def login(self, session: AsyncSession, email: str, password: str, address: str) -> TokenPair:
+        """Check the password and start a new refresh family; wrong e-mail and wrong password look the same.
+
+        ``address`` is the client's: failures are counted for the account from it, and a guesser is refused
+        with 429 (see :mod:`library_api.security.password_checks`). A password changed while this one was being
+        checked is a 409; nothing is written then.
+        """
+        read = await self._users.credentials(session, email=email)
+        password_hash = read.password_hash if read else None
+        if not await self._checks.verify(email, address, password_hash, password) or read is None:
             raise Unauthorized("Incorrect e-mail address or password.", error="invalid_grant")
+        if not read.is_active:
+            raise Forbidden("This account is deactivated.")
+        rehashed = await self._passwords.hash(password) if self._passwords.needs_rehash(read.password_hash) else None
+        user = await self._users.lock_unchanged(session, read, sessions_too=False)
         if not user.is_active:
             raise Forbidden("This account is deactivated.")
-        if self._passwords.needs_rehash(user.password_hash):
-            user.password_hash = await self._passwords.hash(password)
+        if rehashed is not None:
+            user.password_hash = rehashed
         family = RefreshFamily(id=str(uuid.uuid4()), user_id=user.id, created_at=utcnow())
         session.add(family)
         pair = self._issue(session, user, family.id)

@@ -59,19 +59,31 @@ class LocalWindows:
 
     def count(self, key: str, limit: int, expiry: int) -> tuple[bool, float, int]:
         """One hit: whether it is admitted, the oldest hit still in the window, and how many the window holds."""
+        return self._apply(key, limit, expiry, record=True)
+
+    def peek(self, key: str, limit: int, expiry: int) -> tuple[bool, float, int]:
+        """What :meth:`count` would answer, without counting: a check before work that may or may not count."""
+        return self._apply(key, limit, expiry, record=False)
+
+    def clear(self, key: str) -> None:
+        """Forget every hit of ``key`` (a success that wipes the failures counted before it)."""
+        self._windows.pop(key, None)
+
+    def _apply(self, key: str, limit: int, expiry: int, *, record: bool) -> tuple[bool, float, int]:
         now = time.time()
         self._sweep(now)
         entry = self._windows.get(key)
         if entry is None:
             window: deque[float] = deque()
-            self._windows[key] = (expiry, window)
+            if record:
+                self._windows[key] = (expiry, window)
         else:
             window = entry[1]
             horizon = now - expiry
             while window and window[0] <= horizon:
                 window.popleft()
         admitted = len(window) < limit
-        if admitted:
+        if admitted and record:
             window.append(now)
         return admitted, window[0] if window else now, len(window)
 
@@ -111,11 +123,35 @@ class RateLimiter:
                 pass
         return self._hit_local(items, identity)
 
-    def _hit_local(self, items: Sequence[RateLimitItem], identity: Sequence[str]) -> Decision:
+    async def peek(self, items: Sequence[RateLimitItem], *identity: str) -> Decision:
+        """What :meth:`hit` would decide now, without counting anything."""
+        if self.shared is not None and self.redis is not None:
+            shared = self.shared
+            try:
+                return await self.redis.call(lambda _client: _peek(shared, items, identity))
+            except RedisUnavailable:
+                pass
+        return self._hit_local(items, identity, record=False)
+
+    async def clear(self, items: Sequence[RateLimitItem], *identity: str) -> None:
+        """Forget every hit counted for ``identity`` under these items."""
+        if self.shared is not None and self.redis is not None:
+            shared = self.shared
+            try:
+                await self.redis.call(lambda _client: _clear(shared, items, identity))
+                return
+            except RedisUnavailable:
+                pass
+        for item in items:
+            self.local.clear(item.key_for(*identity))
+
+    def _hit_local(self, items: Sequence[RateLimitItem], identity: Sequence[str], *, record: bool = True) -> Decision:
         tightest: Decision | None = None
         for item in items:
             expiry = item.get_expiry()
-            admitted, oldest, hits = self.local.count(item.key_for(*identity), item.amount, expiry)
+            key = item.key_for(*identity)
+            count = self.local.count if record else self.local.peek
+            admitted, oldest, hits = count(key, item.amount, expiry)
             reset_after = max(0, math.ceil(oldest + expiry - time.time()))
             decision = Decision(admitted, item, max(item.amount - hits, 0), reset_after, False)
             if not admitted:
@@ -143,8 +179,26 @@ async def _hit(
     return tightest
 
 
+async def _peek(limiter: MovingWindowRateLimiter, items: Sequence[RateLimitItem], identity: Sequence[str]) -> Decision:
+    tightest: Decision | None = None
+    for item in items:
+        stats = await limiter.get_window_stats(item, *identity)
+        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+        decision = Decision(stats.remaining > 0, item, max(stats.remaining, 0), reset_after, True)
+        if not decision.allowed:
+            return decision
+        if tightest is None or decision.remaining < tightest.remaining:
+            tightest = decision
+    assert tightest is not None, "a policy has at least one limit"
+    return tightest
+
+
+async def _clear(limiter: MovingWindowRateLimiter, items: Sequence[RateLimitItem], identity: Sequence[str]) -> None:
+    for item in items:
+        await limiter.clear(item, *identity)
+
+
 DEFAULT_POLICY = "default"
-LOGIN_ACCOUNT_POLICY = "login-account"
 
 
 def builtin_route_limits(api_prefix: str) -> dict[str, str]:
@@ -170,7 +224,8 @@ class Policy:
         return self.name if len(self.items) == 1 else f"{self.name}/{item.get_expiry()}s"
 
 
-def _policy(name: str, text: str, *, per_address: bool) -> Policy:
+def build_policy(name: str, text: str, *, per_address: bool = False) -> Policy:
+    """A policy named ``name`` from ``limits`` notation (``"5/15 minutes"``), with its ``RateLimit-Policy`` value."""
     items = tuple(parse_many(text))
     names = [name if len(items) == 1 else f"{name}/{item.get_expiry()}s" for item in items]
     header = ", ".join(f'"{n}";q={item.amount};w={item.get_expiry()}' for n, item in zip(names, items, strict=True))
@@ -178,20 +233,23 @@ def _policy(name: str, text: str, *, per_address: bool) -> Policy:
 
 
 class RateLimitPolicies:
-    """The policy of every route, resolved from the settings once."""
+    """The policy of every route, resolved from the settings once.
 
-    def __init__(self, default: str, routes: Mapping[str, str], builtin: Mapping[str, str], login_account: str) -> None:
-        self.default = _policy(DEFAULT_POLICY, default, per_address=False)
+    The limits on password guessing are not route policies: :mod:`library_api.security.password_checks` keeps
+    them, per account and address, for every route that checks a password.
+    """
+
+    def __init__(self, default: str, routes: Mapping[str, str], builtin: Mapping[str, str]) -> None:
+        self.default = build_policy(DEFAULT_POLICY, default, per_address=False)
         self.routes: dict[tuple[str, str], Policy] = {}
         for key, text in builtin.items():
             self._add(key, text, per_address=True)
         for key, text in routes.items():
             self._add(key, text, per_address=key in builtin)
-        self.login_account = _policy(LOGIN_ACCOUNT_POLICY, login_account, per_address=False)
 
     def _add(self, key: str, text: str, *, per_address: bool) -> None:
         method, _, template = key.partition(" ")
-        self.routes[(method.upper(), template.strip())] = _policy(key, text, per_address=per_address)
+        self.routes[(method.upper(), template.strip())] = build_policy(key, text, per_address=per_address)
 
     def for_route(self, method: str, template: str) -> Policy:
         """The policy for a method and route template."""

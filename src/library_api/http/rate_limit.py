@@ -5,8 +5,9 @@
 or ``RATE_LIMIT_DEFAULT``. The authentication routes have built-in stricter policies counted per client address
 (login, registration, refresh: brute force and sign-up abuse come from addresses, not accounts); an operator's
 entry for the same route replaces them. Everything else is counted per caller: the authenticated principal, or
-the client address of an anonymous one. Login attempts are also counted per account
-(``RATE_LIMIT_LOGIN_ACCOUNT``), so guessing one account's password from many addresses is limited too.
+the client address of an anonymous one. Failed password checks are counted per account and address by
+:mod:`library_api.security.password_checks`, on every route that checks a password; its 429 answers pass through
+here, get this route's headers too, and are counted in ``rate_limit_rejections_total`` like this module's own.
 
 **Headers** (draft-ietf-httpapi-ratelimit-headers-09): every limited response carries
 ``RateLimit-Policy: "<policy>";q=<quota>;w=<window seconds>`` (one item per limit) and
@@ -20,25 +21,15 @@ the client address, and the route answers 401.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
-from typing import Annotated
 
-from fastapi import Form, Request
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from library_api.context import get_context
-from library_api.http.limiter import (
-    Policy,
-    RateLimiter,
-    RateLimitPolicies,
-    limit_headers,
-    ratelimit_header,
-)
-from library_api.http.problems import TooManyRequests, problem_response
+from library_api.http.limiter import Policy, RateLimiter, RateLimitPolicies, limit_headers
+from library_api.http.problems import problem_response
 from library_api.http.routes import ROUTE_TEMPLATE_KEY, RouteTable
-from library_api.observability.metrics import UNMATCHED, Metrics
+from library_api.observability.metrics import Metrics
 from library_api.security.authentication import Authenticator
 from library_api.security.principal import PRINCIPAL_SCOPE_KEY, Principal
 
@@ -94,13 +85,14 @@ class RateLimitMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *headers]
+                if message["status"] == 429 and self.metrics is not None:
+                    self.metrics.rate_limited.labels(template).inc()  # refused by the route (password guessing)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
     async def _identity(self, scope: Scope, policy: Policy) -> str:
-        client = scope.get("client")
-        address = f"address:{client[0] if client else 'unknown'}"
+        address = f"address:{client_address(scope)}"
         if policy.per_address:
             return address
         principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
@@ -113,29 +105,7 @@ class RateLimitMiddleware:
         return principal.subject if principal.is_authenticated else address
 
 
-def account_key(username: str) -> str:
-    """A stable, non-reversible key for an account name (e-mail addresses are not stored in Redis)."""
-    return hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-
-
-async def limit_login_attempts(
-    request: Request,
-    username: Annotated[str, Form(min_length=1, max_length=320, description="The account's e-mail address")],
-) -> None:
-    """Refuse a login once the account named in it has had ``RATE_LIMIT_LOGIN_ACCOUNT`` attempts (429)."""
-    ctx = get_context(request)
-    if not ctx.settings.effective_rate_limit_enabled:
-        return
-    policy = ctx.rate_limit_policies.login_account
-    decision = await ctx.rate_limiter.hit(policy.items, policy.name, account_key(username))
-    if not decision.allowed:
-        if ctx.metrics is not None:
-            ctx.metrics.rate_limited.labels(request.scope.get(ROUTE_TEMPLATE_KEY, UNMATCHED)).inc()
-        raise TooManyRequests(
-            "Too many login attempts for this account; retry later.",
-            retry_after=max(decision.reset_after, 1),
-            headers={
-                "RateLimit-Policy": policy.header.decode(),
-                "RateLimit": ratelimit_header(policy, decision).decode(),
-            },
-        )
+def client_address(scope: Scope) -> str:
+    """The client's address as this service believes it (``scope["client"]``, set from trusted proxies)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"

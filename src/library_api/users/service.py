@@ -2,9 +2,15 @@
 
 Role and activity changes bump ``token_version`` (invalidating issued access tokens) and revoke refresh
 families, so a demoted or deactivated user loses access at once rather than when their tokens expire.
+
+Password hashing never runs inside a transaction: a password change reads the account's credentials, ends that
+read, checks and hashes, and only then writes, in a short transaction that first makes sure the account did
+not change meanwhile (409 otherwise).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +21,7 @@ from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
 from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
 from library_api.security.accounts import AccountState, AccountStateCache
+from library_api.security.password_checks import PasswordChecks, account_name
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import USER_ROLES, Role
 from library_api.users.models import User
@@ -22,15 +29,47 @@ from library_api.users.schemas import UserAdminUpdate, UserOut, UserSelfUpdate
 
 
 def normalize_email(email: str) -> str:
-    """E-mail addresses are compared case-insensitively; they are stored lower-cased."""
-    return email.strip().lower()
+    """E-mail addresses are compared case-insensitively; they are stored lower-cased.
+
+    The same normalisation keys the counting of failed password checks, so every spelling of an address that
+    finds an account also counts against it.
+    """
+    return account_name(email)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a password check needs of an account, read before the check and compared again before a write."""
+
+    user_id: int
+    email: str
+    password_hash: str
+    is_active: bool
+    token_version: int
+
+
+_CREDENTIALS = select(User.id, User.email, User.password_hash, User.is_active, User.token_version)
+
+
+class AccountChanged(Conflict):
+    """The account changed (password, sessions) between the password check and the write: nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__("The account changed while this request was checking its password; try again.")
 
 
 class UserService:
     """Operations on user accounts; each method runs in the caller's session and commits its own work."""
 
-    def __init__(self, passwords: PasswordService, accounts: AccountStateCache, password_min_length: int) -> None:
+    def __init__(
+        self,
+        passwords: PasswordService,
+        checks: PasswordChecks,
+        accounts: AccountStateCache,
+        password_min_length: int,
+    ) -> None:
         self._passwords = passwords
+        self._checks = checks
         self._accounts = accounts
         self._min_length = password_min_length
 
@@ -41,13 +80,17 @@ class UserService:
     async def create(
         self, session: AsyncSession, *, email: str, password: str, full_name: str, role: Role = Role.READER
     ) -> User:
-        """Create an account; a taken e-mail address is a 409 conflict."""
+        """Create an account; a taken e-mail address is a 409 conflict.
+
+        The password is hashed before the session touches the database, so no connection waits on argon2.
+        """
         if role not in USER_ROLES:
             raise InvalidInput(f"A user account cannot hold the role '{role}'.", field="role")
         self._check_password(password)
+        password_hash = await self._passwords.hash(password)
         user = User(
             email=normalize_email(email),
-            password_hash=await self._passwords.hash(password),
+            password_hash=password_hash,
             full_name=full_name,
             role=role.value,
             is_active=True,
@@ -86,10 +129,39 @@ class UserService:
             created_at=state.created_at,
         )
 
-    async def find_by_email(self, session: AsyncSession, email: str) -> User | None:
-        """The account registered under ``email``, if any."""
-        result = await session.execute(select(User).where(User.email == normalize_email(email)))
-        return result.scalar_one_or_none()
+    async def credentials(
+        self, session: AsyncSession, *, email: str | None = None, user_id: int | None = None
+    ) -> Credentials | None:
+        """The credentials of the account with this e-mail address or id, read and released at once.
+
+        The session's transaction is ended before returning, so its connection is back in the pool while the
+        caller spends its time on argon2.
+        """
+        condition = User.id == user_id if email is None else User.email == normalize_email(email)
+        row = (await session.execute(_CREDENTIALS.where(condition))).one_or_none()
+        await session.rollback()
+        if row is None:
+            return None
+        return Credentials(row.id, row.email, row.password_hash, row.is_active, row.token_version)
+
+    async def lock_unchanged(self, session: AsyncSession, read: Credentials, *, sessions_too: bool) -> User:
+        """Open the write transaction and the account's row, as it was when ``read`` was taken, or 409.
+
+        The row is locked (``FOR UPDATE`` on PostgreSQL; SQLite's write transaction serialises writers), so a
+        concurrent password change either finishes first and is seen here, or waits for this one.
+        ``sessions_too`` also requires the same ``token_version`` (no logout everywhere meanwhile).
+        """
+        await begin_write(session)
+        user = (
+            await session.execute(
+                select(User).where(User.id == read.user_id).with_for_update().execution_options(populate_existing=True)
+            )
+        ).scalar_one_or_none()
+        if user is None:
+            raise NotFound(f"No user with id {read.user_id}.")
+        if user.password_hash != read.password_hash or (sessions_too and user.token_version != read.token_version):
+            raise AccountChanged
+        return user
 
     async def list(self, session: AsyncSession, *, limit: int, offset: int) -> tuple[list[User], int]:
         """A page of accounts ordered by id, with the total count."""
@@ -97,20 +169,34 @@ class UserService:
         rows = await session.execute(select(User).order_by(User.id).limit(limit).offset(offset))
         return list(rows.scalars()), total
 
-    async def update_self(self, session: AsyncSession, user_id: int, changes: UserSelfUpdate) -> User:
-        """Apply a user's own changes; changing the password ends every other session."""
-        await begin_write(session)
-        user = await self.get(session, user_id)
+    async def update_self(self, session: AsyncSession, user_id: int, changes: UserSelfUpdate, address: str) -> User:
+        """Apply a user's own changes; changing the password ends every other session.
+
+        The current password is checked like a login from ``address`` (the same failure counts and 429), with
+        no transaction open; the new one is hashed before the write transaction starts.
+        """
+        if changes.password is None:
+            await begin_write(session)
+            user = await self.get(session, user_id)
+            if changes.full_name is not None:
+                user.full_name = changes.full_name
+            await session.commit()
+            self._remember(user)
+            return user
+        if changes.current_password is None:
+            raise Forbidden("The current password is required to set a new one, and it did not match.")
+        self._check_password(changes.password)
+        read = await self.credentials(session, user_id=user_id)
+        if read is None:
+            raise NotFound(f"No user with id {user_id}.")
+        if not await self._checks.verify(read.email, address, read.password_hash, changes.current_password):
+            raise Forbidden("The current password is required to set a new one, and it did not match.")
+        new_hash = await self._passwords.hash(changes.password)
+        user = await self.lock_unchanged(session, read, sessions_too=True)
         if changes.full_name is not None:
             user.full_name = changes.full_name
-        if changes.password is not None:
-            if changes.current_password is None or not await self._passwords.verify(
-                user.password_hash, changes.current_password
-            ):
-                raise Forbidden("The current password is required to set a new one, and it did not match.")
-            self._check_password(changes.password)
-            user.password_hash = await self._passwords.hash(changes.password)
-            await self._end_sessions(session, user, reason="password_changed")
+        user.password_hash = new_hash
+        await self._end_sessions(session, user, reason="password_changed")
         await session.commit()
         self._remember(user)
         return user
