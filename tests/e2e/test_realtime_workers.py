@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 from redis import Redis
@@ -21,7 +22,7 @@ from library_api.db.engine import create_database
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for, unique_isbn
-from tests.support.live import drain_messages, receive, subscribe
+from tests.support.live import drain_messages, receive, receive_until, subscribe
 from tests.support.processes import ServerProcess, start_server
 from tests.support.services import REDIS_URL, require_redis
 
@@ -141,8 +142,8 @@ async def test_catalogue_events_and_replay_cross_workers(server: ServerProcess, 
             for messages in received:
                 books = [m for m in messages if m["type"] == "book.created"]
                 assert [m["data"]["title"] for m in books] == ["Shared"]
-                ids.add(books[0]["id"])
-            assert len(ids) == 1, "every worker delivered the same numbered message"
+                ids.add((books[0]["id"], books[0]["epoch"]))
+            assert len(ids) == 1, "every worker delivered the same numbered message of the same epoch"
 
             # A client that left resumes on whichever worker it lands, from the shared history.
             leaver, _ = clients.pop("c0")
@@ -155,7 +156,11 @@ async def test_catalogue_events_and_replay_cross_workers(server: ServerProcess, 
                 )
         back, _ = await open_on(server, "c0", reader)
         clients["c0"] = (back, "")
-        reply = await subscribe(back, "books", last_event_id=ids.pop())
+        last_id, epoch = ids.pop()
+        command = {"type": "subscribe", "topic": "books", "last_event_id": last_id, "last_event_epoch": epoch}
+        await back.send(orjson.dumps(command).decode())
+        reply = await receive_until(back, lambda m: m["type"] in ("subscribed", "resync", "error"))
+        assert reply["type"] == "subscribed"
         assert reply["data"]["replayed"] == 3
         titles = [m["data"]["title"] for m in await drain_messages(back) if m["type"] == "book.created"]
         assert titles == ["Missed 0", "Missed 1", "Missed 2"]

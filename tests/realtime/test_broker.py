@@ -12,7 +12,15 @@ import pytest_asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from library_api.realtime.broker import Broker, BrokerUnavailable, MemoryBroker, replay_from
+from library_api.realtime.broker import (
+    RESYNC_AHEAD,
+    RESYNC_EPOCH,
+    RESYNC_TRIMMED,
+    Broker,
+    BrokerUnavailable,
+    MemoryBroker,
+    replay_from,
+)
 from library_api.realtime.redis_broker import RedisBroker
 from library_api.realtime.topics import Subscription
 from tests.support.live import wait_until
@@ -24,15 +32,22 @@ BOOK_1 = Subscription("book:1", "book:1")
 MakeBroker = Callable[[int], Awaitable[Broker]]
 
 
+async def epoch_of(broker: Broker, stream: str) -> str:
+    """The stream's current epoch, as a fresh subscription would learn it."""
+    return (await broker.history(stream, None, None)).epoch
+
+
 class Recorder:
     """Collects what a broker delivers to one worker."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, int, str]] = []
+        self.epochs: list[str | None] = []
         self.notices: list[dict[str, Any]] = []
 
-    def deliver(self, stream: str, event_id: int, text: str) -> None:
+    def deliver(self, stream: str, epoch: str | None, event_id: int, text: str) -> None:
         self.messages.append((stream, event_id, text))
+        self.epochs.append(epoch)
 
     def control(self, notice: dict[str, Any]) -> None:
         self.notices.append(notice)
@@ -80,7 +95,7 @@ async def test_ids_count_up_per_stream_and_history_replays_exactly(make_broker: 
     assert await broker.latest("books") == 3
     assert await broker.latest("book:1") == 1
 
-    replay = await broker.history("books", after=1)
+    replay = await broker.history("books", 1, await epoch_of(broker, "books"))
     assert replay.complete
     assert replay.latest == 3
     assert [event_id for event_id, _ in replay.messages] == [2, 3]
@@ -96,12 +111,17 @@ async def test_ids_count_up_per_stream_and_history_replays_exactly(make_broker: 
         ("books", 3),
     ]
     assert recorder.messages[2][2] == replay.messages[0][1]  # live and replayed text are the same bytes
+    books_epochs = {
+        epoch for (stream, _, _), epoch in zip(recorder.messages, recorder.epochs, strict=True) if stream == "books"
+    }
+    assert books_epochs == {replay.epoch}
+    assert decoded[0]["epoch"] == replay.epoch
 
 
 async def test_nothing_missed_is_a_complete_empty_replay(make_broker: MakeBroker) -> None:
     broker = await make_broker(10)
     await broker.publish("x", [BOOKS], {})
-    replay = await broker.history("books", after=1)
+    replay = await broker.history("books", 1, await epoch_of(broker, "books"))
     assert replay.complete
     assert replay.messages == []
 
@@ -110,10 +130,10 @@ async def test_a_gap_older_than_the_history_needs_a_resync(make_broker: MakeBrok
     broker = await make_broker(3)
     for n in range(5):
         await broker.publish("x", [BOOKS], {"n": n})
-    too_old = await broker.history("books", after=1)
+    too_old = await broker.history("books", 1, await epoch_of(broker, "books"))
     assert not too_old.complete
     assert too_old.latest == 5
-    kept = await broker.history("books", after=2)
+    kept = await broker.history("books", 2, await epoch_of(broker, "books"))
     assert kept.complete
     assert [event_id for event_id, _ in kept.messages] == [3, 4, 5]
 
@@ -121,10 +141,10 @@ async def test_a_gap_older_than_the_history_needs_a_resync(make_broker: MakeBrok
 async def test_an_id_from_the_future_means_the_stream_was_reset(make_broker: MakeBroker) -> None:
     broker = await make_broker(10)
     await broker.publish("x", [BOOKS], {})
-    replay = await broker.history("books", after=57)
+    replay = await broker.history("books", 57, await epoch_of(broker, "books"))
     assert not replay.complete
     assert replay.latest == 1
-    unknown = await broker.history("never-published", after=3)
+    unknown = await broker.history("never-published", 3, await epoch_of(broker, "never-published"))
     assert not unknown.complete
 
 
@@ -137,9 +157,14 @@ async def test_notices_reach_the_workers(make_broker: MakeBroker) -> None:
 
 
 def test_replay_judgement() -> None:
-    assert replay_from([], 0, 0).complete
-    assert not replay_from([(3, "x")], 1, 3).complete
-    assert replay_from([(2, "x"), (3, "y")], 1, 3).complete
+    assert replay_from([], 0, 0, "e1", "e1").complete
+    assert replay_from([], None, 7, "e1", None).complete  # no position: start at the latest
+    assert replay_from([(3, "x")], 1, 3, "e1", "e1").reason == RESYNC_TRIMMED
+    assert replay_from([(2, "x"), (3, "y")], 1, 3, "e1", "e1").complete
+    assert replay_from([], 5, 3, "e1", "e1").reason == RESYNC_AHEAD
+    # A position of another numbering, or one that names none, is never resumed, even when its id looks fine.
+    assert replay_from([(2, "x"), (3, "y")], 1, 3, "e2", "e1").reason == RESYNC_EPOCH
+    assert replay_from([(2, "x"), (3, "y")], 1, 3, "e2", None).reason == RESYNC_EPOCH
 
 
 @pytest.mark.redis

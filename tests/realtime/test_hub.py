@@ -29,9 +29,9 @@ async def test_a_full_publishing_queue_drops_the_oldest_event_and_counts_it() ->
     await hub.start()  # idempotent
     try:
         await wait_until(lambda: hub.messages_published == 4, within=5, what="the two queued events")
-        replay = await broker.history("book:1", after=0)
+        replay = await broker.history("book:1", 0, broker.epoch)
         assert replay.messages == []  # the oldest (book 1) was the one dropped
-        assert [event_id for event_id, _ in (await broker.history("books", after=0)).messages] == [1, 2]
+        assert [event_id for event_id, _ in (await broker.history("books", 0, broker.epoch)).messages] == [1, 2]
     finally:
         await hub.stop()
         await hub.stop()  # idempotent

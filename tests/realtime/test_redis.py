@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 from redis import Redis
@@ -118,8 +119,11 @@ async def test_replay_and_live_messages_meet_without_a_gap_or_a_repeat(
         for n in range(50, 250):
             await ctx.hub.publish("book.updated", books, {"n": n})
 
+    epoch = (await ctx.hub.broker.history("books", None, None)).epoch
     publishing = asyncio.create_task(publish_more())
-    reply = await subscribe(client, "books", last_event_id=10)
+    command = {"type": "subscribe", "topic": "books", "last_event_id": 10, "last_event_epoch": epoch}
+    await client.send(orjson.dumps(command).decode())
+    reply = await receive_until(client, lambda m: m["type"] in ("subscribed", "resync", "error"))
     await publishing
     assert reply["type"] == "subscribed"
     received = [m for m in await drain_messages(client, quiet=1.0) if m["type"] == "book.updated"]
@@ -180,4 +184,5 @@ async def test_a_redis_outage_degrades_live_events_and_they_recover_by_themselve
     resync = await receive(again)
     assert resync["type"] == "resync"
     assert resync["data"]["last_event_id"] == 7
+    assert resync["data"]["reason"] == "epoch"  # no epoch named: the position cannot be trusted
     await again.close()

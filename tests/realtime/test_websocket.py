@@ -294,6 +294,13 @@ async def test_bad_commands_get_error_replies_and_the_connection_lives_on(start_
 # ----- reconnecting -----
 
 
+async def resume(client: ClientConnection, topic: str, last_event_id: int, epoch: str) -> dict[str, Any]:
+    """Subscribe from a position (an id and its epoch); the ``subscribed`` or ``resync`` reply."""
+    command = {"type": "subscribe", "topic": topic, "last_event_id": last_event_id, "last_event_epoch": epoch}
+    await client.send(orjson.dumps(command).decode())
+    return await receive_until(client, lambda m: m["type"] in ("subscribed", "resync", "error"))
+
+
 async def test_reconnect_with_last_event_id_yields_exactly_the_missed_messages(start_live: StartLive) -> None:
     live, ctx = await start_live()
     [token] = await tokens(ctx, Role.READER)
@@ -306,7 +313,8 @@ async def test_reconnect_with_last_event_id_yields_exactly_the_missed_messages(s
 
     missed = [await create_book(ctx, title=f"missed {n}") for n in range(5)]
     client = await open_client(live, "resumer", token)
-    reply = await subscribe(client, "books", last_event_id=seen["id"])
+    assert seen["epoch"] == subscribed["data"]["epoch"]
+    reply = await resume(client, "books", seen["id"], seen["epoch"])
     assert reply["type"] == "subscribed"
     assert reply["data"]["replayed"] == 5
     await create_book(ctx, title="live")
@@ -326,7 +334,8 @@ async def test_subscribe_reports_the_position_to_resume_from(start_live: StartLi
     await client.close()
     await create_book(ctx, title="after")
     client = await open_client(live, "position", token)
-    await subscribe(client, "books", last_event_id=3)
+    resumed = await resume(client, "books", 3, reply["data"]["epoch"])
+    assert resumed["type"] == "subscribed"
     assert [m["data"]["title"] for m in events(await drain_messages(client))] == ["after"]
 
 
@@ -336,9 +345,9 @@ async def test_a_gap_older_than_the_history_gets_a_resync(start_live: StartLive)
     for _ in range(6):
         await create_book(ctx)
     client = await open_client(live, "late", token)
-    await client.send('{"type": "subscribe", "topic": "books", "last_event_id": 1}')
-    resync = await receive_until(client, lambda m: m["type"] == "resync")
-    assert resync["data"] == {"topic": "books", "last_event_id": 1, "latest": 6}
+    epoch = (await ctx.hub.broker.history("books", None, None)).epoch
+    resync = await resume(client, "books", 1, epoch)
+    assert resync["data"] == {"topic": "books", "last_event_id": 1, "latest": 6, "epoch": epoch, "reason": "trimmed"}
     assert (await receive(client))["type"] == "subscribed"
     await create_book(ctx, title="next")
     assert [m["id"] for m in events(await drain_messages(client))] == [7]

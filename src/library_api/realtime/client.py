@@ -1,7 +1,8 @@
 """A Python client for the live event stream, used by ``library-api client ws`` and usable on its own.
 
 :class:`LiveClient` keeps one connection alive: it reconnects with backoff and jitter, resubscribes every topic
-with the last id it received (so the server replays exactly what was missed, or says ``resync``), leaves
+with the last id it received and that id's epoch (so the server replays exactly what was missed, or says
+``resync`` when it cannot: the id is too old, or the broker's numbering restarted since), leaves
 politely when the server announces a shutdown, and measures delivery latency from each message's ``ts``.
 :func:`run_clients` runs many of them (``--clients N``, ``--stress``) and :class:`ClientStats` sums them up.
 
@@ -116,6 +117,8 @@ class LiveClient:
         self.token = token
         self.topics = list(topics)
         self.last_ids: dict[str, int | None] = dict.fromkeys(self.topics)
+        self.epochs: dict[str, str | None] = dict.fromkeys(self.topics)
+        """Topic -> the epoch its last id belongs to: an id is only a position together with its epoch."""
         self.on_message = on_message
         self.ssl_context = ssl_context
         self.stats = stats or ClientStats()
@@ -170,6 +173,9 @@ class LiveClient:
         last = self.last_ids.get(topic)
         if last is not None:
             command["last_event_id"] = last
+            epoch = self.epochs.get(topic)
+            if epoch is not None:
+                command["last_event_epoch"] = epoch
         return command
 
     async def subscribe(self, topic: str) -> None:
@@ -177,11 +183,13 @@ class LiveClient:
         if topic not in self.last_ids:
             self.topics.append(topic)
             self.last_ids[topic] = None
+            self.epochs[topic] = None
         await self.send(self.subscribe_command(topic))
 
     async def unsubscribe(self, topic: str) -> None:
         """Stop following ``topic``."""
         self.last_ids.pop(topic, None)
+        self.epochs.pop(topic, None)
         if topic in self.topics:
             self.topics.remove(topic)
         await self.send({"type": "unsubscribe", "topic": topic})
@@ -230,10 +238,12 @@ class LiveClient:
         if kind == "subscribed":
             if named in self.last_ids and self.last_ids[named] is None:
                 self.last_ids[named] = data.get("last_event_id")
+                self.epochs[named] = data.get("epoch")
         elif kind == "resync":
             self.stats.resyncs += 1
             if named in self.last_ids:
                 self.last_ids[named] = data.get("latest")
+                self.epochs[named] = data.get("epoch")
         elif topic not in UNTRACKED_TOPICS and message.get("id") is not None:
             self._count(topic, int(message["id"]), message)
         if self.on_message is not None:
@@ -248,6 +258,7 @@ class LiveClient:
             self.stats.gaps += 1
         if topic in self.last_ids:
             self.last_ids[topic] = event_id
+            self.epochs[topic] = message.get("epoch", self.epochs[topic])
         self.stats.received += 1
         self.stats.types[str(message.get("type"))] += 1
         latency = latency_of(message)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from library_api.realtime.broker import RESYNC_EPOCH
+from library_api.realtime.topics import control
 from library_api.security.principal import Principal
 
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ class Connection:
         "abandoned",
         "client_id",
         "closed",
+        "epochs",
         "handler",
         "hub",
         "listed",
@@ -105,9 +108,11 @@ class Connection:
         self.pending: deque[str] = deque()
         self.streams: dict[str, int] = {}
         """Subscribed stream -> id of the last message queued from it (later ones only are sent)."""
+        self.epochs: dict[str, str] = {}
+        """Subscribed stream -> the epoch its position belongs to (unknown until the broker has named one)."""
         self.topics: dict[str, str] = {}
         """Subscribed stream -> the topic name the client used for it."""
-        self.replaying: dict[str, list[tuple[int, str]]] = {}
+        self.replaying: dict[str, list[tuple[str | None, int, str]]] = {}
         """Streams whose history is being fetched, with the live messages that arrived meanwhile."""
         self.closed = False
         self.handler = asyncio.current_task()
@@ -148,16 +153,36 @@ class Connection:
             return  # the peer is gone: the receiving side notices and unregisters
         self.writer = asyncio.get_running_loop().create_task(self._write(_Resume(sending, waiting_on)))
 
-    def offer_event(self, stream: str, event_id: int, text: str) -> None:
-        """Queue a stream message unless it was already queued (ids only ever move forward per stream)."""
+    def offer_event(self, stream: str, epoch: str | None, event_id: int, text: str) -> None:
+        """Queue a stream message unless it was already queued (ids only ever move forward per stream).
+
+        A message of another epoch than the one the position belongs to means the stream's numbering
+        restarted under this subscription (the broker lost its history): the client gets a ``resync`` first,
+        and the position starts again in the new epoch, so no message of the new numbering is taken for one
+        already sent.
+        """
         buffer = self.replaying.get(stream) if self.replaying else None
         if buffer is not None:
-            buffer.append((event_id, text))
+            buffer.append((epoch, event_id, text))
             return
+        if epoch is not None:
+            known = self.epochs.get(stream)
+            if known != epoch:
+                if known is not None:
+                    self._restart(stream, epoch)
+                self.epochs[stream] = epoch
         if event_id <= self.streams.get(stream, 0):
             return
         self.streams[stream] = event_id
         self.offer(text)
+
+    def _restart(self, stream: str, epoch: str) -> None:
+        """The stream's numbering restarted under a live subscription: tell the client, start the position again."""
+        self.hub.resyncs += 1
+        self.streams[stream] = 0
+        topic = self.topics.get(stream, stream)
+        data = {"topic": topic, "last_event_id": None, "latest": None, "epoch": epoch, "reason": RESYNC_EPOCH}
+        self.offer(control("resync", data))
 
     async def _write(self, in_flight: _Resume) -> None:
         pending = self.pending

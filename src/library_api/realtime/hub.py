@@ -214,16 +214,16 @@ class Hub:
         if self._draining:
             data["draining"] = True
         text = with_id(self._heartbeat_id, envelope_tail(HEARTBEAT, HEARTBEAT, ts, data))
-        self.deliver(HEARTBEAT, self._heartbeat_id, text)
+        self.deliver(HEARTBEAT, None, self._heartbeat_id, text)
 
     # ----- delivery -----
 
-    def deliver(self, stream: str, event_id: int, text: str) -> None:
+    def deliver(self, stream: str, epoch: str | None, event_id: int, text: str) -> None:
         """Queue a numbered message for every local subscriber of ``stream`` (never awaits)."""
         subscribers = self._subscribers.get(stream)
         if subscribers:
-            for connection in subscribers:
-                connection.offer_event(stream, event_id, text)
+            for connection in list(subscribers):
+                connection.offer_event(stream, epoch, event_id, text)
 
     def on_control(self, notice: dict[str, Any]) -> None:
         """Act on a notice from any worker: a client id reconnected elsewhere, or a fanout gap to resync."""
@@ -240,6 +240,7 @@ class Hub:
                     if stream != HEARTBEAT:
                         self.resyncs += 1
                         connection.streams[stream] = 0
+                        connection.epochs.pop(stream, None)  # the next message names the epoch to follow
                         connection.offer(
                             control("resync", {"topic": topic, "latest": None, "reason": "messages were lost"})
                         )
@@ -331,6 +332,7 @@ class Hub:
 
     def _remove_subscriber(self, connection: Connection, stream: str) -> None:
         connection.streams.pop(stream, None)
+        connection.epochs.pop(stream, None)
         connection.topics.pop(stream, None)
         connection.replaying.pop(stream, None)
         subscribers = self._subscribers.get(stream)
@@ -339,12 +341,16 @@ class Hub:
             if not subscribers:
                 del self._subscribers[stream]
 
-    async def subscribe(self, connection: Connection, topic: str, last_event_id: int | None) -> None:
+    async def subscribe(
+        self, connection: Connection, topic: str, last_event_id: int | None, last_event_epoch: str | None = None
+    ) -> None:
         """Subscribe (raises :class:`~library_api.realtime.topics.TopicError`); replays from ``last_event_id``.
 
-        Live messages arriving while the history is read are held back and sent after it, each once, in id
-        order; the ``subscribed`` reply names the id the subscription starts after, so the client can
-        resume from it even if nothing arrives before it disconnects.
+        The position is resumed only when ``last_event_epoch`` is the stream's current epoch (see
+        :func:`~library_api.realtime.broker.replay_from`); otherwise the client gets a ``resync``. Live messages
+        arriving while the history is read are held back and sent after it, each once, in id order; the
+        ``subscribed`` reply names the id (and epoch) the subscription starts after, so the client can resume
+        from it even if nothing arrives before it disconnects.
         """
         subscription = resolve(topic, connection.principal)
         limit = self.settings.ws_max_subscriptions
@@ -360,37 +366,37 @@ class Hub:
             return
         connection.replaying[subscription.stream] = []
         messages: list[tuple[int, str]] = []
-        resync = unknown = False
+        epoch: str | None = None
+        reason: str | None = None
         try:
-            if last_event_id is None:
-                start = await self.broker.latest(subscription.stream)
-            else:
-                replay = await self.broker.history(subscription.stream, last_event_id)
-                if replay.complete:
-                    start, messages = last_event_id, replay.messages
-                else:
-                    start, resync = replay.latest, True
+            replay = await self.broker.history(subscription.stream, last_event_id, last_event_epoch)
         except BrokerUnavailable:
-            start, resync, unknown = 0, last_event_id is not None, True
+            start, reason = 0, "unavailable" if last_event_id is not None else None
+        else:
+            epoch, start, reason = replay.epoch, replay.latest, replay.reason
+            if replay.complete and last_event_id is not None:
+                start, messages = last_event_id, replay.messages
         held = connection.replaying.pop(subscription.stream, None)
         if held is None or connection.closed:
             return  # unsubscribed or closed while the history was read
-        if resync:
+        known = None if epoch is None else start
+        if reason is not None:
             self.resyncs += 1
-            connection.offer(
-                control(
-                    "resync", {"topic": topic, "last_event_id": last_event_id, "latest": None if unknown else start}
-                )
-            )
+            data = {"topic": topic, "last_event_id": last_event_id, "latest": known, "epoch": epoch, "reason": reason}
+            connection.offer(control("resync", data))
         connection.offer(
             control(
                 "subscribed",
-                {"topic": topic, "last_event_id": None if unknown else start, "replayed": len(messages)},
+                {"topic": topic, "last_event_id": known, "epoch": epoch, "replayed": len(messages)},
             )
         )
         connection.streams[subscription.stream] = start
-        for event_id, text in (*messages, *held):
-            connection.offer_event(subscription.stream, event_id, text)
+        if epoch is not None:
+            connection.epochs[subscription.stream] = epoch
+        for event_id, text in messages:
+            connection.offer_event(subscription.stream, epoch, event_id, text)
+        for held_epoch, event_id, text in held:
+            connection.offer_event(subscription.stream, held_epoch, event_id, text)
 
     def unsubscribe(self, connection: Connection, topic: str) -> bool:
         """Stop a subscription; ``False`` when the connection had none for ``topic``."""

@@ -5,12 +5,20 @@ Keys (all under one hash tag, so that the publishing script touches a single Red
 * ``{prefix}:s:{stream}`` -- the stream's history, ``MAXLEN = WS_HISTORY_SIZE``. Entries get the ids
   ``0-1``, ``0-2``, ... (``XADD ... 0-*``), so the sequence part *is* the per-topic message id: atomic,
   gap-free, and kept by Redis even when old entries are trimmed.
+* ``{prefix}:e:{stream}`` -- the stream's epoch, a hash ``{e: epoch, u: 1 once something was published}``.
+  ``XADD 0-*`` starts again at 1 on a stream that no longer exists (Redis restarted without its data, the key
+  was evicted or deleted), so the scripts below give a stream a *new* epoch whenever its numbering cannot be
+  the one the stored epoch names: no epoch yet, or an epoch that numbered messages (``u = 1``) while the
+  stream itself is gone. An epoch made by a subscription to a stream nobody has published on yet (``u = 0``)
+  is kept by the first publish (position 0 of it is still exact) and expires after ``EMPTY_EPOCH_TTL`` if
+  nothing is published, so that subscribing to arbitrary topics leaves nothing behind for long.
 * ``{prefix}:fanout`` -- one entry per (message, stream), ``MAXLEN ~ 10000``, read by every worker with a
   blocking ``XREAD`` from the last id it saw. Unlike Pub/Sub, a worker whose connection drops resumes where it
   stopped, so no message is lost to a reconnect; and because each worker reads the stream itself (no consumer
   group), every worker receives every message exactly once.
 
-Both ``XADD`` calls run in one Lua script, so a message is in the history exactly when it is in the fanout.
+Both ``XADD`` calls run in one Lua script, so a message is in the history exactly when it is in the fanout; the
+history read is one script too, so the epoch, the latest id and the entries it returns belong together.
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from library_api.realtime.broker import BrokerUnavailable, ControlHandler, Deliver, Replay, replay_from
+from library_api.realtime.broker import BrokerUnavailable, ControlHandler, Deliver, Replay, new_epoch, replay_from
 from library_api.realtime.topics import Subscription, envelope_tail, now_iso, with_id
 
 logger = logging.getLogger("library_api.realtime.redis")
@@ -32,16 +40,66 @@ logger = logging.getLogger("library_api.realtime.redis")
 FANOUT_MAXLEN = 10_000
 """Approximate length of the fanout stream: how far behind a worker may fall before it loses messages."""
 
-_PUBLISH = """
-local ids = {}
-for i = 2, #KEYS do
-  local tail = ARGV[1 + i]
-  local id = redis.call('XADD', KEYS[i], 'MAXLEN', '=', ARGV[1], '0-*', 't', tail)
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[i + #KEYS], 'i', id, 't', tail)
-  ids[#ids + 1] = id
+EMPTY_EPOCH_TTL = 86_400
+"""Seconds an epoch made for a stream nobody has published on yet is kept (a subscription makes it)."""
+
+_EPOCH = """
+local function epoch_of(skey, ekey, candidate, publishing, ttl)
+  local epoch = redis.call('HGET', ekey, 'e')
+  local exists = redis.call('EXISTS', skey) == 1
+  if epoch and (exists or redis.call('HGET', ekey, 'u') ~= '1') then
+    if publishing and not exists then
+      redis.call('HSET', ekey, 'u', '1')
+      redis.call('PERSIST', ekey)
+    end
+    return epoch, exists
+  end
+  redis.call('DEL', ekey)
+  if publishing or exists then
+    redis.call('HSET', ekey, 'e', candidate, 'u', '1')
+  else
+    redis.call('HSET', ekey, 'e', candidate, 'u', '0')
+    redis.call('EXPIRE', ekey, ttl)
+  end
+  return candidate, exists
 end
-return ids
 """
+
+_PUBLISH = (
+    _EPOCH
+    + """
+local n = tonumber(ARGV[3])
+local ids = {}
+local epochs = {}
+for i = 1, n do
+  local epoch = epoch_of(KEYS[1 + i], KEYS[1 + n + i], ARGV[3 + 2 * n + i], true, 0)
+  local tail = ARGV[3 + i]
+  local id = redis.call('XADD', KEYS[1 + i], 'MAXLEN', '=', ARGV[1], '0-*', 't', tail)
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[3 + n + i], 'i', id, 'e', epoch, 't', tail)
+  ids[i] = id
+  epochs[i] = epoch
+end
+return {ids, epochs}
+"""
+)
+
+_HISTORY = (
+    _EPOCH
+    + """
+local epoch, exists = epoch_of(KEYS[1], KEYS[2], ARGV[1], false, ARGV[2])
+if not exists then
+  return {epoch, '0-0', {}}
+end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
+local entries = {}
+if ARGV[3] == epoch and ARGV[4] ~= '' then
+  entries = redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[4], '+', 'COUNT', ARGV[5])
+end
+return {epoch, last, entries}
+"""
+)
+"""Reads a stream's epoch (making one if it has none), its latest id and, for a position of that epoch, the
+entries after it: all at one instant, so a reset cannot fall between the judgement and the read."""
 
 
 def sequence(entry_id: str) -> int:
@@ -66,6 +124,7 @@ class RedisBroker:
         self._history_size = history_size
         self._block_ms = block_ms
         self._publish = self._redis.register_script(_PUBLISH)
+        self._history = self._redis.register_script(_HISTORY)
         self._reader: asyncio.Task[None] | None = None
         self._stopping = False
         self._deliver: Deliver | None = None
@@ -78,6 +137,10 @@ class RedisBroker:
     def key(self, stream: str) -> str:
         """The Redis key holding ``stream``'s history."""
         return f"{self._prefix}:s:{stream}"
+
+    def epoch_key(self, stream: str) -> str:
+        """The Redis key holding ``stream``'s epoch."""
+        return f"{self._prefix}:e:{stream}"
 
     async def start(self, deliver: Deliver, on_control: ControlHandler) -> None:
         """Start reading the fanout from its current end (taken now, so nothing published after this is missed)."""
@@ -95,39 +158,44 @@ class RedisBroker:
         if not routes:
             return []
         ts = now_iso()
-        keys = [self._fanout, *(self.key(route.stream) for route in routes)]
+        keys = [
+            self._fanout,
+            *(self.key(route.stream) for route in routes),
+            *(self.epoch_key(route.stream) for route in routes),
+        ]
         tails = [envelope_tail(message_type, route.topic, ts, data) for route in routes]
-        args: list[str | int] = [self._history_size, FANOUT_MAXLEN, *tails, *(route.stream for route in routes)]
+        args: list[str | int] = [
+            self._history_size,
+            FANOUT_MAXLEN,
+            len(routes),
+            *tails,
+            *(route.stream for route in routes),
+            *(new_epoch() for _ in routes),
+        ]
         try:
-            ids = await self._publish(keys=keys, args=args)
+            ids, _epochs = await self._publish(keys=keys, args=args)
         except RedisError as exc:
             raise BrokerUnavailable(f"redis: {exc}") from exc
         return [sequence(str(entry_id)) for entry_id in ids]
 
     async def latest(self, stream: str) -> int:
         """The last id Redis generated for ``stream`` (kept even after trimming)."""
-        try:
-            info = await self._redis.xinfo_stream(self.key(stream))
-        except ResponseError:
-            return 0  # no such key: nothing was ever published on it
-        except RedisError as exc:
-            raise BrokerUnavailable(f"redis: {exc}") from exc
-        return sequence(str(info["last-generated-id"]))
+        return (await self.history(stream, None, None)).latest
 
-    async def history(self, stream: str, after: int) -> Replay:
-        """The kept entries of ``stream`` after ``after`` (at most the history size)."""
-        latest = await self.latest(stream)
-        if after >= latest:
-            return replay_from([], after, latest)
+    async def history(self, stream: str, after: int | None, epoch: str | None) -> Replay:
+        """The kept entries of ``stream`` after ``after`` (at most the history size), if ``epoch`` is the stream's."""
+        position: str | int = "" if after is None else after
+        args: list[str | int] = [new_epoch(), EMPTY_EPOCH_TTL, epoch or "", position, self._history_size]
         try:
-            entries: list[Any] = await self._redis.xrange(self.key(stream), f"(0-{after}", f"0-{latest}") or []
+            current, last, entries = await self._history(keys=[self.key(stream), self.epoch_key(stream)], args=args)
         except RedisError as exc:
             raise BrokerUnavailable(f"redis: {exc}") from exc
         messages = []
         for entry_id, fields in entries:
             event_id = sequence(str(entry_id))
-            messages.append((event_id, with_id(event_id, str(fields["t"]))))
-        return replay_from(messages, after, latest)
+            flat = dict(zip(fields[::2], fields[1::2], strict=True))
+            messages.append((event_id, with_id(event_id, str(flat["t"]), str(current))))
+        return replay_from(messages, after, sequence(str(last)), str(current), epoch)
 
     async def announce(self, notice: dict[str, Any]) -> None:
         """Put a control notice on the fanout for every worker."""
@@ -207,7 +275,8 @@ class RedisBroker:
         deliver = self._deliver
         if deliver is not None:
             event_id = sequence(fields["i"])
-            deliver(fields["s"], event_id, with_id(event_id, fields["t"]))
+            epoch = fields.get("e")
+            deliver(fields["s"], epoch, event_id, with_id(event_id, fields["t"], epoch))
 
     def _control(self, notice: dict[str, Any]) -> None:
         if self._on_control is not None:

@@ -336,7 +336,7 @@ async def _run(hub: Hub, connection: Connection, text: str) -> None:
         return
     if isinstance(command, SubscribeCommand):
         try:
-            await hub.subscribe(connection, command.topic, command.last_event_id)
+            await hub.subscribe(connection, command.topic, command.last_event_id, command.last_event_epoch)
         except TopicError as exc:
             connection.offer(control("error", {"request": "subscribe", "topic": command.topic, "message": str(exc)}))
     elif isinstance(command, UnsubscribeCommand):

@@ -19,11 +19,16 @@ class AuthCommand(_Command):
 
 
 class SubscribeCommand(_Command):
-    """Follow a topic; with ``last_event_id``, first receive what was published on it after that id."""
+    """Follow a topic; with ``last_event_id`` and ``last_event_epoch``, first receive what was published after it.
+
+    The epoch is the one the client's position came from (every stream message and ``subscribed`` carry it); a
+    position without it, or of another epoch, gets a ``resync`` instead of a replay.
+    """
 
     type: Literal["subscribe"]
     topic: str = Field(min_length=1, max_length=100)
     last_event_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    last_event_epoch: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class UnsubscribeCommand(_Command):

@@ -125,9 +125,15 @@ def envelope_tail(message_type: str, topic: str, ts: str, data: Any) -> str:
     return "," + body[1:]
 
 
-def with_id(event_id: int | None, tail: str) -> str:
-    """A complete envelope from its id and its tail."""
-    return '{"id":' + ("null" if event_id is None else str(event_id)) + tail
+def with_id(event_id: int | None, tail: str, epoch: str | None = None) -> str:
+    """A complete envelope from its id, its stream's epoch (stream messages only) and its tail.
+
+    ``epoch`` is JSON-encoded even though brokers make it of hex digits: it may come back from Redis.
+    """
+    head = '{"id":' + ("null" if event_id is None else str(event_id))
+    if epoch is not None:
+        head += ',"epoch":' + orjson.dumps(epoch).decode()
+    return head + tail
 
 
 def control(message_type: str, data: dict[str, Any]) -> str:

@@ -22,7 +22,9 @@
     retryTimer: null,
     received: 0,
     reconnects: 0,
+    resyncs: 0,
     topics: new Map(), // topic -> last id received (null until known)
+    epochs: new Map(), // topic -> the epoch that id belongs to
   };
 
   function setState(name, detail) {
@@ -115,10 +117,16 @@
     }
   }
 
+  // A position is an id and the epoch it belongs to: after the broker loses its history the ids start again
+  // at 1 in a new epoch, and the server answers a position of another epoch (or none) with "resync".
   function subscribe(topic) {
     const last = state.topics.get(topic);
     const message = { type: "subscribe", topic };
-    if (last !== null && last !== undefined) message.last_event_id = last;
+    if (last !== null && last !== undefined) {
+      message.last_event_id = last;
+      const epoch = state.epochs.get(topic);
+      if (epoch) message.last_event_epoch = epoch;
+    }
     send(message);
   }
 
@@ -142,15 +150,20 @@
       case "subscribed":
         if (!state.topics.has(data.topic) || state.topics.get(data.topic) === null) {
           state.topics.set(data.topic, data.last_event_id);
+          state.epochs.set(data.topic, data.epoch || null);
         }
         renderTopics();
         break;
       case "unsubscribed":
         state.topics.delete(data.topic);
+        state.epochs.delete(data.topic);
         renderTopics();
         break;
       case "resync":
         state.topics.set(data.topic, data.latest);
+        state.epochs.set(data.topic, data.epoch || null);
+        state.resyncs += 1;
+        $("resyncs").textContent = String(state.resyncs);
         banner(`Some messages on "${data.topic}" are no longer kept: reload what you show from the API.`);
         break;
       case "shutdown":
@@ -161,7 +174,10 @@
         banner(`Server: ${data.message}`);
         break;
       default:
-        if (message.id !== null && state.topics.has(message.topic)) state.topics.set(message.topic, message.id);
+        if (message.id !== null && state.topics.has(message.topic)) {
+          state.topics.set(message.topic, message.id);
+          if (message.epoch) state.epochs.set(message.topic, message.epoch);
+        }
         if (message.topic !== "system") {
           state.received += 1;
           $("received").textContent = String(state.received);
