@@ -44,6 +44,7 @@ from library_api.http.problems import install_problem_handlers
 from library_api.http.query import single_valued_query
 from library_api.http.responses import add_problem_responses, use_problem_media_type
 from library_api.http.stack import install_middleware
+from library_api.idempotency.store import IdempotencyStore
 from library_api.notifications.service import Notifier
 from library_api.observability import multiprocess
 from library_api.observability.health import HealthMonitor
@@ -233,6 +234,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
             events,
             max_length=timedelta(days=settings.booking_max_days),
             start_grace=timedelta(seconds=settings.booking_start_grace_seconds),
+            idempotency=IdempotencyStore(timedelta(hours=settings.idempotency_key_ttl_hours)),
         ),
         shutdown=shutdown,
         metrics=metrics,

@@ -253,6 +253,7 @@ class Settings(BaseSettings):
 
     # ----- domain -----
     booking_max_days: int = Field(default=30, ge=1, le=3650)
+    idempotency_key_ttl_hours: int = Field(default=24, ge=1, le=24 * 30)
     booking_start_grace_seconds: int = Field(default=300, ge=0, le=86_400)
 
     # ----- real time -----

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Header, Path, Query, status
+from starlette.responses import Response
 
 from library_api.bookings.models import BookingStatus
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
@@ -13,6 +14,7 @@ from library_api.deps import ContextDep, SessionDep
 from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.responses import problems
+from library_api.idempotency.store import KEY_PATTERN, StoredAnswer
 from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
@@ -24,6 +26,15 @@ Booker = Annotated[Principal, require(Permission.BOOKINGS_CREATE)]
 Viewer = Annotated[Principal, require(Permission.BOOKINGS_READ)]
 Canceller = Annotated[Principal, require(Permission.BOOKINGS_CANCEL)]
 Manager = Annotated[Principal, require(Permission.BOOKINGS_MANAGE)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=f"^{KEY_PATTERN.pattern}$",
+        max_length=255,
+        description="Makes a retry return the first answer instead of creating again (1-255 visible ASCII).",
+    ),
+]
 
 _NEW_BOOKING = {"booking_id": "$response.body#/id"}
 LINKS = (
@@ -38,12 +49,33 @@ LINKS = (
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=problems(401, 403, 404, 409, 422),
+    responses=problems(401, 403, 404, 409, 422, 503),
     summary="Book a copy",
+    response_model=BookingOut,
 )
-async def create_booking(body: BookingCreate, principal: Booker, session: SessionDep, ctx: ContextDep) -> BookingOut:
-    """Book one copy of a book for ``[start, end)``; 409 when no copy is free for the whole period."""
-    return await ctx.bookings.create(session, principal, body)
+async def create_booking(
+    body: BookingCreate,
+    principal: Booker,
+    session: SessionDep,
+    ctx: ContextDep,
+    idempotency_key: IdempotencyKey = None,
+) -> BookingOut | Response:
+    """Book one copy of a book for ``[start, end)``; 409 when no copy is free for the whole period.
+
+    Send an ``Idempotency-Key`` (a UUID, say) to make retries safe: a retry with the same key and body, after
+    a timeout, a 503 or a lost connection, gets the first answer (with ``Idempotent-Replayed: true``) instead
+    of a second booking; the same key with another body is a 422, and a retry while the first request still
+    runs a 409 ``idempotency-key-in-use``. Keys are per user and kept ``IDEMPOTENCY_KEY_TTL_HOURS``.
+    """
+    result = await ctx.bookings.create(session, principal, body, idempotency_key)
+    if isinstance(result, StoredAnswer):
+        return Response(
+            result.body,
+            status_code=result.status,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+    return result
 
 
 @router.get("", responses=problems(401, 403, 422), summary="List bookings")

@@ -25,6 +25,7 @@ from library_api.db.engine import Database, begin_write
 from library_api.db.reads import HotRead
 from library_api.events import DomainEvent, EventBus
 from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
+from library_api.idempotency.store import Claim, IdempotencyStore, StoredAnswer
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 
@@ -95,14 +96,28 @@ def present_row(row: Mapping[Any, Any]) -> BookingOut:
 class BookingService:
     """Creating, listing, cancelling and returning bookings."""
 
-    def __init__(self, events: EventBus, max_length: timedelta, start_grace: timedelta) -> None:
+    def __init__(
+        self,
+        events: EventBus,
+        max_length: timedelta,
+        start_grace: timedelta,
+        idempotency: IdempotencyStore | None = None,
+    ) -> None:
         self._events = events
         self._books = BookRepository()
         self._max_length = max_length
         self._start_grace = start_grace
+        self._idempotency = idempotency or IdempotencyStore(timedelta(hours=24))
 
-    async def create(self, session: AsyncSession, principal: Principal, data: BookingCreate) -> BookingOut:
-        """Book one copy for the caller, or 409 when every copy is taken at some instant of the period."""
+    async def create(
+        self, session: AsyncSession, principal: Principal, data: BookingCreate, idempotency_key: str | None = None
+    ) -> BookingOut | StoredAnswer:
+        """Book one copy for the caller, or 409 when every copy is taken at some instant of the period.
+
+        With ``idempotency_key`` the key is claimed in the booking's own transaction, and a retry with the same
+        key and body returns the first answer (a :class:`StoredAnswer`) instead of booking again (see
+        :mod:`library_api.idempotency.store`).
+        """
         user_id = self._owner(principal)
         start, end = data.start.astimezone(UTC), data.end.astimezone(UTC)
         now = utcnow()
@@ -114,6 +129,15 @@ class BookingService:
             days = self._max_length.total_seconds() / 86400
             raise InvalidInput(f"A booking lasts at most {days:g} days.", field="body.end")
         await begin_write(session)
+        claim: Claim | None = None
+        if idempotency_key is not None:
+            claimed = await self._idempotency.claim(
+                session, user_id, "bookings.create", idempotency_key, data.model_dump(mode="json")
+            )
+            if isinstance(claimed, StoredAnswer):
+                await session.rollback()
+                return claimed
+            claim = claimed
         book = await self._books.lock(session, data.book_id)
         if book is None:
             raise NotFound(f"No book with id {data.book_id}.")
@@ -122,6 +146,9 @@ class BookingService:
             raise Conflict("No copy of this book is free for the whole period.")
         booking = Booking(book_id=book.id, user_id=user_id, start_at=start, end_at=end, status=BookingStatus.ACTIVE)
         session.add(booking)
+        if claim is not None:
+            await session.flush()
+            await self._idempotency.answer(session, claim, 201, present(booking).model_dump_json())
         await session.commit()
         view = present(booking)
         await self._publish("booking.created", view)

@@ -33,6 +33,30 @@ SQLITE_BEGIN_OPTION = "library_sqlite_begin"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite connection waits for another writer before it reports the database as locked."""
 
+DRIVER_TIMEOUT_GRACE = 1.0
+"""Seconds the driver waits beyond ``DATABASE_STATEMENT_TIMEOUT_MS`` before it gives up on the server itself.
+
+The server cancels a statement that runs too long and says so; a server that is frozen or cut off cannot, and
+without a bound of the driver's own a request would wait as long as the operating system keeps the socket
+(asyncpg's defaults: 60 s to connect, no command timeout). The grace lets the server's cleaner error come first.
+"""
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to open a connection when statements have no timeout (``DATABASE_STATEMENT_TIMEOUT_MS=0``)."""
+
+
+def driver_timeouts(settings: Settings) -> tuple[float, float | None]:
+    """The driver's ``(connect timeout, command timeout)`` in seconds, derived from the statement timeout.
+
+    Both are the statement timeout plus :data:`DRIVER_TIMEOUT_GRACE`: a request that meets a stalled database
+    waits at most about the pool timeout, one connect and one statement (and the rollback of what it began)
+    before it gets a 503. With statement timeouts off, connecting is still bounded and commands are not.
+    """
+    if settings.database_statement_timeout_ms <= 0:
+        return DEFAULT_CONNECT_TIMEOUT, None
+    bound = settings.database_statement_timeout_ms / 1000 + DRIVER_TIMEOUT_GRACE
+    return bound, bound
+
 
 @dataclass(slots=True)
 class Database:
@@ -171,11 +195,14 @@ def create_engine(settings: Settings, url_text: str | None = None) -> AsyncEngin
     url = make_url(url_text)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(settings, url.database)
+    connect_timeout, command_timeout = driver_timeouts(settings)
     connect_args: dict[str, Any] = {
         "server_settings": {
             "application_name": "library-api",
             "statement_timeout": str(settings.database_statement_timeout_ms),
         },
+        "timeout": connect_timeout,
+        "command_timeout": command_timeout,
     }
     return create_async_engine(
         url_text,

@@ -4,6 +4,7 @@ from library_api.auth.models import RefreshFamily, RefreshToken
 from library_api.bookings.models import Booking
 from library_api.books.models import Book, BookAuthor, BookTag
 from library_api.db.base import Base
+from library_api.idempotency.models import IdempotencyRecord
 from library_api.notifications.models import OutboxEmail
 from library_api.tokens.models import ApiToken
 from library_api.users.models import User
@@ -16,6 +17,7 @@ __all__ = [
     "BookAuthor",
     "BookTag",
     "Booking",
+    "IdempotencyRecord",
     "OutboxEmail",
     "RefreshFamily",
     "RefreshToken",

@@ -5,6 +5,13 @@ that died under a query) is *transient*: reads retry it with backoff and, when i
 503 problem with ``Retry-After`` instead of a 500. Everything else (a constraint, a syntax error) is not
 retried and stays what it is.
 
+A database that does not answer in time is the fourth case, and a transient one too: the server cancelled a
+statement after ``DATABASE_STATEMENT_TIMEOUT_MS`` (SQLSTATE 57014, also what a frozen server does to every
+queued statement once it runs again), or the driver gave up waiting (its connect and command timeouts, set from
+the statement timeout, see :func:`library_api.db.engine.driver_timeouts`). The client gets a 503
+``database-timeout`` problem with ``Retry-After``. Whether a write that timed out was committed is unknown to
+the service too: creating routes accept an ``Idempotency-Key`` so that the retry cannot create twice.
+
 A saturated pool is the third case: every connection is busy and a request has waited ``DATABASE_POOL_TIMEOUT``
 seconds for one. SQLAlchemy raises its own ``TimeoutError`` then; the client gets a 503 problem with a short
 ``Retry-After`` (the service is healthy, only busy), never a 500 and never an endless wait.
@@ -35,6 +42,29 @@ _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 """admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections."""
 
 _NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.gaierror)
+
+TIMEOUT_RETRY_AFTER = 5
+"""Seconds a client is asked to wait after a 503 caused by a statement or driver timeout."""
+
+_TIMEOUT_SQLSTATES = frozenset({"57014", "55P03"})
+"""query_canceled (statement_timeout), lock_not_available (lock_timeout)."""
+
+_TIMEOUT_ERROR_NAMES = frozenset({"QueryCanceledError", "LockNotAvailableError"})
+"""asyncpg's exceptions for the same two SQLSTATEs, when a wrapper hides the code."""
+
+
+def is_database_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database did not answer in time (a server or a driver timeout)."""
+    if isinstance(exc, TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        original = exc.orig
+        sqlstate = str(getattr(original, "sqlstate", "") or getattr(original, "pgcode", "") or "")
+        if sqlstate in _TIMEOUT_SQLSTATES:
+            return True
+        cause = original.__cause__ if original is not None else None
+        return isinstance(cause, TimeoutError) or type(cause).__name__ in _TIMEOUT_ERROR_NAMES
+    return False
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
@@ -69,6 +99,18 @@ def unavailable_response(request: Request) -> Response:
     )
 
 
+def timeout_response(request: Request) -> Response:
+    """The 503 problem a request gets when the database did not answer within the statement timeout."""
+    return problem_response(
+        503,
+        "database-timeout",
+        "Database timeout",
+        "The database did not answer in time; retry shortly (with the same Idempotency-Key for a write).",
+        instance=request.url.path,
+        headers={"Retry-After": str(TIMEOUT_RETRY_AFTER)},
+    )
+
+
 def busy_response(request: Request) -> Response:
     """The 503 problem a request gets when no pooled connection freed up within the pool timeout."""
     return problem_response(
@@ -82,7 +124,7 @@ def busy_response(request: Request) -> Response:
 
 
 def install_database_unavailable_handler(app: FastAPI) -> None:
-    """Answer requests that fail on an unreachable database or a saturated pool with 503 + ``Retry-After``.
+    """Answer requests that fail on an unreachable, slow or saturated database with 503 + ``Retry-After``.
 
     Other database errors stay 500.
     """
@@ -93,6 +135,9 @@ def install_database_unavailable_handler(app: FastAPI) -> None:
         return busy_response(request)
 
     async def on_database_error(request: Request, exc: Exception) -> Response:
+        if is_database_timeout(exc):
+            logger.warning("database timeout on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+            return timeout_response(request)
         if is_database_unavailable(exc):
             logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
             return unavailable_response(request)
