@@ -12,8 +12,9 @@ booking was made: the service may have committed it just before the answer was l
   ``Idempotent-Replayed: true``; with another request body it gets a 422 ``idempotency-key-reused`` problem.
 * Concurrent duplicates: on PostgreSQL the second claim waits on the unique index until the first transaction
   ends, and then replays its answer (or, if the first rolled back, claims the key itself). On SQLite writers
-  are serialised, so the second simply finds the first's answer. A duplicate that still finds the key claimed
-  but unanswered gets 409 ``idempotency-key-in-use`` with ``Retry-After``.
+  are serialised, so the second simply finds the first's answer. A claim is never visible unanswered to another
+  transaction (it commits with its answer); a duplicate whose claim failed yet finds no answer (the first was
+  rolled back or purged in between) gets 409 ``idempotency-key-in-use`` with ``Retry-After`` and may retry.
 * Keys are scoped per user and per operation, and expire after ``IDEMPOTENCY_KEY_TTL_HOURS``; expired rows are
   removed when their key is used again and by :meth:`IdempotencyStore.purge_expired`.
 """
@@ -67,11 +68,6 @@ class StoredAnswer:
 def fingerprint(request: Any) -> str:
     """A digest of the request's JSON-able content (keys sorted), to tell a retry from another request."""
     return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def valid_key(key: str) -> bool:
-    """Whether ``key`` is an acceptable ``Idempotency-Key`` value."""
-    return KEY_PATTERN.fullmatch(key) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +152,5 @@ class IdempotencyStore:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used for a different request; use a new key for a new request.",
                 field="header.Idempotency-Key",
-            )
-        if record.status == 0:
-            raise IdempotencyKeyInUse(
-                "Another request with this Idempotency-Key is being processed; retry shortly.",
-                headers={"Retry-After": str(IN_USE_RETRY_AFTER)},
             )
         return StoredAnswer(record.status, record.body)
