@@ -43,6 +43,7 @@ INFRASTRUCTURE_KEYS: dict[str, str] = {
     "REDISCLI_AUTH": "redis-cli's password in the Redis container's health check",
     "GRAFANA_ADMIN_USER": "Grafana's administrator",
     "GRAFANA_ADMIN_PASSWORD": "Grafana's administrator password",
+    "ALERTMANAGER_WEBHOOK_URL": "deploy/deploy.sh: the webhook receiver's URL in Alertmanager's configuration",
     "PROMETHEUS_MULTIPROC_DIR": "read by prometheus_client itself; emptied and maintained by deploy/gunicorn.conf.py",
     "WEB_CONCURRENCY": "deploy/gunicorn.conf.py: worker processes",
     "WORKERS_PER_CORE": "deploy/gunicorn.conf.py: workers per usable CPU",
