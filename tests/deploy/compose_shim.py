@@ -106,18 +106,18 @@ def deploy_checkout(root: Path, env_values: dict[str, str]) -> Path:
 
 
 def shim_environment(bin_dir: Path, log: Path, workdir: Path, **values: str) -> dict[str, str]:
-    """The environment to run ``deploy.sh`` in: this one without deployment settings, the stand-in first on
-    ``PATH``, its log and the working directory of the "containers", then ``values``."""
+    """The environment to run ``deploy.sh`` in: this one without deployment settings, ``values``, the stand-in first on
+    ``PATH`` (also before a ``PATH`` in ``values``), its log and the working directory of the "containers"."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("HEALTH_", "DEPLOY_", "BACKUP_", "COMPOSE_", "LIBRARY_API_", "K8S_"))
     }
     workdir.mkdir(parents=True, exist_ok=True)
+    env.update(values)
     env.update(
         PATH=f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}",
         DOCKER_SHIM_LOG=str(log),
         DOCKER_SHIM_WORKDIR=str(workdir),
     )
-    env.update(values)
     return env
