@@ -46,10 +46,12 @@ class Checkout:
 
     @property
     def token_file(self) -> Path:
+        """Prometheus's scrape token, as deploy.sh writes it."""
         return self.root / "deploy" / "prometheus" / "scrape-token"
 
     @property
     def alertmanager_config(self) -> Path:
+        """The Alertmanager configuration deploy.sh writes from alertmanager.yml and .env."""
         return self.root / "deploy" / "alertmanager" / "alertmanager.generated.yml"
 
     def deploy(self, *arguments: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -70,6 +72,7 @@ class Checkout:
 
 
 def make_checkout(tmp_path: Path, **env_values: str) -> Checkout:
+    """A scratch checkout whose .env holds ``env_values`` over the example's, on a SQLite database of its own."""
     root = tmp_path / "checkout"
     script = deploy_checkout(root, {**SECRETS, **env_values})
     install_docker_shim(tmp_path / "bin")
@@ -86,10 +89,12 @@ def make_checkout(tmp_path: Path, **env_values: str) -> Checkout:
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Checkout:
+    """A scratch checkout ready to deploy, alerts going to :data:`WEBHOOK_URL`."""
     return make_checkout(tmp_path, ALERTMANAGER_WEBHOOK_URL=WEBHOOK_URL)
 
 
 def mode(path: Path) -> int:
+    """A file's permission bits."""
     return path.stat().st_mode & 0o777
 
 

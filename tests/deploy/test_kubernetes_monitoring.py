@@ -120,6 +120,7 @@ def validate_against_crd(kind: str, objects: list[dict[str, Any]], directory: Pa
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether an equality selector matches a set of labels."""
     return all(labels.get(key) == value for key, value in selector.items())
 
 

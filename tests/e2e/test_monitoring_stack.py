@@ -23,16 +23,13 @@ every test may rely on, and a second instance that only the alert test stops.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +38,7 @@ import pytest
 import yaml
 
 from tests.deploy.compose_shim import deploy_checkout, install_docker_shim, shim_environment
-from tests.deploy.processes import running, substitute, wait_for_port, wait_until
+from tests.deploy.processes import Webhook, running, substitute, wait_for_port, wait_until, webhook_receiver
 from tests.deploy.support import (
     DEPLOY,
     EXPORTER_METRICS,
@@ -67,48 +64,6 @@ from tests.support.services import (
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 NODE_COLLECTORS = ["cpu", "loadavg", "meminfo", "filesystem"]
-
-
-@dataclass
-class Webhook:
-    """An HTTP receiver of Alertmanager's webhook: every JSON body POSTed to it, in order."""
-
-    url: str
-    notifications: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def alerts(self) -> list[dict[str, Any]]:
-        """Every alert of every notification received so far."""
-        with self.lock:
-            return [alert for notification in self.notifications for alert in notification["alerts"]]
-
-
-@contextmanager
-def webhook_receiver() -> Iterator[Webhook]:
-    """A webhook receiver on 127.0.0.1 (a free port), served from a thread until the block ends."""
-    received: list[Webhook] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with received[0].lock:
-                received[0].notifications.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    received.append(Webhook(f"http://127.0.0.1:{server.server_address[1]}/alerts/library-api"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield received[0]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @dataclass
@@ -240,6 +195,7 @@ def alertmanager_command(work: Path, written: Path, port: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
+    """A scratch PostgreSQL database for this module, dropped afterwards."""
     require_postgres()
     require_redis()
     tool("psql")
@@ -259,6 +215,8 @@ def database() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def monitoring(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[Monitoring]:
+    """The exporters, Prometheus, two service instances and the webhook receiver; then ``deploy.sh full`` on a
+    scratch checkout whose scrape token Prometheus reads; then Alertmanager on the configuration it wrote."""
     skip_unless(capabilities().metrics_route, f"the service has no /metrics route yet ({OBSERVABILITY_ISSUE})")
     for name in ("prometheus", "prometheus-alertmanager", "amtool"):
         tool(name)
