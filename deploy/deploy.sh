@@ -182,7 +182,7 @@ provision_scrape_token() {
     local output token
     output="$(LIBRARY_API_IMAGE="$(current_image)" compose exec -T api \
         library-api tokens create --name prometheus --role monitor)" ||
-        die "could not create the scrape token; run by hand: docker compose exec api library-api tokens create --name prometheus --role monitor > ${SCRAPE_TOKEN}"
+        die "could not create the scrape token; run by hand: docker compose exec -T api library-api tokens create --name prometheus --role monitor > ${SCRAPE_TOKEN}"
     token="$(tail -n 1 <<< "${output}" | tr -d '[:space:]')"
     [[ "${token}" =~ ^lib_[A-Za-z0-9_-]+$ ]] || die "the api container answered no API token: ${output}"
     write_secret_file "${SCRAPE_TOKEN}" "${token}"
