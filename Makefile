@@ -51,10 +51,10 @@ coverage-gate: install
 
 test: lint typecheck pytest coverage-gate
 
-# The deployment kit alone (Dockerfile, Compose, nginx, Prometheus, Grafana, Kubernetes, scripts, and the
-# end-to-end stack). `make test` runs these too, as part of the whole suite.
+# The deployment kit alone (Dockerfile, Compose, nginx, Prometheus, Alertmanager, Grafana, Kubernetes, scripts, and the
+# end-to-end stack and monitoring). `make test` runs these too, as part of the whole suite.
 deploy-check: install
-	$(VENV)/bin/pytest tests/deploy tests/e2e/test_deploy_stack.py $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/deploy tests/e2e/test_deploy_stack.py tests/e2e/test_monitoring_stack.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache

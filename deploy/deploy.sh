@@ -6,7 +6,8 @@
 #   deploy/deploy.sh migrate    bring the database schema up to date (a one-off container / the migration Job)
 #   deploy/deploy.sh test       the whole test suite of the checkout (make test)
 #   deploy/deploy.sh seed       load the sample catalogue (only books not catalogued yet)
-#   deploy/deploy.sh start      start or update the stack and wait until every service is healthy
+#   deploy/deploy.sh start      start or update the stack and wait until every service is healthy; with Compose,
+#                               then give Prometheus a monitor API token if deploy/prometheus/scrape-token is empty
 #   deploy/deploy.sh health     probe the running service through its public entry point
 #   deploy/deploy.sh e2e        health, then a reader's journey through the entry point (register, log in,
 #                               read the catalogue and their bookings): the release check of staging
@@ -35,6 +36,13 @@ K8S_NAMESPACE="${K8S_NAMESPACE:-library}"
 HEALTH_BASE_URL="${HEALTH_BASE_URL:-https://localhost}"
 HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-60}"
 HEALTH_PUBLIC_ENTRY="${HEALTH_PUBLIC_ENTRY:-1}"
+
+# Monitoring files Compose hands to Prometheus and Alertmanager as secrets (docs/deployment.md, "Metrics").
+SCRAPE_TOKEN="${ROOT}/deploy/prometheus/scrape-token"
+ALERTMANAGER_TEMPLATE="${ROOT}/deploy/alertmanager/alertmanager.yml"
+ALERTMANAGER_CONFIG="${ROOT}/deploy/alertmanager/alertmanager.generated.yml"
+# The webhook receiver's URL in alertmanager.yml, replaced by ALERTMANAGER_WEBHOOK_URL from .env.
+WEBHOOK_PLACEHOLDER="https://alerts.example.invalid/library-api"
 
 if [[ -t 1 ]]; then
     RED=$'\033[0;31m' GREEN=$'\033[0;32m' YELLOW=$'\033[1;33m' RESET=$'\033[0m'
@@ -109,17 +117,93 @@ check_compose() {
             problems=$((problems + 1))
         fi
     done
+    if grep -qF "${WEBHOOK_PLACEHOLDER}" "${ALERTMANAGER_TEMPLATE}" && ! webhook_url_valid; then
+        printf '%serror: ALERTMANAGER_WEBHOOK_URL: set it in .env to the http(s) URL alerts are delivered to%s\n' \
+            "${RED}" "${RESET}" >&2
+        problems=$((problems + 1))
+    fi
     ((problems == 0)) || die "${problems} problem(s) to fix before deploying"
     if [[ -z "$(env_value ALLOWED_HOSTS)" ]]; then
         warn "ALLOWED_HOSTS is not set in .env: the service answers only to localhost and 127.0.0.1"
     fi
-    local token="${ROOT}/deploy/prometheus/scrape-token"
-    if [[ ! -f "${token}" ]]; then
-        (umask 077 && : > "${token}")
-        warn "created an empty ${token}: Prometheus scrapes fail until it holds a monitor token"
-    fi
+    prepare_monitoring_files
     compose config --quiet || die "the Compose files (${COMPOSE_FILE:-compose.yaml}) do not resolve with this .env"
     ok "environment checked"
+}
+
+webhook_url_valid() {
+    [[ "$(env_value ALERTMANAGER_WEBHOOK_URL)" =~ ^https?://[^[:space:]\"\\]+$ ]]
+}
+
+# Compose's file secrets are bind mounts that keep the host file's owner and mode, and Prometheus and
+# Alertmanager run as `nobody` (65534) in their images. So the file is readable by all (0644) and its directory
+# is closed to the host's other users (0750) instead: a group of 65534 (0640) would need root to set and would
+# not map through rootless Docker's user namespace, while this works with both.
+# The file is written in place, never replaced: the running container holds the mounted inode, so a renamed
+# new file would stay invisible to it.
+write_secret_file() {
+    local file="$1" content="$2"
+    chmod 0750 "$(dirname "${file}")"
+    [[ -f "${file}" ]] || : > "${file}"
+    chmod 0644 "${file}"
+    if [[ -n "${content}" ]]; then printf '%s\n' "${content}" > "${file}"; fi
+}
+
+# The scrape token file (empty until `start` fills it) and Alertmanager's configuration: alertmanager.yml with
+# ALERTMANAGER_WEBHOOK_URL in place of the placeholder, rewritten only when it changes.
+prepare_monitoring_files() {
+    write_secret_file "${SCRAPE_TOKEN}" ""
+    local config url
+    config="$(< "${ALERTMANAGER_TEMPLATE}")"
+    if [[ "${config}" == *"${WEBHOOK_PLACEHOLDER}"* ]]; then
+        webhook_url_valid || die "ALERTMANAGER_WEBHOOK_URL: set it in .env to the http(s) URL alerts are delivered to"
+        url="$(env_value ALERTMANAGER_WEBHOOK_URL)"
+        config="${config//"${WEBHOOK_PLACEHOLDER}"/"${url}"}"
+    fi
+    if [[ ! -f "${ALERTMANAGER_CONFIG}" || "$(< "${ALERTMANAGER_CONFIG}")" != "${config}" ]]; then
+        write_secret_file "${ALERTMANAGER_CONFIG}" "${config}"
+        ok "Alertmanager configuration written (${ALERTMANAGER_CONFIG})"
+    else
+        write_secret_file "${ALERTMANAGER_CONFIG}" ""
+    fi
+}
+
+# After the stack is up (migrations applied): a monitor API token for Prometheus, made with the service's own CLI
+# in the api container, when the scrape token file is empty. Prometheus reads the file at every scrape, so
+# nothing is restarted; a file that already holds a token is left alone (to replace it, empty the file and run
+# `start` again, then revoke the old token with `library-api tokens revoke`).
+provision_scrape_token() {
+    write_secret_file "${SCRAPE_TOKEN}" ""
+    if [[ -n "$(tr -d '[:space:]' < "${SCRAPE_TOKEN}")" ]]; then
+        ok "Prometheus has its scrape token (${SCRAPE_TOKEN})"
+        return
+    fi
+    step "creating Prometheus's scrape token (an API token with the monitor role)"
+    local output token
+    output="$(LIBRARY_API_IMAGE="$(current_image)" compose exec -T api \
+        library-api tokens create --name prometheus --role monitor)" ||
+        die "could not create the scrape token; run by hand: docker compose exec -T api library-api tokens create --name prometheus --role monitor > ${SCRAPE_TOKEN}"
+    token="$(tail -n 1 <<< "${output}" | tr -d '[:space:]')"
+    [[ "${token}" =~ ^lib_[A-Za-z0-9_-]+$ ]] || die "the api container answered no API token: ${output}"
+    write_secret_file "${SCRAPE_TOKEN}" "${token}"
+    ok "scrape token written to ${SCRAPE_TOKEN}: Prometheus uses it from its next scrape"
+}
+
+# A running Alertmanager keeps the configuration it read until told to read it again (SIGHUP). It is told only when
+# the file differs from the one it was last told about (recorded in .deploy/), whichever command wrote it.
+reload_alertmanager() {
+    local digest recorded=""
+    digest="$(sha256sum < "${ALERTMANAGER_CONFIG}")"
+    digest="${digest%% *}"
+    [[ -f "${STATE_DIR}/alertmanager-config.sha256" ]] && recorded="$(< "${STATE_DIR}/alertmanager-config.sha256")"
+    [[ "${digest}" == "${recorded}" ]] && return
+    if LIBRARY_API_IMAGE="$(current_image)" compose kill -s SIGHUP alertmanager > /dev/null; then
+        mkdir -p "${STATE_DIR}"
+        printf '%s\n' "${digest}" > "${STATE_DIR}/alertmanager-config.sha256"
+        ok "Alertmanager told to read its configuration again"
+    else
+        warn "could not signal Alertmanager to read its new configuration: docker compose restart alertmanager"
+    fi
 }
 
 check_kubernetes() {
@@ -196,12 +280,15 @@ start_application() {
         kubectl -n "${K8S_NAMESPACE}" rollout status deployment/library-api --timeout=900s ||
             die "the rollout did not finish: deploy/deploy.sh rollback returns to the previous release"
     else
+        prepare_monitoring_files
         # --wait: returns once every service is running and healthy (or fails with the one that is not).
         LIBRARY_API_IMAGE="$(current_image)" compose up -d --no-build --remove-orphans --wait --wait-timeout 300 ||
             {
                 compose logs --tail 50 migrate api nginx >&2 || true
                 die "the stack did not become healthy"
             }
+        provision_scrape_token
+        reload_alertmanager
     fi
     ok "application started ($(current_image))"
 }

@@ -1,5 +1,6 @@
 """Real processes for the deployment tests: nginx with the repository's configuration, Uvicorn, Gunicorn,
-Prometheus. Each runs on free loopback ports in a temporary directory and is always stopped.
+Prometheus, and a webhook receiver for Alertmanager. Each runs on free loopback ports in a temporary directory and
+is always stopped.
 
 The nginx configuration is the repository's own, with only the addresses changed to the test's (each
 substitution must match exactly once, so a change in the real file cannot go unnoticed).
@@ -7,16 +8,20 @@ substitution must match exactly once, so a change in the real file cannot go unn
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import trustme
 
@@ -173,3 +178,47 @@ def nginx_running(site: NginxSite) -> Iterator[subprocess.Popen[bytes]]:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=10)
+
+
+@dataclass
+class Webhook:
+    """An HTTP receiver of Alertmanager's webhook: every JSON body POSTed to it, in order."""
+
+    url: str
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert of every notification received so far."""
+        with self.lock:
+            return [alert for notification in self.notifications for alert in notification["alerts"]]
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[Webhook]:
+    """A webhook receiver on 127.0.0.1 (a free port), served from a thread until the block ends."""
+    received: list[Webhook] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            """Keep the notification, answer 200."""
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with received[0].lock:
+                received[0].notifications.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the test reports what matters."""
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    received.append(Webhook(f"http://127.0.0.1:{server.server_address[1]}/alerts/library-api"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield received[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

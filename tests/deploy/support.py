@@ -41,8 +41,13 @@ INFRASTRUCTURE_KEYS: dict[str, str] = {
     "POSTGRES_PASSWORD": "the PostgreSQL container's password; compose.yaml builds DATABASE_URL from it",
     "REDIS_PASSWORD": "the Redis container's password; compose.yaml builds REDIS_URL from it",
     "REDISCLI_AUTH": "redis-cli's password in the Redis container's health check",
+    "DATA_SOURCE_URI": "compose.yaml: postgres-exporter's database address (host:port/database?options)",
+    "DATA_SOURCE_USER": "compose.yaml: postgres-exporter's database user",
+    "DATA_SOURCE_PASS": "compose.yaml: postgres-exporter's database password",
+    "REDIS_ADDR": "compose.yaml: redis-exporter's Redis address",
     "GRAFANA_ADMIN_USER": "Grafana's administrator",
     "GRAFANA_ADMIN_PASSWORD": "Grafana's administrator password",
+    "ALERTMANAGER_WEBHOOK_URL": "deploy/deploy.sh: the webhook receiver's URL in Alertmanager's configuration",
     "PROMETHEUS_MULTIPROC_DIR": "read by prometheus_client itself; emptied and maintained by deploy/gunicorn.conf.py",
     "WEB_CONCURRENCY": "deploy/gunicorn.conf.py: worker processes",
     "WORKERS_PER_CORE": "deploy/gunicorn.conf.py: workers per usable CPU",
@@ -115,6 +120,54 @@ PENDING_METRICS: dict[str, str] = {
 
 PROMETHEUS_SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 """Series Prometheus makes itself for every target."""
+
+EXPORTER_METRICS: dict[str, frozenset[str]] = {
+    "postgres": frozenset(
+        {
+            "pg_up",
+            "pg_stat_database_numbackends",
+            "pg_settings_max_connections",
+            "pg_stat_database_xact_commit",
+            "pg_stat_database_xact_rollback",
+            "pg_stat_database_deadlocks",
+            "pg_stat_database_blks_hit",
+            "pg_stat_database_blks_read",
+            "pg_database_size_bytes",
+        }
+    ),
+    "redis": frozenset(
+        {
+            "redis_up",
+            "redis_memory_used_bytes",
+            "redis_memory_max_bytes",
+            "redis_connected_clients",
+            "redis_commands_processed_total",
+            "redis_evicted_keys_total",
+            "redis_expired_keys_total",
+            "redis_keyspace_hits_total",
+            "redis_keyspace_misses_total",
+        }
+    ),
+    "node": frozenset(
+        {
+            "node_cpu_seconds_total",
+            "node_load1",
+            "node_load5",
+            "node_memory_MemAvailable_bytes",
+            "node_memory_MemTotal_bytes",
+            "node_filesystem_avail_bytes",
+            "node_filesystem_size_bytes",
+            "node_filesystem_readonly",
+        }
+    ),
+}
+"""Exporter metrics the alerts and the dashboard may read, by scrape job: names taken from the /metrics of the
+Debian packages' exporters (prometheus-postgres-exporter 0.11, prometheus-redis-exporter 1.45,
+prometheus-node-exporter 1.5, the versions the Compose images pin). tests/e2e/test_monitoring_stack.py checks
+each against the running exporter, so a name here that an exporter does not export fails there."""
+
+ALL_EXPORTER_METRICS: frozenset[str] = frozenset().union(*EXPORTER_METRICS.values())
+"""Every name of :data:`EXPORTER_METRICS`."""
 
 
 @dataclass(frozen=True)

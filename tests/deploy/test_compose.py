@@ -55,6 +55,7 @@ def test_no_version_key_and_no_latest_or_untagged_image(name: str) -> None:
 def test_services_and_their_start_order(compose: dict) -> None:
     services = compose["services"]
     assert {"api", "migrate", "db", "redis", "nginx", "prometheus", "grafana", "loki", "promtail"} <= set(services)
+    assert {"alertmanager", "node-exporter", "postgres-exporter", "redis-exporter"} <= set(services)
     assert services["api"]["depends_on"] == {
         "migrate": {"condition": "service_completed_successfully"},
         "db": {"condition": "service_healthy"},
@@ -77,13 +78,48 @@ def test_services_and_their_start_order(compose: dict) -> None:
 def test_only_nginx_is_public_and_the_data_stays_internal(compose: dict) -> None:
     services = compose["services"]
     assert services["nginx"]["ports"] == ["80:80", "443:443"]
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "grafana", "alertmanager"):
         assert all(str(port).startswith("127.0.0.1:") for port in services[name]["ports"]), name
-    for name in ("api", "db", "redis", "migrate"):
+    for name in ("api", "db", "redis", "migrate", *EXPORTERS):
         assert "ports" not in services[name], f"{name} must not publish a port"
     assert compose["networks"]["internal"] == {"internal": True}
     assert services["db"]["networks"] == ["internal"]
     assert services["redis"]["networks"] == ["internal"]
+
+
+EXPORTERS = ("node-exporter", "postgres-exporter", "redis-exporter")
+
+
+def test_the_exporters_stay_on_the_internal_network_and_read_only(compose: dict) -> None:
+    """No exporter shares a network with nginx or the outside; Alertmanager's way out is its own network."""
+    services = compose["services"]
+    for name in EXPORTERS:
+        body = services[name]
+        assert body["networks"] == ["internal"], name
+        assert body["read_only"] is True, name
+        assert body["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in body["security_opt"], name
+    node = services["node-exporter"]
+    assert node["volumes"] == ["/:/host:ro,rslave"]
+    assert "--path.rootfs=/host" in node["command"]
+    assert services["postgres-exporter"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert services["redis-exporter"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    # The exporters log in with the credentials the database and Redis containers are given.
+    postgres = services["postgres-exporter"]["environment"]
+    db = services["db"]["environment"]
+    assert postgres["DATA_SOURCE_USER"] == db["POSTGRES_USER"]
+    assert postgres["DATA_SOURCE_PASS"] == db["POSTGRES_PASSWORD"]
+    assert postgres["DATA_SOURCE_URI"] == "db:5432/" + db["POSTGRES_DB"] + "?sslmode=disable"
+    assert services["redis-exporter"]["environment"] == {
+        "REDIS_ADDR": "redis://redis:6379",
+        "REDIS_PASSWORD": services["redis"]["environment"]["REDIS_PASSWORD"],
+    }
+    alertmanager = services["alertmanager"]
+    assert alertmanager["networks"] == ["internal", "alerting"]
+    attached = [name for name, body in services.items() if "alerting" in body.get("networks", [])]
+    assert attached == ["alertmanager"], "only Alertmanager goes out through the alerting network"
+    assert compose["networks"]["alerting"] in ({}, None)
+    assert "--maxmemory" in services["redis"]["command"][-1], "LibraryApiRedisMemoryHigh needs a maxmemory"
 
 
 def test_the_api_container_is_locked_down(compose: dict) -> None:

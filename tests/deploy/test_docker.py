@@ -122,6 +122,7 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context(ignore_pattern
         "var/library.db",
         "deploy/nginx/certs/privkey.pem",
         "deploy/prometheus/scrape-token",
+        "deploy/alertmanager/alertmanager.generated.yml",
         "src/library_api/__pycache__/app.cpython-311.pyc",
         "backups/library-20250101T000000Z.dump",
         ".deploy/releases",
