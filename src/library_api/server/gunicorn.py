@@ -15,6 +15,7 @@ in ``LIBRARY_API_OVERRIDES``), exactly as the application factory in :mod:`libra
 from __future__ import annotations
 
 import math
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -73,9 +74,21 @@ class LibraryWorker(UvicornWorker):
         self.config.app = self.wsgi
         server = DrainingServer(config=self.config)
         self._install_sigquit_handler()
-        await server.serve(sockets=self.sockets)
+        await server.serve(sockets=listening_sockets(self.sockets))
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def listening_sockets(listeners: list[Any]) -> list[socket.socket]:
+    """The socket objects inside Gunicorn's listener wrappers, for the event loop to serve on.
+
+    When a server stops, the event loop closes its listening sockets. uvloop closes the descriptor itself and
+    then *detaches* a real :class:`socket.socket`, but calls ``close()`` on any other object it was given:
+    Gunicorn's wrapper would then close the same descriptor a second time (logging "Error while closing socket
+    [Errno 9] Bad file descriptor" on every stop, or closing an unrelated file that reused the number). Handing
+    the loop the sockets themselves closes each descriptor exactly once, with uvloop and asyncio alike.
+    """
+    return [listener if isinstance(listener, socket.socket) else listener.sock for listener in listeners]
 
 
 class GunicornService(BaseApplication):  # type: ignore[misc]
