@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -42,12 +43,44 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     assert run(tool("hadolint"), bad).returncode != 0
 
 
-def test_multi_stage_on_a_pinned_slim_python() -> None:
+def stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage ``FROM ... AS name``."""
+    steps = instructions()
+    starts = [index for index, (keyword, _) in enumerate(steps) if keyword == "FROM"] + [len(steps)]
+    for begin, end in itertools.pairwise(starts):
+        if steps[begin][1].endswith(f" AS {name}"):
+            return steps[begin:end]
+    raise AssertionError(f"no stage {name}")
+
+
+def test_no_syntax_directive_so_the_daemon_builds_it_without_a_registry() -> None:
+    first_lines = DOCKERFILE.read_text().splitlines()[:5]
+    assert not any(re.match(r"#\s*syntax\s*=", line, re.IGNORECASE) for line in first_lines)
+
+
+def test_multi_stage_on_debian_slim_with_debians_python() -> None:
     steps = instructions()
     arguments = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for k, a in steps if k == "ARG")))
-    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", arguments["PYTHON_IMAGE"])
+    assert arguments["BASE_IMAGE"] == "debian:bookworm-slim"  # scripts/base-image.sh makes the same offline
     stages = [a for k, a in steps if k == "FROM"]
-    assert stages == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
+    assert stages == ["${BASE_IMAGE} AS python", "python AS builder", "python AS runtime"]
+    installs = " ".join(a for k, a in stage("python") if k == "RUN")
+    assert 'apt-get "$@" install -y --no-install-recommends python3 ca-certificates netbase;' in installs
+    assert "rm -rf /var/lib/apt/lists/*" in installs
+    assert (ROOT / "scripts" / "base-image.sh").read_text().count("debian:bookworm-slim") >= 1
+
+
+def test_downloads_trust_the_optional_ca_secret_and_nothing_else_changes() -> None:
+    downloading = [a for k, a in instructions() if k == "RUN" and re.search(r"apt-get|pip install|uv sync", a)]
+    assert len(downloading) == 4
+    for arguments in downloading:
+        assert "--mount=type=secret,id=ca" in arguments, arguments
+        assert "if [ -f /run/secrets/ca ]; then" in arguments, arguments
+    text = " ".join(a for k, a in instructions() if k in {"ENV", "ARG"})
+    assert "/run/secrets" not in text, "the secret must be used for the downloading step only"
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for k, a in stage("builder") if k == "ENV")))
+    assert env["UV_PYTHON"] == "/usr/bin/python3"
+    assert env["UV_PYTHON_DOWNLOADS"] == "never"
 
 
 def test_the_builder_installs_exactly_the_lock() -> None:
