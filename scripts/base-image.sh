@@ -49,6 +49,7 @@ deb $MIRROR $SUITE-updates main
 deb $SECURITY_MIRROR $SUITE-security main"
 
 echo "building $IMAGE from Debian $SUITE packages ($MIRROR)"
+# shellcheck disable=SC2016  # "$1" in the hooks is the new root, expanded by mmdebstrap's shell, not this one
 mmdebstrap --quiet --variant=minbase --format=tar "${dpkg_options[@]}" \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --customize-hook="printf '%s\n' '$apt_config' > \"\$1/etc/apt/apt.conf.d/docker-minimal\"" \

@@ -37,6 +37,12 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("script", ["scripts/base-image.sh", ".ci/run"])
+def test_the_scripts_that_make_the_base_and_start_docker_pass_shellcheck(script: str) -> None:
+    result = run(tool("shellcheck"), "--severity=style", ROOT / script)
+    assert result.returncode == 0, result.stdout
+
+
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get install -y curl\nCMD python app.py\n")
