@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.support import ROOT, run, tool
+from tests.deploy.support import INFRASTRUCTURE_KEYS, ROOT, run, tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -115,6 +115,13 @@ def test_the_runtime_has_no_build_tools_and_runs_unprivileged_as_pid_1() -> None
     command = next(a for k, a in stage if k == "CMD")
     assert json.loads(command) == ["gunicorn", "--config", "/app/gunicorn.conf.py"], "CMD must be exec form"
     assert not any(k == "ENTRYPOINT" for k, _ in stage)
+
+
+def test_every_key_the_health_check_reads_is_documented() -> None:
+    read = set(re.findall(r'environ\.get\(\s*"([A-Z][A-Z0-9_]*)"', (ROOT / "deploy" / "healthcheck.py").read_text()))
+    assert read == {"HEALTHCHECK_CERT_FILE", "HEALTHCHECK_KEY_FILE"}
+    assert read <= set(INFRASTRUCTURE_KEYS)
+    assert all(key in (ROOT / "docs" / "deployment.md").read_text() for key in read)
 
 
 def _ignored(patterns: list[str], path: str) -> bool:
