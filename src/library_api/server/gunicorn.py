@@ -6,7 +6,7 @@ applies), the protocol classes that put the ASGI TLS extension into every scope,
 :class:`~library_api.server.uvicorn.DrainingServer`, so the SIGTERM Gunicorn sends a stopping worker first
 drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds this class by itself and sets
 ``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server gunicorn``) does the
-same from the service's settings.
+same, from the same process settings (:mod:`library_api.server.gunicorn_settings`).
 
 Each worker builds its settings again from the environment (with the parent's command-line flags handed down
 in ``LIBRARY_API_OVERRIDES``), exactly as the application factory in :mod:`library_api.server.asgi` does.
@@ -14,7 +14,6 @@ in ``LIBRARY_API_OVERRIDES``), exactly as the application factory in :mod:`libra
 
 from __future__ import annotations
 
-import math
 import socket
 import sys
 import warnings
@@ -26,6 +25,7 @@ from gunicorn.arbiter import Arbiter
 
 from library_api.config import Settings, hand_down_overrides, load_settings
 from library_api.observability.multiprocess import prepare_worker_metrics
+from library_api.server.gunicorn_settings import hand_down_workers, process_options, with_workers
 from library_api.server.tls import ServerTLS
 from library_api.server.uvicorn import (
     DrainingServer,
@@ -39,9 +39,6 @@ with warnings.catch_warnings():
     # uvicorn.workers announces its move to a separate package on import; the class itself is what is used.
     warnings.simplefilter("ignore", DeprecationWarning)
     from uvicorn.workers import UvicornWorker
-
-GRACEFUL_MARGIN_SECONDS = 30
-"""Seconds after the WebSocket drain for in-flight requests and the lifespan shutdown."""
 
 WORKER_CLASS = "library_api.server.gunicorn.LibraryWorker"
 
@@ -110,15 +107,18 @@ class GunicornService(BaseApplication):  # type: ignore[misc]
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    """Gunicorn's settings for the service; the graceful timeout always exceeds the WebSocket drain."""
+    """Gunicorn's settings for the service, from the process settings ``deploy/gunicorn.conf.py`` uses.
+
+    The same keys with the same checks (:func:`~library_api.server.gunicorn_settings.process_options`), and
+    ``--workers`` (``WORKERS``) first when it is given. Raises :class:`~library_api.config.ConfigError` on a bad
+    key.
+    """
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    explicit = settings.workers if "workers" in settings.model_fields_set else None
     return {
+        **process_options(settings, workers=explicit),
         "bind": [f"{host}:{settings.port}"],
-        "workers": settings.workers,
         "worker_class": WORKER_CLASS,
-        "graceful_timeout": math.ceil(settings.shutdown_timeout) + GRACEFUL_MARGIN_SECONDS,
-        "timeout": 60,
-        "keepalive": 75,
         "accesslog": None,
         "proc_name": "library-api",
         "control_socket_disable": True,
@@ -126,9 +126,12 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def run_gunicorn(settings: Settings, overrides: Mapping[str, Any]) -> None:
-    """Serve with Gunicorn and ``WORKERS`` Uvicorn workers."""
+    """Serve with Gunicorn and its Uvicorn workers (the count checked against the settings before start)."""
     from library_api.server.asgi import create_app_from_environment  # noqa: PLC0415 - loaded in the workers
 
+    options = gunicorn_options(settings)
+    settings = with_workers(settings, options["workers"])
     hand_down_overrides(overrides)
+    hand_down_workers(options["workers"])
     prepare_worker_metrics(settings)
-    GunicornService(gunicorn_options(settings), create_app_from_environment).run()
+    GunicornService(options, create_app_from_environment).run()
