@@ -156,6 +156,10 @@ class Container:
         options = [f"--env={key}={value}" for key, value in (env or {}).items()]
         return self.docker("exec", *options, self.name, *command, check=False)
 
+    def remove(self) -> None:
+        """Stop and remove the container at once (its checks are done)."""
+        self.docker("rm", "--force", self.name, check=False)
+
     def exit_code(self) -> int:
         """The exit status of a stopped container."""
         return int(self.docker.inspect(self.name, "{{.State.ExitCode}}"))

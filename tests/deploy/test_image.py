@@ -5,8 +5,8 @@ read-only root with no capabilities and ``no-new-privileges``; ``library-api mig
 work; the HEALTHCHECK turns healthy in http, https and mtls; ``docker stop`` tells a connected WebSocket client,
 logs the drain, closes it with 1001 and exits 0 with nothing at error level in the log.
 
-The image is built once for the module and one http container serves every test that only reads; the TLS modes
-get a container each, and the stop test stops the http container last.
+The image is built once for the module and one http container serves every test that only reads, until the
+stop test stops it; the https and mtls containers then boot side by side, each removed when its test is done.
 """
 
 from __future__ import annotations
@@ -220,56 +220,8 @@ def error_lines(container: Container) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def tls_services(
-    docker: Docker, image: str, migrated: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, tuple[Container, Path]]]:
-    """An https and an mtls container, started together (one worker each) so that they boot side by side."""
-    certs = make_certificates(tmp_path_factory.mktemp("image-tls") / "certs")
-    tls = {"TLS_CERT_FILE": "/certs/server.pem", "TLS_KEY_FILE": "/certs/server-key.pem", "WEB_CONCURRENCY": "1"}
-    modes = {
-        "https": {**migrated, **tls, "SECURITY_MODE": "https"},
-        "mtls": {**migrated, **tls, "SECURITY_MODE": "mtls", "TLS_CA_FILE": "/certs/ca.pem"},
-    }
-    mount = [f"--volume={certs}:/certs:ro", f"--group-add={certs.stat().st_gid}"]
-    with ExitStack() as stack:
-        yield {
-            mode: (stack.enter_context(service(docker, image, env, free_port(), options=mount)), certs)
-            for mode, env in modes.items()
-        }
-
-
-def test_the_healthcheck_turns_healthy_over_https(tls_services: dict[str, tuple[Container, Path]]) -> None:
-    container, certs = tls_services["https"]
-    container.wait_healthy()
-    base = f"https://127.0.0.1:{container.port}"
-    probe = container.exec("python", "/app/healthcheck.py")
-    assert probe.stdout.strip() == f"healthy: {base}/health", probe.stderr
-    trust = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    assert httpx.get(f"{base}/health", verify=trust, timeout=10).json()["status"] == "ok"
-    assert error_lines(container) == [], container.logs()
-
-
-def test_the_healthcheck_turns_healthy_over_mtls(tls_services: dict[str, tuple[Container, Path]]) -> None:
-    container, certs = tls_services["mtls"]
-    container.wait_healthy()
-    base = f"https://127.0.0.1:{container.port}"
-    trust = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    with pytest.raises((ssl.SSLError, httpx.TransportError)):
-        httpx.get(f"{base}/health", verify=trust, timeout=10)
-    # Without a certificate of its own, the image's probe checks the handshake; with one, the route itself.
-    handshake = container.exec("python", "/app/healthcheck.py")
-    assert handshake.stdout.strip() == f"healthy: mtls handshake with 127.0.0.1:{container.port}", handshake.stderr
-    probe_certificate = {"HEALTHCHECK_CERT_FILE": "/certs/probe.pem", "HEALTHCHECK_KEY_FILE": "/certs/probe-key.pem"}
-    full = container.exec("python", "/app/healthcheck.py", "/health/ready", env=probe_certificate)
-    assert full.stdout.strip() == f"healthy: {base}/health/ready", full.stderr
-    trust.load_cert_chain(str(certs / "probe.pem"), str(certs / "probe-key.pem"))
-    assert httpx.get(f"{base}/health", verify=trust, timeout=10).json()["status"] == "ok"
-    assert error_lines(container) == [], container.logs()
-
-
 def test_docker_stop_drains_websocket_clients_and_exits_cleanly(docker: Docker, http_service: Container) -> None:
-    """Last in the module: it stops the shared container."""
+    """Last of the tests on the shared container: it stops it."""
     token = register_and_login(f"http://127.0.0.1:{http_service.port}")
     with connect(
         f"ws://127.0.0.1:{http_service.port}/ws/image-client",
@@ -325,3 +277,53 @@ def test_the_build_secret_stays_out_of_the_image(docker: Docker, image: str, htt
     assert not [item for item in settings if item.split("=", 1)[0] in {"SSL_CERT_FILE", "PIP_CERT", "UV_NATIVE_TLS"}]
     history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
     assert "BEGIN CERTIFICATE" not in history
+
+
+@pytest.fixture(scope="module")
+def tls_services(
+    docker: Docker, image: str, migrated: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[Container, Path]]]:
+    """An https and an mtls container, started together (one worker each) so that they boot side by side."""
+    certs = make_certificates(tmp_path_factory.mktemp("image-tls") / "certs")
+    tls = {"TLS_CERT_FILE": "/certs/server.pem", "TLS_KEY_FILE": "/certs/server-key.pem", "WEB_CONCURRENCY": "1"}
+    modes = {
+        "https": {**migrated, **tls, "SECURITY_MODE": "https"},
+        "mtls": {**migrated, **tls, "SECURITY_MODE": "mtls", "TLS_CA_FILE": "/certs/ca.pem"},
+    }
+    mount = [f"--volume={certs}:/certs:ro", f"--group-add={certs.stat().st_gid}"]
+    with ExitStack() as stack:
+        yield {
+            mode: (stack.enter_context(service(docker, image, env, free_port(), options=mount)), certs)
+            for mode, env in modes.items()
+        }
+
+
+def test_the_healthcheck_turns_healthy_over_https(tls_services: dict[str, tuple[Container, Path]]) -> None:
+    container, certs = tls_services["https"]
+    container.wait_healthy()
+    base = f"https://127.0.0.1:{container.port}"
+    probe = container.exec("python", "/app/healthcheck.py")
+    assert probe.stdout.strip() == f"healthy: {base}/health", probe.stderr
+    trust = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    assert httpx.get(f"{base}/health", verify=trust, timeout=10).json()["status"] == "ok"
+    assert error_lines(container) == [], container.logs()
+    container.remove()
+
+
+def test_the_healthcheck_turns_healthy_over_mtls(tls_services: dict[str, tuple[Container, Path]]) -> None:
+    container, certs = tls_services["mtls"]
+    container.wait_healthy()
+    base = f"https://127.0.0.1:{container.port}"
+    trust = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with pytest.raises((ssl.SSLError, httpx.TransportError)):
+        httpx.get(f"{base}/health", verify=trust, timeout=10)
+    # Without a certificate of its own, the image's probe checks the handshake; with one, the route itself.
+    handshake = container.exec("python", "/app/healthcheck.py")
+    assert handshake.stdout.strip() == f"healthy: mtls handshake with 127.0.0.1:{container.port}", handshake.stderr
+    probe_certificate = {"HEALTHCHECK_CERT_FILE": "/certs/probe.pem", "HEALTHCHECK_KEY_FILE": "/certs/probe-key.pem"}
+    full = container.exec("python", "/app/healthcheck.py", "/health/ready", env=probe_certificate)
+    assert full.stdout.strip() == f"healthy: {base}/health/ready", full.stderr
+    trust.load_cert_chain(str(certs / "probe.pem"), str(certs / "probe-key.pem"))
+    assert httpx.get(f"{base}/health", verify=trust, timeout=10).json()["status"] == "ok"
+    assert error_lines(container) == [], container.logs()
+    container.remove()
