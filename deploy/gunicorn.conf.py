@@ -6,38 +6,24 @@ two places:
 * the service's own settings (:func:`library_api.config.load_settings`, the same layers and validation as
   ``library-api serve``): ``HOST``, ``PORT``, ``SHUTDOWN_TIMEOUT``, ``LOG_LEVEL``, ``LOG_FORMAT``. A bad setting
   stops the master before any port is opened, one ``error:`` line per problem, exit status 2;
-* Gunicorn's process-level keys, which are not settings of the application (the names of the seed's production
-  ``.env``): ``WEB_CONCURRENCY``, ``WORKERS_PER_CORE``, ``TIMEOUT``, ``GRACEFUL_TIMEOUT``, ``KEEPALIVE``,
-  ``MAX_REQUESTS``, ``MAX_REQUESTS_JITTER``, ``LIMIT_REQUEST_LINE``, ``LIMIT_REQUEST_FIELDS``,
-  ``LIMIT_REQUEST_FIELD_SIZE``, ``GUNICORN_WORKER_CLASS``.
+* Gunicorn's process-level keys (``WEB_CONCURRENCY``, ``WORKERS_PER_CORE``, ``TIMEOUT``, ``GRACEFUL_TIMEOUT``,
+  ``KEEPALIVE``, ``MAX_REQUESTS``, ``MAX_REQUESTS_JITTER``, ``LIMIT_REQUEST_*``), read and checked by
+  :mod:`library_api.server.gunicorn_settings`, the same code ``library-api serve --server gunicorn`` uses (the
+  reasons for every number are there), and ``GUNICORN_WORKER_CLASS``.
 
-Why the numbers are what they are:
+The worker count is handed down to the workers as the service's ``WORKERS`` setting, so each worker knows how
+many processes share the service (an in-process cache is then off without Redis, and the checks that depend on
+it apply); the settings are validated with that count before any port is opened.
 
-* **workers**: ``WEB_CONCURRENCY`` when set (an explicit operator choice, honoured as given); otherwise
-  ``WORKERS_PER_CORE`` (default 1) times the cores this container may really use (CPU affinity and the cgroup
-  CPU quota, not the host's core count), and never fewer than 2, so one busy worker never stalls the service.
-* **graceful_timeout**: Gunicorn's arbiter kills a worker that has not exited this many seconds after the stop
-  signal, whatever it is doing. A worker first drains its WebSocket clients for up to ``SHUTDOWN_TIMEOUT``
-  seconds (default 1,800), then finishes in-flight requests and closes its resources, so the default is
-  ``SHUTDOWN_TIMEOUT + 30``; an explicit ``GRACEFUL_TIMEOUT`` that would cut a drain short is refused.
-* **keepalive**: longer than the proxy's idle upstream timeout (nginx and ingress-nginx: 60 s), so the proxy
-  always closes an idle connection first and never reuses one the worker is closing (a 502).
-* **timeout**: the heartbeat limit; an event loop blocked this long is a dead worker and is replaced.
-* **max_requests** with jitter: workers are recycled now and then, staggered, to bound slow leaks. A recycled
-  worker drains like a stopping one, so WebSocket clients are asked to reconnect: keep it high, or 0 to turn
-  recycling off, for WebSocket-heavy use.
-* **limits** on the request line and header fields apply to Gunicorn's own HTTP parser; in front of Uvicorn
-  workers nginx enforces the same ceilings (``large_client_header_buffers``).
-* **Prometheus multiprocess mode**: the master empties ``PROMETHEUS_MULTIPROC_DIR`` at start (a restarted
-  container may find files of processes that no longer exist) and marks each worker dead when it exits, so
-  live gauges never count a dead worker.
+**Prometheus multiprocess mode**: the master empties ``PROMETHEUS_MULTIPROC_DIR`` at start (a restarted
+container may find files of processes that no longer exist) and marks each worker dead when it exits, so live
+gauges never count a dead worker.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import os
 import pkgutil
 import sys
@@ -49,12 +35,7 @@ from prometheus_client import multiprocess
 
 import library_api.server as server_package
 from library_api.config import ConfigError, Settings, load_settings
-
-GRACEFUL_MARGIN_SECONDS = 30
-"""Time after the WebSocket drain for in-flight requests and the lifespan shutdown (database, broker, cache)."""
-
-MIN_GRACEFUL_MARGIN_SECONDS = 5
-"""An explicit ``GRACEFUL_TIMEOUT`` must exceed ``SHUTDOWN_TIMEOUT`` by at least this much."""
+from library_api.server.gunicorn_settings import hand_down_workers, process_options, with_workers
 
 FALLBACK_WORKER_CLASS = "uvicorn.workers.UvicornWorker"
 """Used only when ``library_api.server`` provides no Gunicorn worker (then nothing drains WebSockets first)."""
@@ -67,84 +48,6 @@ def _fail(problems: list[str]) -> NoReturn:
     for line in problems:
         sys.stderr.write(f"error: {line}\n")
     raise SystemExit(2)
-
-
-def _integer(name: str, default: int, *, minimum: int = 0) -> int:
-    """The whole number in environment variable ``name``, ``default`` when unset; a bad value stops start-up."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        _fail([f"{name}: must be a whole number (got {raw!r})"])
-    if value < minimum:
-        _fail([f"{name}: must be at least {minimum} (got {value})"])
-    return value
-
-
-def _number(name: str, default: float) -> float:
-    """The positive number in environment variable ``name``, ``default`` when unset."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        _fail([f"{name}: must be a number (got {raw!r})"])
-    if not value > 0:
-        _fail([f"{name}: must be greater than 0 (got {raw})"])
-    return value
-
-
-def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """The cores this process may use: CPU affinity, further limited by a cgroup v2 or v1 CPU quota."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = _cgroup_quota(cgroup_root)
-    if quota is not None:
-        cores = min(cores, max(1, math.ceil(quota)))
-    return max(1, cores)
-
-
-def _cgroup_quota(root: Path) -> float | None:
-    """CPUs allowed by the cgroup quota (``cpu.max`` or ``cpu.cfs_quota_us``), or None when unlimited."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
-
-
-def worker_count() -> int:
-    """``WEB_CONCURRENCY`` as given, else ``WORKERS_PER_CORE`` x usable cores, and at least 2."""
-    explicit = _integer("WEB_CONCURRENCY", 0, minimum=1)
-    if explicit:
-        return explicit
-    per_core = _number("WORKERS_PER_CORE", 1.0)
-    return max(2, int(per_core * available_cores()))
-
-
-def graceful_timeout_for(settings: Settings) -> int:
-    """Seconds Gunicorn grants a stopping worker: longer than the drain, or start-up is refused."""
-    drain = math.ceil(settings.shutdown_timeout)
-    explicit = _integer("GRACEFUL_TIMEOUT", 0, minimum=1)
-    if not explicit:
-        return drain + GRACEFUL_MARGIN_SECONDS
-    if explicit < drain + MIN_GRACEFUL_MARGIN_SECONDS:
-        _fail(
-            [
-                f"GRACEFUL_TIMEOUT: must exceed SHUTDOWN_TIMEOUT ({drain} s) by at least "
-                f"{MIN_GRACEFUL_MARGIN_SECONDS} s, or Gunicorn kills workers that are still draining "
-                f"(got {explicit}; leave it unset for {drain + GRACEFUL_MARGIN_SECONDS})"
-            ]
-        )
-    return explicit
 
 
 def library_worker_class() -> str | None:
@@ -190,11 +93,16 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _settings() -> Settings:
+def _settings() -> tuple[Settings, dict[str, Any]]:
+    """The service's settings and Gunicorn's process settings, checked together with the real worker count."""
     try:
-        return load_settings()
+        service = load_settings()
+        processes = process_options(service)
+        service = with_workers(service, processes["workers"])
     except ConfigError as exc:
         _fail(exc.problems)
+    hand_down_workers(processes["workers"])
+    return service, processes
 
 
 def _multiprocess_dir() -> Path | None:
@@ -233,27 +141,26 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-_service = _settings()
+_service, _processes = _settings()
 
 wsgi_app = APPLICATION
 bind = [f"[{_service.host}]:{_service.port}" if ":" in _service.host else f"{_service.host}:{_service.port}"]
-workers = worker_count()
+workers = _processes["workers"]
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "").strip() or library_worker_class() or FALLBACK_WORKER_CLASS
 preload_app = False
 proc_name = "library-api"
 
-graceful_timeout = graceful_timeout_for(_service)
-timeout = _integer("TIMEOUT", 60, minimum=1)
-keepalive = _integer("KEEPALIVE", _integer("HTTP_TIMEOUT_KEEP_ALIVE", 75, minimum=1), minimum=1)
-max_requests = _integer("MAX_REQUESTS", 10_000)
-max_requests_jitter = _integer("MAX_REQUESTS_JITTER", max_requests // 10)
+graceful_timeout = _processes["graceful_timeout"]
+timeout = _processes["timeout"]
+keepalive = _processes["keepalive"]
+max_requests = _processes["max_requests"]
+max_requests_jitter = _processes["max_requests_jitter"]
 
-limit_request_line = _integer("LIMIT_REQUEST_LINE", 8190, minimum=1)
-limit_request_fields = _integer("LIMIT_REQUEST_FIELDS", 100, minimum=1)
-limit_request_field_size = _integer("LIMIT_REQUEST_FIELD_SIZE", 8190, minimum=1)
+limit_request_line = _processes["limit_request_line"]
+limit_request_fields = _processes["limit_request_fields"]
+limit_request_field_size = _processes["limit_request_field_size"]
 
-# Heartbeat files on tmpfs when there is one: a full or slow disk must not look like a hung worker.
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None  # noqa: S108
+worker_tmp_dir = _processes["worker_tmp_dir"]
 # No control socket: it would be written under $HOME, which is read-only in the container.
 control_socket_disable = True
 

@@ -61,6 +61,8 @@ INFRASTRUCTURE_KEYS: dict[str, str] = {
     "LIMIT_REQUEST_FIELDS": "deploy/gunicorn.conf.py: header count limit",
     "LIMIT_REQUEST_FIELD_SIZE": "deploy/gunicorn.conf.py: header size limit",
     "GUNICORN_WORKER_CLASS": "deploy/gunicorn.conf.py: worker class override",
+    "HEALTHCHECK_CERT_FILE": "deploy/healthcheck.py: the probe's client certificate in mtls mode",
+    "HEALTHCHECK_KEY_FILE": "deploy/healthcheck.py: the key of the probe's client certificate",
     "LIBRARY_API_IMAGE": "compose.yaml and deploy/deploy.sh: the image to run",
     "TLS_CERTS_DIR": "compose.yaml: nginx's certificate directory",
     "BACKUP_DIR": "compose.yaml and deploy/backup.sh: where dumps go",

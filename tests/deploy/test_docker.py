@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.support import ROOT, run, tool
+from tests.deploy.support import INFRASTRUCTURE_KEYS, ROOT, run, tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -36,18 +37,56 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("script", ["scripts/base-image.sh", ".ci/run"])
+def test_the_scripts_that_make_the_base_and_start_docker_pass_shellcheck(script: str) -> None:
+    result = run(tool("shellcheck"), "--severity=style", ROOT / script)
+    assert result.returncode == 0, result.stdout
+
+
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get install -y curl\nCMD python app.py\n")
     assert run(tool("hadolint"), bad).returncode != 0
 
 
-def test_multi_stage_on_a_pinned_slim_python() -> None:
+def stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage ``FROM ... AS name``."""
+    steps = instructions()
+    starts = [index for index, (keyword, _) in enumerate(steps) if keyword == "FROM"] + [len(steps)]
+    for begin, end in itertools.pairwise(starts):
+        if steps[begin][1].endswith(f" AS {name}"):
+            return steps[begin:end]
+    raise AssertionError(f"no stage {name}")
+
+
+def test_no_syntax_directive_so_the_daemon_builds_it_without_a_registry() -> None:
+    first_lines = DOCKERFILE.read_text().splitlines()[:5]
+    assert not any(re.match(r"#\s*syntax\s*=", line, re.IGNORECASE) for line in first_lines)
+
+
+def test_multi_stage_on_debian_slim_with_debians_python() -> None:
     steps = instructions()
     arguments = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for k, a in steps if k == "ARG")))
-    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", arguments["PYTHON_IMAGE"])
+    assert arguments["BASE_IMAGE"] == "debian:bookworm-slim"  # scripts/base-image.sh makes the same offline
     stages = [a for k, a in steps if k == "FROM"]
-    assert stages == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
+    assert stages == ["${BASE_IMAGE} AS python", "python AS builder", "python AS runtime"]
+    installs = " ".join(a for k, a in stage("python") if k == "RUN")
+    assert 'apt-get "$@" install -y --no-install-recommends python3 ca-certificates netbase;' in installs
+    assert "rm -rf /var/lib/apt/lists/*" in installs
+    assert (ROOT / "scripts" / "base-image.sh").read_text().count("debian:bookworm-slim") >= 1
+
+
+def test_downloads_trust_the_optional_ca_secret_and_nothing_else_changes() -> None:
+    downloading = [a for k, a in instructions() if k == "RUN" and re.search(r"apt-get|pip install|uv sync", a)]
+    assert len(downloading) == 4
+    for arguments in downloading:
+        assert "--mount=type=secret,id=ca" in arguments, arguments
+        assert "if [ -f /run/secrets/ca ]; then" in arguments, arguments
+    text = " ".join(a for k, a in instructions() if k in {"ENV", "ARG"})
+    assert "/run/secrets" not in text, "the secret must be used for the downloading step only"
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for k, a in stage("builder") if k == "ENV")))
+    assert env["UV_PYTHON"] == "/usr/bin/python3"
+    assert env["UV_PYTHON_DOWNLOADS"] == "never"
 
 
 def test_the_builder_installs_exactly_the_lock() -> None:
@@ -76,6 +115,13 @@ def test_the_runtime_has_no_build_tools_and_runs_unprivileged_as_pid_1() -> None
     command = next(a for k, a in stage if k == "CMD")
     assert json.loads(command) == ["gunicorn", "--config", "/app/gunicorn.conf.py"], "CMD must be exec form"
     assert not any(k == "ENTRYPOINT" for k, _ in stage)
+
+
+def test_every_key_the_health_check_reads_is_documented() -> None:
+    read = set(re.findall(r'environ\.get\(\s*"([A-Z][A-Z0-9_]*)"', (ROOT / "deploy" / "healthcheck.py").read_text()))
+    assert read == {"HEALTHCHECK_CERT_FILE", "HEALTHCHECK_KEY_FILE"}
+    assert read <= set(INFRASTRUCTURE_KEYS)
+    assert all(key in (ROOT / "docs" / "deployment.md").read_text() for key in read)
 
 
 def _ignored(patterns: list[str], path: str) -> bool:

@@ -23,6 +23,7 @@ import trustme
 import websockets.sync.client
 
 from library_api.config import Settings
+from library_api.server.gunicorn_settings import process_options
 from tests.deploy.processes import NginxSite, nginx_running, prepare_nginx, running, wait_for_port
 from tests.deploy.support import DEPLOY, run, tool
 from tests.support.services import free_port
@@ -133,8 +134,7 @@ def test_limits_and_timeouts_agree_with_the_service_and_gunicorn() -> None:
     websocket_timeout = seconds(directive(servers, "proxy_read_timeout", within="location /ws/"))
     assert websocket_timeout > math.ceil(settings.shutdown_timeout) + 30
     upstream_idle = seconds(directive(main, "keepalive_timeout", within="upstream library_api"))
-    gunicorn_conf = (DEPLOY / "gunicorn.conf.py").read_text()
-    gunicorn_keepalive = int(re.search(r'_integer\("(?:KEEPALIVE|HTTP_TIMEOUT_KEEP_ALIVE)", (\d+)', gunicorn_conf)[1])
+    gunicorn_keepalive = process_options(settings, {})["keepalive"]
     assert gunicorn_keepalive > upstream_idle, "the service must outlast nginx's idle upstream connections"
     assert "TLSv1.2 TLSv1.3" in directive(main, "ssl_protocols")
     ciphers = directive(main, "ssl_ciphers").split(":")

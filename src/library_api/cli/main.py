@@ -99,7 +99,10 @@ def serve(
     overrides = {key: value for key, value in flags.items() if value is not None}
     if state.config_file is not None:
         overrides["config_file"] = str(state.config_file)
-    exit_code = run(settings, overrides)
+    try:
+        exit_code = run(settings, overrides)
+    except ConfigError as exc:  # a server's own keys, checked as it starts (e.g. Gunicorn's TIMEOUT)
+        raise fail(exc.problems, EXIT_CONFIG) from None
     if exit_code:
         raise typer.Exit(exit_code)
 

@@ -6,7 +6,7 @@ applies), the protocol classes that put the ASGI TLS extension into every scope,
 :class:`~library_api.server.uvicorn.DrainingServer`, so the SIGTERM Gunicorn sends a stopping worker first
 drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds this class by itself and sets
 ``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server gunicorn``) does the
-same from the service's settings.
+same, from the same process settings (:mod:`library_api.server.gunicorn_settings`).
 
 Uvicorn's own forwarded-header handling is off (``proxy_headers=False``), as under ``serve --server uvicorn``:
 Uvicorn's worker would otherwise believe ``X-Forwarded-For``/``-Proto`` from Gunicorn's ``forwarded_allow_ips``
@@ -20,7 +20,7 @@ in ``LIBRARY_API_OVERRIDES``), exactly as the application factory in :mod:`libra
 
 from __future__ import annotations
 
-import math
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,6 +31,7 @@ from gunicorn.arbiter import Arbiter
 
 from library_api.config import Settings, hand_down_overrides, load_settings
 from library_api.observability.multiprocess import prepare_worker_metrics
+from library_api.server.gunicorn_settings import hand_down_workers, process_options, with_workers
 from library_api.server.tls import ServerTLS
 from library_api.server.uvicorn import (
     DrainingServer,
@@ -44,9 +45,6 @@ with warnings.catch_warnings():
     # uvicorn.workers announces its move to a separate package on import; the class itself is what is used.
     warnings.simplefilter("ignore", DeprecationWarning)
     from uvicorn.workers import UvicornWorker
-
-GRACEFUL_MARGIN_SECONDS = 30
-"""Seconds after the WebSocket drain for in-flight requests and the lifespan shutdown."""
 
 WORKER_CLASS = "library_api.server.gunicorn.LibraryWorker"
 
@@ -80,9 +78,21 @@ class LibraryWorker(UvicornWorker):
         self.config.app = self.wsgi
         server = DrainingServer(config=self.config)
         self._install_sigquit_handler()
-        await server.serve(sockets=self.sockets)
+        await server.serve(sockets=listening_sockets(self.sockets))
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def listening_sockets(listeners: list[Any]) -> list[socket.socket]:
+    """The socket objects inside Gunicorn's listener wrappers, for the event loop to serve on.
+
+    When a server stops, the event loop closes its listening sockets. uvloop closes the descriptor itself and
+    then *detaches* a real :class:`socket.socket`, but calls ``close()`` on any other object it was given:
+    Gunicorn's wrapper would then close the same descriptor a second time (logging "Error while closing socket
+    [Errno 9] Bad file descriptor" on every stop, or closing an unrelated file that reused the number). Handing
+    the loop the sockets themselves closes each descriptor exactly once, with uvloop and asyncio alike.
+    """
+    return [listener if isinstance(listener, socket.socket) else listener.sock for listener in listeners]
 
 
 class GunicornService(BaseApplication):  # type: ignore[misc]
@@ -104,15 +114,18 @@ class GunicornService(BaseApplication):  # type: ignore[misc]
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    """Gunicorn's settings for the service; the graceful timeout always exceeds the WebSocket drain."""
+    """Gunicorn's settings for the service, from the process settings ``deploy/gunicorn.conf.py`` uses.
+
+    The same keys with the same checks (:func:`~library_api.server.gunicorn_settings.process_options`), and
+    ``--workers`` (``WORKERS``) first when it is given. Raises :class:`~library_api.config.ConfigError` on a bad
+    key.
+    """
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    explicit = settings.workers if "workers" in settings.model_fields_set else None
     return {
+        **process_options(settings, workers=explicit),
         "bind": [f"{host}:{settings.port}"],
-        "workers": settings.workers,
         "worker_class": WORKER_CLASS,
-        "graceful_timeout": math.ceil(settings.shutdown_timeout) + GRACEFUL_MARGIN_SECONDS,
-        "timeout": 60,
-        "keepalive": 75,
         "accesslog": None,
         "proc_name": "library-api",
         "control_socket_disable": True,
@@ -120,9 +133,12 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def run_gunicorn(settings: Settings, overrides: Mapping[str, Any]) -> None:
-    """Serve with Gunicorn and ``WORKERS`` Uvicorn workers."""
+    """Serve with Gunicorn and its Uvicorn workers (the count checked against the settings before start)."""
     from library_api.server.asgi import create_app_from_environment  # noqa: PLC0415 - loaded in the workers
 
+    options = gunicorn_options(settings)
+    settings = with_workers(settings, options["workers"])
     hand_down_overrides(overrides)
+    hand_down_workers(options["workers"])
     prepare_worker_metrics(settings)
-    GunicornService(gunicorn_options(settings), create_app_from_environment).run()
+    GunicornService(options, create_app_from_environment).run()
