@@ -24,7 +24,10 @@ async def test_all_probes_green_on_a_healthy_service(app_factory: AppFactory) ->
     assert "\nhealth_ready 1.0\n" in metrics
     assert startup.json() == {"status": "started"}
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "migrations": "ok", "disk": "ok"},
+    }
     body = detailed.json()
     assert detailed.status_code == 200
     assert body["status"] in {"healthy", "warning"}  # the shared machine's disk or memory may be busy
@@ -104,7 +107,10 @@ async def test_redis_down_is_degraded_not_unready(app_factory: AppFactory) -> No
         detailed = await client.get("/health/detailed")
         books = await client.get("/api/v1/books")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "degraded", "checks": {"database": "ok", "migrations": "ok", "redis": "degraded"}}
+    assert ready.json() == {
+        "status": "degraded",
+        "checks": {"database": "ok", "migrations": "ok", "redis": "degraded", "disk": "ok"},
+    }
     checks = detailed.json()["checks"]
     assert checks["redis"]["status"] == "warning"
     assert checks["cache"] == {"status": "warning", "backend": "redis"}

@@ -6,9 +6,12 @@
   and jitter while it does not) and the schema revision is known.
 * ``/health/ready`` is 503 with the reasons while the service cannot serve: still starting, the database
   unreachable, migrations missing (the schema is behind the code), or the server draining for shutdown. Redis
-  or a read replica being down is ``degraded`` (200): the service keeps serving from the database.
+  or a read replica being down is ``degraded`` (200): the service keeps serving from the database. So is a
+  critical upload volume (full, or with less room than one ``MAX_UPLOAD_SIZE`` upload): everything but cover
+  uploads still works, and those answer 507 rather than fail.
 * ``/health/detailed`` reports database, migrations, replica, Redis and cache, disk and memory (with the
-  ``HEALTH_*_PERCENT`` thresholds) and the process; restricted like ``/metrics``.
+  ``HEALTH_*_PERCENT`` thresholds; the upload volume is critical too when it has less room than one upload)
+  and the process; restricted like ``/metrics``.
 
 The three probes are public and exempt from trusted hosts, rate limits and access logs.
 """
@@ -211,7 +214,7 @@ class HealthMonitor:
         level = _level(
             usage.percent, self.settings.health_disk_warning_percent, self.settings.health_disk_critical_percent
         )
-        return {
+        report: dict[str, Any] = {
             "status": level,
             "path": str(path.resolve()),
             "total_bytes": usage.total,
@@ -219,6 +222,10 @@ class HealthMonitor:
             "free_bytes": usage.free,
             "percent": usage.percent,
         }
+        if usage.free < self.settings.max_upload_size:
+            report["status"] = CRITICAL
+            report["detail"] = "less free space than one upload of MAX_UPLOAD_SIZE: cover uploads may get 507"
+        return report
 
     def _memory(self) -> dict[str, Any]:
         memory = psutil.virtual_memory()
@@ -257,6 +264,9 @@ class HealthMonitor:
             if report is not None:
                 checks[name] = "ok" if report["status"] == HEALTHY else "degraded"
                 degraded = degraded or report["status"] != HEALTHY
+        disk = self._disk()
+        checks["disk"] = "critical" if disk["status"] == CRITICAL else "ok"
+        degraded = degraded or disk["status"] == CRITICAL
         if self.ready_gauge is not None:
             self.ready_gauge.set(0 if reasons else 1)
         if reasons:
