@@ -61,6 +61,7 @@ from library_api.resilience.breaker import CircuitBreaker, CircuitState
 from library_api.resilience.database import install_database_unavailable_handler
 from library_api.resilience.redis import GuardedRedis
 from library_api.resilience.retry import Backoff
+from library_api.resilience.schema import SchemaWatch
 from library_api.security.accounts import AccountStateCache
 from library_api.security.authentication import Authenticator
 from library_api.security.certificates import CertificateReader, issuer_names
@@ -245,7 +246,9 @@ def build_context(settings: Settings, database: Database) -> AppContext:
             settings.rate_limit_default, settings.rate_limit_routes, builtin_route_limits(settings.api_v1_str)
         ),
         monitoring_networks=Networks(settings.monitoring_allowed_networks),
-        health=HealthMonitor(settings, database, redis, shutdown, backoff, metrics.health_ready),
+        health=HealthMonitor(
+            settings, database, redis, shutdown, backoff, metrics.health_ready, schema=SchemaWatch(database.engine)
+        ),
         hub=hub,
         admission=Admission(settings, rate_limiter, lambda reason: refusals.labels(reason.value).inc()),
         notifier=notifier,
@@ -314,10 +317,15 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
     )
     app.state.context = context
     install_problem_handlers(app)
-    install_database_unavailable_handler(app)
+    install_database_unavailable_handler(app, context.health.schema)
 
+    async def current_schema() -> None:
+        """API requests get a 503 ``schema-behind`` problem, not a 500, while the schema is behind the code."""
+        await context.health.schema.require_current()
+
+    api_dependencies = [Depends(single_valued_query), Depends(current_schema)]
     for router in (bookings_router, auth_router, users_router, books_router, tokens_router, realtime_router):
-        app.include_router(router, prefix=settings.api_v1_str, dependencies=[Depends(single_valued_query)])
+        app.include_router(router, prefix=settings.api_v1_str, dependencies=api_dependencies)
     app.include_router(health_router)
     if settings.metrics_enabled:
         app.include_router(metrics_router)

@@ -293,6 +293,7 @@ class Settings(BaseSettings):
     email_from: str | None = None
     email_from_name: str = "Library System"
     email_max_attempts: int = Field(default=6, ge=1, le=100)
+    email_max_age_hours: float = Field(default=48.0, gt=0, le=24 * 30)
     email_poll_interval: float = Field(default=30.0, gt=0, le=3600)
     email_retry_delay: float = Field(default=30.0, gt=0, le=3600)
     booking_reminder_hours: float = Field(default=24.0, ge=0, le=24 * 30)

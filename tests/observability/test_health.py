@@ -24,7 +24,10 @@ async def test_all_probes_green_on_a_healthy_service(app_factory: AppFactory) ->
     assert "\nhealth_ready 1.0\n" in metrics
     assert startup.json() == {"status": "started"}
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "migrations": "ok", "disk": "ok"},
+    }
     body = detailed.json()
     assert detailed.status_code == 200
     assert body["status"] in {"healthy", "warning"}  # the shared machine's disk or memory may be busy
@@ -72,12 +75,12 @@ async def test_missing_migrations_make_the_service_not_ready(app_factory: AppFac
         startup = await client.get("/health/startup")
         ready = await client.get("/health/ready")
         detailed = await client.get("/health/detailed")
+    problem = f"schema behind: the database is at no revision, the code needs {migrate.head_revision()}"
     assert startup.status_code == 200  # started: the database answers; the schema is the problem
+    assert startup.json()["warnings"] == [problem]
     assert ready.status_code == 503
-    assert ready.json()["checks"]["migrations"] == "missing"
-    assert ready.json()["reasons"] == [
-        f"migrations missing: the database is at no revision, the code needs {migrate.head_revision()}"
-    ]
+    assert ready.json()["checks"]["migrations"] == "behind"
+    assert ready.json()["reasons"] == [problem]
     assert detailed.json()["checks"]["migrations"]["status"] == "critical"
 
 
@@ -104,7 +107,10 @@ async def test_redis_down_is_degraded_not_unready(app_factory: AppFactory) -> No
         detailed = await client.get("/health/detailed")
         books = await client.get("/api/v1/books")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "degraded", "checks": {"database": "ok", "migrations": "ok", "redis": "degraded"}}
+    assert ready.json() == {
+        "status": "degraded",
+        "checks": {"database": "ok", "migrations": "ok", "redis": "degraded", "disk": "ok"},
+    }
     checks = detailed.json()["checks"]
     assert checks["redis"]["status"] == "warning"
     assert checks["cache"] == {"status": "warning", "backend": "redis"}

@@ -2,18 +2,34 @@
 
 Only JPEG and PNG are accepted. A stored name is 32 random hex digits plus the extension of the detected
 type, so nothing a client sends ever becomes part of a path.
+
+A file is written under a temporary ``.NAME.part`` name and renamed into place, so a reader never sees half a
+cover; whatever fails on the way (a full volume, a spent quota, a file-size limit, any other I/O error, a
+cancelled request) removes the temporary file. A lack of space is the client's 507 ``insufficient-storage``
+problem, not a 500.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 from anyio import Path as AsyncPath
 
+from library_api.http.problems import InsufficientStorage
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Errors that mean "no room": a full volume, a spent quota, a per-process file-size limit."""
+
+STORAGE_RETRY_AFTER = 60
+"""Seconds a client is asked to wait after a 507: space comes back when an operator frees it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +60,26 @@ class CoverStore:
         self.directory = upload_dir / "covers"
 
     async def save(self, data: bytes, kind: ImageKind) -> str:
-        """Write ``data`` atomically under a fresh random name and return that name."""
+        """Write ``data`` atomically under a fresh random name and return that name.
+
+        Raises :class:`InsufficientStorage` when the volume has no room; no temporary file is left behind on
+        any failure.
+        """
         directory = AsyncPath(self.directory)
-        await directory.mkdir(parents=True, exist_ok=True)
         name = secrets.token_hex(16) + kind.extension
         temporary = directory / f".{name}.part"
-        await temporary.write_bytes(data)
-        await temporary.rename(directory / name)
+        try:
+            await directory.mkdir(parents=True, exist_ok=True)
+            await temporary.write_bytes(data)
+            await temporary.rename(directory / name)
+        except BaseException as exc:
+            await _discard(temporary)
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+                raise InsufficientStorage(
+                    f"The upload volume has no room for this image ({os.strerror(exc.errno)}); retry later.",
+                    retry_after=STORAGE_RETRY_AFTER,
+                ) from exc
+            raise
         return name
 
     def path(self, name: str) -> Path:
@@ -61,3 +90,10 @@ class CoverStore:
         """Remove a stored file if it exists."""
         if name:
             await AsyncPath(self.path(name)).unlink(missing_ok=True)
+
+
+async def _discard(temporary: AsyncPath) -> None:
+    """Remove a temporary file, even while the task is being cancelled (the unlink itself is quick)."""
+    with anyio.CancelScope(shield=True):
+        with contextlib.suppress(OSError):
+            await temporary.unlink(missing_ok=True)

@@ -148,7 +148,7 @@ async def get_cover(book_id: BookId, session: ReadSessionDep, ctx: ContextDep) -
 @router.put(
     "/{book_id}/cover",
     dependencies=[Librarian],
-    responses=problems(401, 403, 404, 413, 415, 422),
+    responses=problems(401, 403, 404, 413, 415, 422, 507),
     summary="Upload a cover image",
 )
 async def put_cover(
@@ -159,7 +159,8 @@ async def put_cover(
 ) -> BookOut:
     """Store a JPEG or PNG cover, recognised by its content; the size limit is ``MAX_UPLOAD_SIZE``.
 
-    A book that does not exist is a 404 before the upload is looked at, whatever the file.
+    A book that does not exist is a 404 before the upload is looked at, whatever the file. A full upload volume
+    is a 507 ``insufficient-storage`` problem with ``Retry-After``; the previous cover stays as it was.
     """
     if await ctx.catalogue.book(book_id) is None:
         raise NotFound(f"No book with id {book_id}.")

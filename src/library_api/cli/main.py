@@ -547,6 +547,12 @@ def client_ws(
     raise typer.Exit(run_client(options, email, password))
 
 
+# Command groups kept in modules of their own register themselves on ``app`` when imported.
+from library_api.cli import mail as _mail  # noqa: E402
+
+__all__ = ["_mail", "app", "main"]
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="library-api")

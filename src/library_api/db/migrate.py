@@ -6,6 +6,7 @@ On PostgreSQL an advisory lock serialises concurrent ``migrate`` runs (several p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,11 +37,22 @@ def alembic_config() -> Config:
     return config
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
     """The newest revision the code knows."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
+
+
+@functools.cache
+def is_known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of the code's own (else a newer release wrote it)."""
+    return any(script.revision == revision for script in _scripts().walk_revisions())
 
 
 def upgrade_on(connection: Connection, revision: str = "head") -> None:

@@ -148,6 +148,19 @@ class ServiceUnavailable(ProblemError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class InsufficientStorage(ProblemError):
+    """The service has no room to store what the request sent (a full volume or a spent quota).
+
+    Nothing of the request was kept; the client may retry after ``Retry-After`` seconds, once an operator has
+    freed space (readiness and ``/health/detailed`` report the volume).
+    """
+
+    status, slug, title = 507, "insufficient-storage", "Insufficient storage"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 60) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 def problem_response(
     status: int,
     slug: str,

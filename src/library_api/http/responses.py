@@ -19,6 +19,7 @@ _DESCRIPTIONS = {
     422: "Invalid input; `errors` lists each field",
     429: "Too many requests; retry after `Retry-After` seconds",
     503: "A dependency is unavailable; retry after `Retry-After` seconds",
+    507: "No room to store the upload (a full volume); retry after `Retry-After` seconds",
 }
 
 

@@ -43,6 +43,12 @@ class OutboxEmail(TimestampMixin, Base):
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=EmailStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
+    refusals: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Temporary (4xx) refusals since queued or requeued; what ``EMAIL_MAX_ATTEMPTS`` bounds."""
     next_attempt_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    message_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    """The Message-ID header of every attempt: set once, at the first, so a resend is recognisably the same mail."""
+    requeued_at: Mapped[datetime | None] = mapped_column(default=None)
+    """When an operator last requeued the mail; the age limit on retries counts from here (else from creation)."""

@@ -9,12 +9,19 @@ in-memory queue and returns. Background tasks then
   ``BOOKING_REMINDER_HOURS``, and catch up confirmations for bookings of the last hour that have none (the
   event of a process that died before writing its row);
 * claim due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite) with a lease, send
-  them, and record the outcome: sent, retried later with exponential backoff after a transient failure (a
-  4xx reply, a refused or dropped connection), or failed for good after a permanent one (5xx) or
-  ``EMAIL_MAX_ATTEMPTS`` tries.
+  them, and record the outcome: sent, retried later with capped exponential backoff, or failed for good.
 
-Delivery is at least once: a process killed between the SMTP server's acceptance and the row's update sends
-that mail again when its lease (5 minutes) runs out.
+When a mail is given up: a permanent refusal (5xx) at once; temporary refusals (4xx) after
+``EMAIL_MAX_ATTEMPTS`` of them; an SMTP server that cannot be reached (refused, dropped or timed-out
+connections) never by count, only when the mail is ``EMAIL_MAX_AGE_HOURS`` old (48) counted from when it was
+queued or last requeued. So an outage of hours ends in delivery once the server is back, and failed rows can be
+requeued by an operator (``library-api mail requeue``, :mod:`library_api.notifications.outbox`).
+
+The row is marked sent as soon as the SMTP server has accepted the data (its 250 after DATA), before QUIT.
+Every attempt carries the row's Message-ID, set once at the first attempt. Delivery is still at least once: a
+process that dies between the 250 and that commit (or a database that refuses the commit) sends the mail again
+after its lease (5 minutes), and the copy carries the same Message-ID, which recipients' mail systems use to
+recognise it. Every time in here comes from an injectable clock (tests move it instead of waiting).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from library_api.config import Settings
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.events import DomainEvent
-from library_api.notifications.mailer import DeliveryError, Mailer
+from library_api.notifications.mailer import DeliveryError, Failure, Mailer, message_id_for
 from library_api.notifications.messages import render
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail
 from library_api.users.models import User
@@ -54,6 +61,9 @@ CATCH_UP = timedelta(hours=1)
 """How far back the periodic scan looks for bookings whose confirmation was never queued."""
 
 MAX_BACKOFF = 3600.0
+"""The longest pause between two attempts at one mail (seconds)."""
+
+_MAX_EXPONENT = 16
 QUEUE_SIZE = 10_000
 
 Keep = Callable[[Any], bool]
@@ -62,8 +72,10 @@ Keep = Callable[[Any], bool]
 class Notifier:
     """E-mail for booking events; inert when ``SMTP_HOST`` is not configured."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(self, settings: Settings, database: Database, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
+        self.clock = clock
+        """The current time (aware UTC); injectable so that retry schedules are tested without waiting."""
         self.enabled = settings.email_enabled
         self._database = database
         self._mailer = Mailer(settings) if self.enabled else None
@@ -154,7 +166,7 @@ class Notifier:
             rows = [row for row in (await session.execute(statement)).all() if keep is None or keep(row)]
             if not rows:
                 return 0
-            now = utcnow()
+            now = self.clock()
             values = []
             for row in rows:
                 subject, body = render(
@@ -184,7 +196,7 @@ class Notifier:
 
     async def scan(self) -> None:
         """Queue due reminders and any confirmation the event path missed."""
-        now = utcnow()
+        now = self.clock()
         hours = self.settings.booking_reminder_hours
         if hours > 0:
             window = timedelta(hours=hours)
@@ -223,7 +235,7 @@ class Notifier:
     async def deliver_due(self) -> int:
         """Claim the rows that are due, send them, record each outcome; how many were claimed."""
         assert self._mailer is not None
-        now = utcnow()
+        now = self.clock()
         async with self._database.sessionmaker() as session:
             await begin_write(session)
             statement = (
@@ -238,31 +250,68 @@ class Notifier:
             for email in claimed:
                 email.attempts += 1
                 email.next_attempt_at = now + LEASE
+                if email.message_id is None:
+                    email.message_id = message_id_for(email.id, self._mailer.domain)
             await session.commit()
         for email in claimed:
-            try:
-                await self._mailer.send(self._mailer.compose(email.recipient, email.subject, email.body))
-            except DeliveryError as exc:
-                await self._record_failure(email, exc)
-            else:
-                await self._record(email.id, status=EmailStatus.SENT, sent_at=utcnow(), last_error=None)
-                self.sent += 1
+            await self._deliver(email)
         return len(claimed)
 
+    async def _deliver(self, email: OutboxEmail) -> None:
+        assert self._mailer is not None
+        assert email.message_id is not None
+        message = self._mailer.compose(email.recipient, email.subject, email.body, message_id=email.message_id)
+
+        async def accepted() -> None:
+            await self._record(email.id, status=EmailStatus.SENT, sent_at=self.clock(), last_error=None)
+            self.sent += 1
+
+        try:
+            await self._mailer.send(message, on_accepted=accepted)
+        except DeliveryError as exc:
+            await self._record_failure(email, exc)
+
+    def give_up_reason(self, email: OutboxEmail, error: DeliveryError) -> str | None:
+        """Why ``email`` is failed for good after ``error``, or ``None`` when it is tried again."""
+        if error.failure is Failure.PERMANENT:
+            return "refused for good"
+        if error.failure is Failure.TRANSIENT and email.refusals >= self.settings.email_max_attempts:
+            return f"{email.refusals} temporary refusals (EMAIL_MAX_ATTEMPTS)"
+        since = email.requeued_at or email.created_at
+        limit = timedelta(hours=self.settings.email_max_age_hours)
+        if self.clock() - since >= limit:
+            return f"undelivered for {self.settings.email_max_age_hours:g} h (EMAIL_MAX_AGE_HOURS)"
+        return None
+
     async def _record_failure(self, email: OutboxEmail, error: DeliveryError) -> None:
-        if error.transient and email.attempts < self.settings.email_max_attempts:
-            delay = min(self.settings.email_retry_delay * 2 ** (email.attempts - 1), MAX_BACKOFF)
+        if error.failure is Failure.TRANSIENT:
+            email.refusals += 1
+        reason = self.give_up_reason(email, error)
+        if reason is None:
+            exponent = min(email.attempts - 1, _MAX_EXPONENT)
+            delay = min(self.settings.email_retry_delay * 2**exponent, MAX_BACKOFF)
             delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
-            await self._record(email.id, next_attempt_at=utcnow() + timedelta(seconds=delay), last_error=str(error))
+            await self._record(
+                email.id,
+                next_attempt_at=self.clock() + timedelta(seconds=delay),
+                refusals=email.refusals,
+                last_error=str(error),
+            )
             self.retried += 1
             logger.info(
                 "e-mail %d not delivered (%s); attempt %d, retrying in %.0f s", email.id, error, email.attempts, delay
             )
             return
-        await self._record(email.id, status=EmailStatus.FAILED, last_error=str(error))
+        await self._record(email.id, status=EmailStatus.FAILED, refusals=email.refusals, last_error=str(error))
         self.failed += 1
         logger.warning(
-            "e-mail %d (%s) failed for good after %d attempt(s): %s", email.id, email.kind, email.attempts, error
+            "e-mail %d (%s) failed for good after %d attempt(s), %s: %s; `library-api mail requeue %d` retries it",
+            email.id,
+            email.kind,
+            email.attempts,
+            reason,
+            error,
+            email.id,
         )
 
     async def _record(self, email_id: int, **values: Any) -> None:

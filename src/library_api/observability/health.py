@@ -3,12 +3,19 @@
 * ``/health`` (liveness) consults nothing: a database outage must never make an orchestrator restart the
   process, which would not help.
 * ``/health/startup`` is 503 until start-up has finished: the database has answered once (retried with backoff
-  and jitter while it does not) and the schema revision is known.
+  and jitter while it does not) and the schema revision is known. A schema behind the code does not hold it
+  back (the process has started; a failing startup probe would only restart it, in a loop, while the operator
+  migrates): the body names the problem, and readiness carries it.
 * ``/health/ready`` is 503 with the reasons while the service cannot serve: still starting, the database
-  unreachable, migrations missing (the schema is behind the code), or the server draining for shutdown. Redis
-  or a read replica being down is ``degraded`` (200): the service keeps serving from the database.
+  unreachable, the schema behind the code (``schema behind: the database is at 0003…, the code needs 0004…``;
+  every probe reads the revision again, so it turns ready once ``library-api migrate`` has run), or the server
+  draining for shutdown. A schema *ahead* of the code (a rollback) is served: ``checks.migrations: "ahead"``. Redis
+  or a read replica being down is ``degraded`` (200): the service keeps serving from the database. So is a
+  critical upload volume (full, or with less room than one ``MAX_UPLOAD_SIZE`` upload): everything but cover
+  uploads still works, and those answer 507 rather than fail.
 * ``/health/detailed`` reports database, migrations, replica, Redis and cache, disk and memory (with the
-  ``HEALTH_*_PERCENT`` thresholds) and the process; restricted like ``/metrics``.
+  ``HEALTH_*_PERCENT`` thresholds; the upload volume is critical too when it has less room than one upload)
+  and the process; restricted like ``/metrics``.
 
 The three probes are public and exempt from trusted hosts, rate limits and access logs.
 """
@@ -33,13 +40,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from library_api.config import Settings
 from library_api.context import get_context
-from library_api.db import migrate
 from library_api.db.engine import Database
 from library_api.observability.access import monitoring
 from library_api.resilience.breaker import CircuitState
 from library_api.resilience.database import is_database_unavailable
 from library_api.resilience.redis import GuardedRedis, RedisUnavailable
 from library_api.resilience.retry import Backoff
+from library_api.resilience.schema import SchemaState, SchemaWatch
 from library_api.security.dependencies import public
 from library_api.security.permissions import Permission
 from library_api.server.shutdown import ShutdownCoordinator
@@ -72,6 +79,7 @@ class HealthMonitor:
         shutdown: ShutdownCoordinator,
         backoff: Backoff,
         ready_gauge: Any = None,
+        schema: SchemaWatch | None = None,
     ) -> None:
         self.settings = settings
         self.ready_gauge = ready_gauge
@@ -81,7 +89,7 @@ class HealthMonitor:
         self.backoff = backoff
         self.started = False
         self.started_at = time.time()
-        self._schema_at_head = False
+        self.schema = schema or SchemaWatch(database.engine)
         self._startup_task: asyncio.Task[None] | None = None
 
     # ----- start-up -----
@@ -127,9 +135,7 @@ class HealthMonitor:
         await self._finish_startup()
 
     async def _finish_startup(self) -> None:
-        problem = await self._migration_problem()
-        if problem is not None:
-            logger.error("start-up: %s; run `library-api migrate`", problem)
+        await self.schema.check()
         self.started = True
         logger.info("start-up complete: the database answers")
 
@@ -148,17 +154,6 @@ class HealthMonitor:
 
         return await self._timed(select_one)
 
-    async def _migration_problem(self) -> str | None:
-        """``None`` when the schema is at the code's head revision, else what is wrong (cached once at head)."""
-        if self._schema_at_head:
-            return None
-        current = await migrate.current_revision(self.database.engine)
-        head = migrate.head_revision()
-        if current == head:
-            self._schema_at_head = True
-            return None
-        return f"migrations missing: the database is at {current or 'no revision'}, the code needs {head}"
-
     async def _database(self) -> dict[str, Any]:
         try:
             latency = await self._ping(self.database.engine)
@@ -167,14 +162,31 @@ class HealthMonitor:
         return {"status": HEALTHY, "latency_ms": latency, "dialect": self.database.dialect}
 
     async def _migrations(self) -> dict[str, Any]:
+        """The schema's state; read again unless it was current (then a missing table triggers the re-read)."""
         try:
-            problem = await self._migration_problem()
+            state = self.schema.state
+            if state is not SchemaState.CURRENT:
+                state = await self.schema.check()
         except Exception as exc:
             return {"status": CRITICAL, "error": type(exc).__name__}
-        head = migrate.head_revision()
-        if problem is None:
+        head = self.schema.head
+        if state is SchemaState.CURRENT:
             return {"status": HEALTHY, "revision": head}
-        return {"status": CRITICAL, "detail": problem, "head": head}
+        if state is SchemaState.AHEAD:
+            return {
+                "status": WARNING,
+                "state": "ahead",
+                "detail": self.schema.warning,
+                "revision": self.schema.revision,
+                "head": head,
+            }
+        return {
+            "status": CRITICAL,
+            "state": "behind",
+            "detail": self.schema.problem,
+            "revision": self.schema.revision,
+            "head": head,
+        }
 
     async def _replica(self) -> dict[str, Any] | None:
         if self.database.replica is None:
@@ -211,7 +223,7 @@ class HealthMonitor:
         level = _level(
             usage.percent, self.settings.health_disk_warning_percent, self.settings.health_disk_critical_percent
         )
-        return {
+        report: dict[str, Any] = {
             "status": level,
             "path": str(path.resolve()),
             "total_bytes": usage.total,
@@ -219,6 +231,10 @@ class HealthMonitor:
             "free_bytes": usage.free,
             "percent": usage.percent,
         }
+        if usage.free < self.settings.max_upload_size:
+            report["status"] = CRITICAL
+            report["detail"] = "less free space than one upload of MAX_UPLOAD_SIZE: cover uploads may get 507"
+        return report
 
     def _memory(self) -> dict[str, Any]:
         memory = psutil.virtual_memory()
@@ -249,14 +265,17 @@ class HealthMonitor:
             reasons.append("database unreachable")
         else:
             migrations = await self._migrations()
-            checks["migrations"] = "ok" if migrations["status"] == HEALTHY else "missing"
-            if migrations["status"] != HEALTHY:
-                reasons.append(migrations.get("detail") or "migrations missing")
+            checks["migrations"] = migrations.get("state", "ok" if migrations["status"] == HEALTHY else "unknown")
+            if migrations["status"] == CRITICAL:
+                reasons.append(migrations.get("detail") or "schema revision unreadable")
         degraded = False
         for name, report in (("replica", await self._replica()), ("redis", await self._redis())):
             if report is not None:
                 checks[name] = "ok" if report["status"] == HEALTHY else "degraded"
                 degraded = degraded or report["status"] != HEALTHY
+        disk = self._disk()
+        checks["disk"] = "critical" if disk["status"] == CRITICAL else "ok"
+        degraded = degraded or disk["status"] == CRITICAL
         if self.ready_gauge is not None:
             self.ready_gauge.set(0 if reasons else 1)
         if reasons:
@@ -312,10 +331,14 @@ async def liveness() -> dict[str, str]:
     responses={503: {"description": "Still starting: the database has not answered yet"}},
 )
 async def startup(request: Request) -> JSONResponse:
-    """200 once start-up has finished (the database has answered); 503 before."""
+    """200 once start-up has finished (the database has answered); 503 before.
+
+    A schema behind the code is named here (``warnings``) but keeps the 200: readiness carries it.
+    """
     health = get_context(request).health
     if health.started:
-        return JSONResponse({"status": "started"})
+        problem = health.schema.problem
+        return JSONResponse({"status": "started", **({"warnings": [problem]} if problem else {})})
     return JSONResponse({"status": "starting", "reasons": ["waiting for the database"]}, status_code=503)
 
 

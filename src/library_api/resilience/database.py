@@ -29,6 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.responses import Response
 
 from library_api.http.problems import problem_response
+from library_api.resilience.schema import SchemaWatch, schema_behind_response
 
 logger = logging.getLogger("library_api.resilience")
 
@@ -123,10 +124,11 @@ def busy_response(request: Request) -> Response:
     )
 
 
-def install_database_unavailable_handler(app: FastAPI) -> None:
+def install_database_unavailable_handler(app: FastAPI, schema: SchemaWatch | None = None) -> None:
     """Answer requests that fail on an unreachable, slow or saturated database with 503 + ``Retry-After``.
 
-    Other database errors stay 500.
+    A missing table or column makes ``schema`` read the revision again: behind, the answer is a 503
+    ``schema-behind``. Other database errors stay 500.
     """
     fallback = app.exception_handlers.get(Exception)
 
@@ -141,6 +143,9 @@ def install_database_unavailable_handler(app: FastAPI) -> None:
         if is_database_unavailable(exc):
             logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
             return unavailable_response(request)
+        if schema is not None and await schema.confirms_behind(exc):
+            logger.warning("schema behind on %s %s: %s", request.method, request.url.path, schema.problem)
+            return schema_behind_response(request, schema)
         assert fallback is not None
         response = fallback(request, exc)
         if inspect.isawaitable(response):
