@@ -98,6 +98,8 @@ check_compose() {
     local key value problems=0
     for key in SECRET_KEY POSTGRES_PASSWORD REDIS_PASSWORD GRAFANA_ADMIN_PASSWORD; do
         value="$(env_value "${key}")"
+        # the seed's .env names Grafana's password GRAFANA_PASSWORD; compose.yaml reads either
+        [[ "${key}" == GRAFANA_ADMIN_PASSWORD && -z "${value}" ]] && value="$(env_value GRAFANA_PASSWORD)"
         if [[ -z "${value}" || "${value}" == "change-me" ]]; then
             printf '%serror: %s: set it in .env (still empty or change-me)%s\n' "${RED}" "${key}" "${RESET}" >&2
             problems=$((problems + 1))

@@ -47,6 +47,7 @@ INFRASTRUCTURE_KEYS: dict[str, str] = {
     "REDIS_ADDR": "compose.yaml: redis-exporter's Redis address",
     "GRAFANA_ADMIN_USER": "Grafana's administrator",
     "GRAFANA_ADMIN_PASSWORD": "Grafana's administrator password",
+    "GRAFANA_PASSWORD": "the seed's name for GRAFANA_ADMIN_PASSWORD; compose.yaml reads it when that is unset",
     "ALERTMANAGER_WEBHOOK_URL": "deploy/deploy.sh: the webhook receiver's URL in Alertmanager's configuration",
     "PROMETHEUS_MULTIPROC_DIR": "read by prometheus_client itself; emptied and maintained by deploy/gunicorn.conf.py",
     "WEB_CONCURRENCY": "deploy/gunicorn.conf.py: worker processes",
