@@ -46,7 +46,10 @@ async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
 
 async def test_valid_token_works(client: httpx.AsyncClient, ctx: AppContext) -> None:
     user = await create_user(ctx)
-    assert (await me(client, token_for(ctx, user))).status_code == 200
+    await create_user(ctx)  # another account, so that answering with the wrong one would show
+    response = await me(client, token_for(ctx, user))
+    assert response.status_code == 200
+    assert (response.json()["id"], response.json()["email"], response.json()["role"]) == (user.id, user.email, "reader")
 
 
 @pytest.mark.parametrize(
@@ -158,7 +161,10 @@ async def test_algorithm_confusion_is_rejected(client: httpx.AsyncClient, ctx: A
         response = await me(client, token)
         assert response.status_code == 401, name
         assert response.headers["content-type"] == "application/problem+json"
-    assert (await me(client, _hmac_token(claims, secret.encode(), "HS256"))).status_code == 200
+    genuine = await me(client, _hmac_token(claims, secret.encode(), "HS256"))
+    assert genuine.status_code == 200
+    # the account's own role, not the one the claims name
+    assert (genuine.json()["id"], genuine.json()["email"], genuine.json()["role"]) == (user.id, user.email, "reader")
 
 
 def test_a_remembered_token_still_expires(ctx: AppContext) -> None:
