@@ -67,7 +67,7 @@ async def test_openapi_documents_errors_as_problems(client: httpx.AsyncClient) -
     assert "OAuth2PasswordBearer" in schema["components"]["securitySchemes"]
 
 
-async def test_every_operation_that_takes_a_credential_documents_401(client: httpx.AsyncClient, ctx: AppContext) -> None:
+async def test_every_operation_taking_a_credential_documents_401(client: httpx.AsyncClient, ctx: AppContext) -> None:
     schema = (await client.get("/openapi.json")).json()
     credentialed = [
         (method, path, operation)
