@@ -9,8 +9,10 @@ import pytest
 from fastapi import FastAPI
 
 from library_api.app import create_app
+from library_api.context import AppContext
 from library_api.http.problems import PROBLEM_CONTENT_TYPE
 from tests.conftest import fast_settings
+from tests.support.factories import bearer, create_user, token_for
 
 
 async def started(app: FastAPI) -> httpx.AsyncClient:
@@ -63,6 +65,28 @@ async def test_openapi_documents_errors_as_problems(client: httpx.AsyncClient) -
                 if status[0] in "45":
                     assert list(response["content"]) == [PROBLEM_CONTENT_TYPE], (method, path, status)
     assert "OAuth2PasswordBearer" in schema["components"]["securitySchemes"]
+
+
+async def test_every_operation_taking_a_credential_documents_401(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    credentialed = [
+        (method, path, operation)
+        for path, item in schema["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in item.items()
+        if operation.get("security")
+    ]
+    assert ("get", "/api/v1/auth/principal") in {(method, path) for method, path, _ in credentialed}
+    assert [(method, path) for method, path, operation in credentialed if "401" not in operation["responses"]] == []
+
+    # and the public route answers it indeed, for a token revoked by a logout everywhere
+    user = await create_user(ctx)
+    token = token_for(ctx, user)
+    assert (await client.get("/api/v1/auth/principal", headers=bearer(token))).json()["subject"] == f"user:{user.id}"
+    assert (await client.post("/api/v1/auth/logout-all", headers=bearer(token))).status_code == 204
+    revoked = await client.get("/api/v1/auth/principal", headers=bearer(token))
+    assert revoked.status_code == 401
+    assert revoked.headers["content-type"] == PROBLEM_CONTENT_TYPE
 
 
 async def test_unknown_route_and_wrong_method_are_problems(client: httpx.AsyncClient) -> None:

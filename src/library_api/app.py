@@ -95,7 +95,8 @@ class LibraryAPI(FastAPI):
 
         Every API operation also lists 414 (more query parameters than ``MAX_QUERY_PARAMETERS``), 503 (database
         unreachable) and, when rate limiting is on, 429; every operation with a request body lists 400 (a body
-        that is not even text, such as invalid UTF-8). Links declared by the routers say which operation's answer
+        that is not even text, such as invalid UTF-8), and every operation that accepts a credential lists 401 (one
+        that is invalid, expired or revoked). Links declared by the routers say which operation's answer
         feeds which operation's parameters.
         """
         if self.openapi_schema is None:

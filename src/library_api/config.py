@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -289,6 +290,7 @@ class Settings(BaseSettings):
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_ca_file: Path | None = None  # CA certificates (PEM) the SMTP server's must chain to; else the system's
     smtp_timeout: float = Field(default=10.0, gt=0, le=300)
     email_from: str | None = None
     email_from_name: str = "Library System"
@@ -663,7 +665,20 @@ def _email_problems(settings: Settings) -> list[str]:
         problems.append("SMTP_USER/SMTP_PASSWORD: set both to log in to the SMTP server, or neither")
     if any(char in settings.email_from_name for char in "\r\n"):
         problems.append("EMAIL_FROM_NAME: must be a single line")
+    if settings.smtp_ca_file is not None:
+        problems.extend(_ca_bundle_problems("SMTP_CA_FILE", settings.smtp_ca_file))
     return problems
+
+
+def _ca_bundle_problems(key: str, path: Path) -> list[str]:
+    """Whether ``path`` is a file of PEM CA certificates that a TLS client context can load."""
+    if not path.is_file():
+        return [f"{key}: no such file ({path})"]
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return [f"{key}: not a PEM file of CA certificates ({path}: {exc})"]
+    return []
 
 
 def _hardening_problems(settings: Settings) -> list[str]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
+from library_api.cache.backends import MemoryBackend
 from library_api.context import AppContext
 from library_api.db.base import utcnow
 from library_api.security.permissions import Role
@@ -120,23 +120,43 @@ async def test_every_catalogue_write_invalidates_what_it_changes(app_factory: Ap
         assert (await listing())["total"] == 1
 
 
+def metric(text: str, series: str) -> float:
+    """The value of one series in a Prometheus exposition (0 when it is absent)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 async def test_availability_follows_the_clock_without_any_write(client: httpx.AsyncClient, ctx: AppContext) -> None:
-    """A booking that starts later changes ``available_now`` when it starts; the cached answer must not outlive it."""
+    """A booking that starts later changes ``available_now`` when it starts; the cached answer must not outlive it.
+
+    The cache's clock (and its store's) is moved by the test: the answer is served from the cache a second before
+    the booking starts, and read again, with the copy gone, exactly when it starts.
+    """
+    now = [time.time()]
+    ctx.catalogue.clock = lambda: now[0]
+    store = ctx.catalogue.backend
+    assert isinstance(store, MemoryBackend)
+    store.clock = lambda: now[0]
     book = await create_book(ctx, copies=3)
     reader = bearer(token_for(ctx, await create_user(ctx)))
-    start = utcnow() + timedelta(seconds=2)
+    start = datetime.fromtimestamp(round(now[0]) + 60, UTC)  # within CACHE_DEFAULT_TIMEOUT
     period = {"book_id": book.id, "start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()}
     assert (await client.post("/api/v1/bookings", json=period, headers=reader)).status_code == 201
 
+    async def book_hits() -> float:
+        return metric((await client.get("/metrics")).text, 'cache_hits_total{cache="book"}')
+
     url = f"/api/v1/books/{book.id}"
-    before = await client.get(url)
-    assert before.json()["available_now"] == 3
-    assert (await client.get(url)).headers["etag"] == before.headers["etag"]  # cached until the start
-    deadline = time.monotonic() + 15
-    while (await client.get(url)).json()["available_now"] != 2:
-        assert time.monotonic() < deadline, "the cached answer outlived the booking's start"
-        await asyncio.sleep(0.1)
-    assert utcnow() >= start
+    assert (await client.get(url)).json()["available_now"] == 3
+    hits = await book_hits()
+    now[0] = start.timestamp() - 1
+    assert (await client.get(url)).json()["available_now"] == 3
+    assert await book_hits() == hits + 1  # served from the cache
+    now[0] = start.timestamp()
+    assert (await client.get(url)).json()["available_now"] == 2  # not a moment longer
+    assert await book_hits() == hits + 1  # read again
     page = await client.get("/api/v1/books", params={"available": "true", "limit": 100})
     assert any(item["id"] == book.id and item["available_now"] == 2 for item in page.json()["items"])
 

@@ -93,3 +93,16 @@ async def test_bounded_and_ttl_zero_never_stores() -> None:
     assert await uncached.get(1, again) == "reloaded"
     assert again.calls == 2
     uncached.forget(1)
+
+
+async def test_an_entry_expires_exactly_ttl_after_it_was_stored() -> None:
+    now = [500.0]
+    cache: TimedCache[int, str] = TimedCache(ttl=1, max_entries=10, clock=lambda: now[0])
+    cache.remember(1, "stored")
+    fresh = Loader("loaded")
+    fresh.release.set()
+    now[0] += 0.5
+    assert await cache.get(1, fresh) == "stored"
+    now[0] += 0.5  # PRINCIPAL_CACHE_TTL's promise: a state is never used once its TTL has passed
+    assert await cache.get(1, fresh) == "loaded"
+    assert fresh.calls == 1

@@ -1,26 +1,21 @@
-"""What the deployment tests share: paths, the tools they drive, and what the service really provides.
+"""What the deployment tests share: paths, the tools they drive, and the names the kit may use.
 
-The deployment kit is written against the contracts of pieces built alongside it (metrics and probes,
-server adapters with their Gunicorn worker, WebSockets). Checks that need such a piece ask the running code
-whether it is there (:func:`capabilities`) instead of trusting a version number, and skip with the reason while
-it is not; :data:`PENDING_KEYS` and :data:`PENDING_METRICS` are tolerated only while their piece is missing.
+Every key a deployment file sets is a setting of the service or a documented infrastructure key
+(:data:`INFRASTRUCTURE_KEYS`); every metric the alerts and the dashboard read is in the contract, one the
+service documents beyond it (:data:`DESCRIBED_METRICS`), or one Prometheus makes itself. Nothing is tolerated
+while "pending": a tool that is missing skips locally and fails in CI (:func:`tool`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from library_api.config import Settings
@@ -29,11 +24,6 @@ from tests.support.services import unavailable
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 VENV_BIN = Path(sys.executable).parent
-
-SECURITY_ISSUE = "issue 3 (security modes, server adapters, Gunicorn worker)"
-REALTIME_ISSUE = "issue 4 (WebSockets, graceful drain, e-mail)"
-OBSERVABILITY_ISSUE = "issue 5 (metrics, probes, cache, hardening)"
-FORWARDED_CERT_ISSUE = "the forwarded-certificate fix (FORWARDED_CERT_PROXIES, verified against TLS_CA_FILE)"
 
 INFRASTRUCTURE_KEYS: dict[str, str] = {
     "POSTGRES_DB": "the PostgreSQL container's database; compose.yaml builds DATABASE_URL from it",
@@ -72,28 +62,6 @@ INFRASTRUCTURE_KEYS: dict[str, str] = {
 }
 """Keys that deployment files set which are not settings of the service, with who reads each."""
 
-PENDING_KEYS: dict[str, str] = {
-    "TRUSTED_PROXIES": SECURITY_ISSUE,
-    "FORWARDED_CERT_PROXIES": FORWARDED_CERT_ISSUE,
-    "BROADCAST_INTERVAL": REALTIME_ISSUE,
-    "WS_MAX_SIZE": REALTIME_ISSUE,
-    "WS_PING_INTERVAL": REALTIME_ISSUE,
-    "WS_PING_TIMEOUT": REALTIME_ISSUE,
-    "SMTP_HOST": REALTIME_ISSUE,
-    "SMTP_PORT": REALTIME_ISSUE,
-    "SMTP_USER": REALTIME_ISSUE,
-    "SMTP_PASSWORD": REALTIME_ISSUE,
-    "EMAIL_FROM": REALTIME_ISSUE,
-    "EMAIL_FROM_NAME": REALTIME_ISSUE,
-    "METRICS_ENABLED": OBSERVABILITY_ISSUE,
-    "SENTRY_DSN": OBSERVABILITY_ISSUE,
-    "CACHE_ENABLED": OBSERVABILITY_ISSUE,
-    "CACHE_TYPE": OBSERVABILITY_ISSUE,
-    "CACHE_DEFAULT_TIMEOUT": OBSERVABILITY_ISSUE,
-    "CACHE_KEY_PREFIX": OBSERVABILITY_ISSUE,
-}
-"""Settings named by the issues still in progress; accepted only while that issue's piece is missing."""
-
 CONTRACT_METRICS = frozenset(
     {
         "http_requests_total",
@@ -111,15 +79,16 @@ CONTRACT_METRICS = frozenset(
 )
 """Metric families the service exports by contract (seed 002's names)."""
 
-PENDING_METRICS: dict[str, str] = {
-    "websocket_connections": OBSERVABILITY_ISSUE,
-    "websocket_messages_sent_total": OBSERVABILITY_ISSUE,
-    "websocket_drops_total": OBSERVABILITY_ISSUE,
-    "cache_hits_total": OBSERVABILITY_ISSUE,
-    "cache_misses_total": OBSERVABILITY_ISSUE,
-    "health_ready": OBSERVABILITY_ISSUE,
+DESCRIBED_METRICS: dict[str, str] = {
+    "websocket_connections": "open WebSocket connections (docs/operations.md, Metrics)",
+    "websocket_messages_sent_total": "WebSocket messages sent (docs/operations.md, Metrics)",
+    "websocket_drops_total": "WebSocket clients dropped or messages dropped (docs/operations.md, Metrics)",
+    "cache_hits_total": "catalogue answers from the cache (docs/operations.md, Metrics)",
+    "cache_misses_total": "catalogue answers from the database (docs/operations.md, Metrics)",
+    "health_ready": "the latest readiness check (docs/operations.md, Metrics)",
 }
-"""Names the dashboard and alerts use for metrics the contract describes without naming them."""
+"""Metrics the dashboard and alerts read that the seed's contract describes without naming, with where the service
+documents each; the service exports every one (``test_alerts_and_dashboard_read_metrics_the_service_exports``)."""
 
 PROMETHEUS_SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 """Series Prometheus makes itself for every target."""
@@ -173,56 +142,6 @@ ALL_EXPORTER_METRICS: frozenset[str] = frozenset().union(*EXPORTER_METRICS.value
 """Every name of :data:`EXPORTER_METRICS`."""
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """Which pieces of the service are present in the code that is installed now."""
-
-    metrics_route: bool
-    startup_probe: bool
-    websocket_route: bool
-    server_option: bool
-    gunicorn_worker: str | None
-
-    def landed(self, issue: str) -> bool:
-        """Whether the piece an issue delivers is present (its contract's marker)."""
-        if issue == SECURITY_ISSUE:
-            return self.server_option
-        if issue == REALTIME_ISSUE:
-            return self.websocket_route
-        if issue == FORWARDED_CERT_ISSUE:
-            return "forwarded_cert_proxies" in Settings.model_fields
-        return self.metrics_route
-
-
-_PROBE = """
-import asyncio, inspect, json, sys, tempfile
-from fastapi.routing import iter_route_contexts
-from library_api.app import create_app
-from library_api.cli.main import serve
-from library_api.config import Settings
-with tempfile.TemporaryDirectory() as directory:
-    app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{directory}/routes.db"))
-    paths = sorted({str(context.path) for context in iter_route_contexts(app.routes)})
-    asyncio.run(app.state.context.database.dispose())
-json.dump({"paths": paths, "serve": sorted(inspect.signature(serve).parameters)}, sys.stdout)
-"""
-
-
-@functools.cache
-def capabilities() -> Capabilities:
-    """Ask the code, in a separate process: the application's routes, ``serve``'s options, the Gunicorn worker."""
-    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True)
-    found = json.loads(result.stdout)
-    paths = set(found["paths"])
-    return Capabilities(
-        metrics_route="/metrics" in paths,
-        startup_probe="/health/startup" in paths,
-        websocket_route=any(path.startswith("/ws/") for path in paths),
-        server_option="server" in found["serve"],
-        gunicorn_worker=library_worker_class(),
-    )
-
-
 _RESOLVE = """
 import contextlib, io, json, os, sys
 from gunicorn.app.wsgiapp import WSGIApplication
@@ -263,16 +182,6 @@ def resolve_gunicorn_configs(cases: list[dict[str, str]], cwd: Path) -> list[dic
     return results
 
 
-def library_worker_class() -> str | None:
-    """The worker class deploy/gunicorn.conf.py finds in ``library_api.server`` (None: it falls back)."""
-    env = {key: value for key, value in os.environ.items() if key != "GUNICORN_WORKER_CLASS"}
-    with tempfile.TemporaryDirectory() as empty:
-        (loaded,) = resolve_gunicorn_configs([env], Path(empty))
-    assert loaded["exit"] == 0, loaded["stderr"]
-    chosen = str(loaded["settings"]["worker_class"]).strip("'")
-    return None if chosen == "uvicorn.workers.UvicornWorker" else chosen
-
-
 def tool(name: str) -> str:
     """The path of a command-line tool from the virtual environment or the system; skip when it is missing.
 
@@ -303,14 +212,9 @@ def settings_keys() -> set[str]:
 
 
 def check_key(key: str) -> str | None:
-    """Why ``key`` does not belong in a deployment file, or None when it is a setting, infrastructure or pending."""
+    """Why ``key`` does not belong in a deployment file, or None when it is a setting or infrastructure."""
     if key in settings_keys() or key in INFRASTRUCTURE_KEYS:
         return None
-    if key in PENDING_KEYS:
-        issue = PENDING_KEYS[key]
-        if not capabilities().landed(issue):
-            return None
-        return f"{key}: {issue} has landed but has no such setting; use its real name"
     return f"{key}: not a setting of the service (src/library_api/config.py) nor a documented infrastructure key"
 
 
@@ -375,9 +279,3 @@ def parse_exposition(text: str) -> set[str]:
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
-
-
-def skip_unless(condition: bool, reason: str) -> None:
-    """Skip the calling test with ``reason`` (a piece not merged yet) unless ``condition`` holds."""
-    if not condition:
-        pytest.skip(reason)

@@ -165,6 +165,8 @@ def test_the_rest_of_the_process_model(outcomes: dict[str, dict[str, Any]]) -> N
     assert "function child_exit" in settings["child_exit"]
     assert "function on_starting" in settings["on_starting"]
     assert "function when_ready" in settings["when_ready"]
+    # the service's own worker, which drains WebSocket clients on SIGTERM (the stock one would cut them off)
+    assert settings["worker_class"] == "'library_api.server.gunicorn.LibraryWorker'"
 
 
 def children(pid: int) -> list[int]:

@@ -21,17 +21,14 @@ from tests.deploy.support import (
     ALL_EXPORTER_METRICS,
     CONTRACT_METRICS,
     DEPLOY,
-    OBSERVABILITY_ISSUE,
-    PENDING_METRICS,
+    DESCRIBED_METRICS,
     PROMETHEUS_SYNTHETIC,
     ROOT,
-    capabilities,
     family_of,
     load_yaml,
     metric_names,
     parse_exposition,
     run,
-    skip_unless,
     tool,
 )
 from tests.support.factories import user_headers
@@ -280,7 +277,7 @@ def test_the_dashboard_uses_the_provisioned_data_source() -> None:
 def test_alerts_and_dashboard_read_only_metrics_of_the_contract() -> None:
     """Names are the seed's contract, Prometheus's own, the few the contract describes without naming, or the
     exporters' (tests/deploy/support.py EXPORTER_METRICS, checked against the running exporters by the stack test)."""
-    known = CONTRACT_METRICS | PROMETHEUS_SYNTHETIC | set(PENDING_METRICS) | ALL_EXPORTER_METRICS
+    known = CONTRACT_METRICS | PROMETHEUS_SYNTHETIC | set(DESCRIBED_METRICS) | ALL_EXPORTER_METRICS
     problems = [f"{where}: {name}" for where, names in referenced_metrics().items() for name in names - known]
     assert not problems, "\n".join(problems)
     everything = set().union(*referenced_metrics().values())
@@ -290,7 +287,6 @@ def test_alerts_and_dashboard_read_only_metrics_of_the_contract() -> None:
 async def test_alerts_and_dashboard_read_metrics_the_service_exports(
     client: httpx.AsyncClient, ctx: AppContext
 ) -> None:
-    skip_unless(capabilities().metrics_route, f"the service has no /metrics route yet ({OBSERVABILITY_ISSUE})")
     _, headers = await user_headers(ctx, Role.ADMIN)
     await client.get("/health")
     response = await client.get("/metrics", headers=headers)

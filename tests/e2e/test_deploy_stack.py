@@ -33,14 +33,9 @@ import yaml
 from tests.deploy.processes import NginxSite, nginx_running, prepare_nginx, running, wait_for_port, wait_until
 from tests.deploy.support import (
     DEPLOY,
-    OBSERVABILITY_ISSUE,
-    REALTIME_ISSUE,
     ROOT,
-    SECURITY_ISSUE,
     VENV_BIN,
-    capabilities,
     parse_exposition,
-    skip_unless,
     tool,
 )
 from tests.support.factories import unique_email, unique_isbn
@@ -287,7 +282,6 @@ def test_prometheus_runs_the_deployed_configuration_and_rules(stack: Stack) -> N
 
 
 def test_prometheus_scrapes_the_service_and_sees_the_booking_route(stack: Stack) -> None:
-    skip_unless(capabilities().metrics_route, f"the service has no /metrics route yet ({OBSERVABILITY_ISSUE})")
     with stack.client() as http:
         book_a_copy(http, stack)
     api = f"http://127.0.0.1:{stack.prometheus_port}/api/v1"
@@ -311,7 +305,6 @@ def test_prometheus_scrapes_the_service_and_sees_the_booking_route(stack: Stack)
 
 
 def test_a_websocket_through_nginx_receives_an_event(stack: Stack) -> None:
-    skip_unless(capabilities().websocket_route, f"the service has no /ws/{{client_id}} endpoint yet ({REALTIME_ISSUE})")
     with stack.client() as http:
         librarian = login(http, stack.librarian_email)
         url = f"wss://localhost:{stack.site.https_port}/ws/deploy-e2e-{uuid.uuid4().hex[:8]}"
@@ -366,7 +359,6 @@ def test_a_client_certificate_verified_by_nginx_reaches_the_service(stack: Stack
 
 
 def test_deploy_health_passes_against_the_stack(stack: Stack) -> None:
-    skip_unless(capabilities().startup_probe, f"the service has no /health/startup probe yet ({OBSERVABILITY_ISSUE})")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_"))}
     env.update(
         HEALTH_BASE_URL=f"https://localhost:{stack.site.https_port}",
@@ -427,9 +419,6 @@ def in_progress(port: int, token: str, endpoint: str) -> float:
 def test_sigterm_drains_through_nginx_with_no_5xx_for_requests_in_flight(stack: Stack) -> None:
     """Slow requests (logins: argon2id at production cost) are in progress in both workers when Gunicorn gets
     SIGTERM; every one of them completes through nginx with 200, and Gunicorn exits 0."""
-    caps = capabilities()
-    skip_unless(caps.gunicorn_worker is not None, f"library_api.server has no Gunicorn worker yet ({SECURITY_ISSUE})")
-    skip_unless(caps.metrics_route, f"the service has no /metrics route yet ({OBSERVABILITY_ISSUE})")
     port = free_port()
     # A costlier password hash keeps every login in flight for seconds, so all of them are surely in progress
     # (counted by the service itself) when the signal arrives.

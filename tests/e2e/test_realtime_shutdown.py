@@ -69,14 +69,22 @@ def workers(layout: tuple[str, int]) -> int:
 
 
 @pytest.fixture
-def server(committed_url: str, tmp_path: Path, layout: tuple[str, int]) -> Iterator[ServerProcess]:
+def shutdown_timeout() -> int:
+    """``SHUTDOWN_TIMEOUT`` of the server; a test that must not reach it parametrises a longer one."""
+    return TIMEOUT
+
+
+@pytest.fixture
+def server(
+    committed_url: str, tmp_path: Path, layout: tuple[str, int], shutdown_timeout: int
+) -> Iterator[ServerProcess]:
     server_name, workers = layout
     running = start_server(
         committed_url,
         tmp_path,
         args=("--server", server_name, "--workers", str(workers)),
         env={
-            "SHUTDOWN_TIMEOUT": str(TIMEOUT),
+            "SHUTDOWN_TIMEOUT": str(shutdown_timeout),
             "SHUTDOWN_PROGRESS_INTERVAL": str(INTERVAL),
             "BROADCAST_INTERVAL": "0",
             "LOG_FORMAT": "json",
@@ -117,14 +125,14 @@ def ws_url(server: ServerProcess, client_id: str) -> str:
     return server.base_url.replace("http://", "ws://") + f"/ws/{client_id}"
 
 
-async def close_of(client: ClientConnection, within: float) -> tuple[int | None, str | None, float]:
-    """Wait for the server to close ``client``: code, reason and the monotonic time it happened."""
+async def close_of(client: ClientConnection, within: float) -> tuple[int | None, str | None]:
+    """Wait for the server to close ``client`` (failing after ``within`` seconds): the code and the reason."""
     deadline = time.monotonic() + within
     try:
         while time.monotonic() < deadline:
             await asyncio.wait_for(client.recv(), timeout=max(deadline - time.monotonic(), 0.01))
     except ConnectionClosed:
-        return client.close_code, client.close_reason, time.monotonic()
+        return client.close_code, client.close_reason
     raise AssertionError(f"not closed within {within} s")
 
 
@@ -150,14 +158,13 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
         + body[:10]
     )
     await writer.drain()
-    signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     async with httpx.AsyncClient(
         base_url=server.base_url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
     ) as http:
         for _ in range(10 * workers):
             ready = await http.get("/health/ready")
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30  # a bound on the wait, not a timing
             while ready.status_code != 503 and time.monotonic() < deadline:
                 ready = await http.get("/health/ready")
             assert ready.status_code == 503
@@ -178,7 +185,7 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
 
         for attempt in range(2 * workers):
             async with connect(ws_url(server, f"latecomer-{attempt}"), additional_headers=bearer(token)) as late:
-                code, reason, _ = await close_of(late, within=5)
+                code, reason = await close_of(late, within=5)
             assert (code, reason) == (1001, "server shutting down; reconnect later")
 
         # New HTTP requests are still served while the clients leave.
@@ -189,9 +196,8 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
         await asyncio.gather(*(client.close() for client in leaving))
 
         closes = await asyncio.gather(*(close_of(client, within=TIMEOUT + 10) for client in staying))
-    for code, reason, at in closes:
-        assert (code, reason) == (1001, "server shutting down; reconnect later")
-        assert TIMEOUT - 1 <= at - signalled <= TIMEOUT + 4, at - signalled
+    # Closed by the deadline, not before: each worker logs that it closes the rest because the timeout was reached.
+    assert set(closes) == {(1001, "server shutting down; reconnect later")}
 
     exit_code = await asyncio.to_thread(server.process.wait, 30)
     assert exit_code == 0, server.log()
@@ -214,10 +220,10 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
             # every client of this worker was among those that left: its drain ended as soon as they had gone
             assert not CLOSING.search(text), text
             continue
-        assert len(progress) >= TIMEOUT // INTERVAL - 2, text
         assert [elapsed for _, elapsed, _ in progress] == sorted({elapsed for _, elapsed, _ in progress})
         for _, elapsed, left in progress:
-            assert elapsed + left == pytest.approx(TIMEOUT, abs=1)
+            # One reading of the clock, each part rounded to a whole second for the log: they add up to the timeout.
+            assert elapsed + left in (TIMEOUT - 1, TIMEOUT, TIMEOUT + 1)
         closed = [int(match.group(1)) for match in CLOSING.finditer(text)]
         assert all(match.group(2) == "timeout reached" for match in CLOSING.finditer(text))
         closing += sum(closed)
@@ -252,6 +258,8 @@ async def wait_for_progress(server: ServerProcess, within: float) -> None:
 
 
 # Gunicorn's arbiter treats SIGINT as a quick shutdown of its own; a second SIGINT is the Uvicorn adapters' feature.
+# The drain would last ten minutes: everyone closed within the wait below is the second signal's doing.
+@pytest.mark.parametrize("shutdown_timeout", [600])
 @pytest.mark.parametrize("layout", LAYOUTS[:2], ids=["uvicorn-1", "uvicorn-2"], indirect=True)
 async def test_a_second_sigint_closes_everyone_at_once(server: ServerProcess, ctx: AppContext) -> None:
     token = token_for(ctx, await create_user(ctx, Role.READER))
@@ -261,12 +269,9 @@ async def test_a_second_sigint_closes_everyone_at_once(server: ServerProcess, ct
     server.process.send_signal(signal.SIGINT)
     for client in clients:
         await receive_until(client, lambda m: m["type"] == "shutdown")
-    forced = time.monotonic()
     server.process.send_signal(signal.SIGINT)
-    closes = await asyncio.gather(*(close_of(client, within=5) for client in clients))
-    for code, _, at in closes:
-        assert code == 1001
-        assert at - forced < 2
+    closes = await asyncio.gather(*(close_of(client, within=30) for client in clients))
+    assert {code for code, _ in closes} == {1001}
     assert await asyncio.to_thread(server.process.wait, 30) == 0
     reasons = [match.group(2) for match in CLOSING.finditer(server.log())]
     assert reasons and set(reasons) == {"forced by a second signal"}

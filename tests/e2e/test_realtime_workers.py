@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from library_api.db.engine import create_database
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for, unique_isbn
-from tests.support.live import drain_messages, receive, receive_until, subscribe
+from tests.support.live import read_until_sentinel, receive, receive_until, subscribe
 from tests.support.processes import ServerProcess, start_server
 from tests.support.services import REDIS_URL, require_redis
 
@@ -83,20 +85,33 @@ async def open_on(server: ServerProcess, client_id: str, token: str) -> tuple[Cl
 
 
 async def spread_over_both_workers(server: ServerProcess, token: str) -> dict[str, tuple[ClientConnection, str]]:
-    """Open ``CLIENTS`` connections; the kernel hands each to either worker, and both must get some."""
+    """Open ``CLIENTS`` connections with some on each worker (the welcome names the worker that took it).
+
+    The kernel hands each new connection to whichever worker accepts first, and a worker that started later may
+    get none of a first burst: connections are opened again, one at a time, until both workers hold some.
+    """
     opened = await asyncio.gather(*(open_on(server, f"c{n}", token) for n in range(CLIENTS)))
     clients = {f"c{n}": pair for n, pair in enumerate(opened)}
-    for attempt in range(CLIENTS):
+    deadline = time.monotonic() + 120
+    for name in itertools.cycle(list(clients)):
         if len({worker for _, worker in clients.values()}) == 2:
-            break
-        name = f"c{attempt}"
+            return clients
+        assert time.monotonic() < deadline, f"every connection went to worker {clients[name][1]}"
         await clients[name][0].close()
         clients[name] = await open_on(server, name, token)
-    return clients
+    raise AssertionError("unreachable")
 
 
 def broadcasts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [message for message in messages if message["type"] == "broadcast"]
+
+
+def is_broadcast(event_id: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda message: message["type"] == "broadcast" and message["id"] == event_id
+
+
+def is_book(title: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda message: message["type"] == "book.created" and message["data"]["title"] == title
 
 
 async def test_a_broadcast_reaches_every_client_on_both_workers_exactly_once(
@@ -111,10 +126,15 @@ async def test_a_broadcast_reaches_every_client_on_both_workers_exactly_once(
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
             first = await http.post("/api/v1/broadcast", json={"message": "one"}, headers=bearer(librarian))
             second = await http.post("/api/v1/broadcast", json={"message": "two"}, headers=bearer(librarian))
-        assert first.status_code == second.status_code == 202
-        received = await asyncio.gather(*(drain_messages(client, quiet=1.5) for client, _ in clients.values()))
-        for messages in received:
-            got = broadcasts(messages)
+            # The next broadcast follows them in the same stream, on every worker: whatever a client has not
+            # received before it (a third copy, a repeat), it never receives.
+            last = await http.post("/api/v1/broadcast", json={"message": "sentinel"}, headers=bearer(librarian))
+        assert first.status_code == second.status_code == last.status_code == 202
+        received = await asyncio.gather(
+            *(read_until_sentinel(client, is_broadcast(last.json()["id"]), within=30) for client, _ in clients.values())
+        )
+        for arrived in received:
+            got = broadcasts(arrived.before)
             assert [(m["id"], m["data"]["message"]) for m in got] == [
                 (first.json()["id"], "one"),
                 (second.json()["id"], "two"),
@@ -137,13 +157,23 @@ async def test_catalogue_events_and_replay_cross_workers(server: ServerProcess, 
                 headers=bearer(librarian),
             )
             assert created.status_code == 201
-            received = await asyncio.gather(*(drain_messages(client, quiet=1.5) for client in followers))
+            # The next event of the same stream is the sentinel: a repeat of "Shared" would come before it.
+            sentinel = await http.post(
+                "/api/v1/books",
+                json={"isbn": unique_isbn(), "title": "Sentinel", "authors": ["A"], "copies": 1},
+                headers=bearer(librarian),
+            )
+            assert sentinel.status_code == 201
+            received = await asyncio.gather(
+                *(read_until_sentinel(client, is_book("Sentinel"), within=30) for client in followers)
+            )
             ids = set()
-            for messages in received:
-                books = [m for m in messages if m["type"] == "book.created"]
+            for arrived in received:
+                books = [m for m in arrived.before if m["type"] == "book.created"]
                 assert [m["data"]["title"] for m in books] == ["Shared"]
-                ids.add((books[0]["id"], books[0]["epoch"]))
-            assert len(ids) == 1, "every worker delivered the same numbered message of the same epoch"
+                assert arrived.sentinel["id"] == books[0]["id"] + 1
+                ids.add((arrived.sentinel["id"], arrived.sentinel["epoch"]))
+            assert len(ids) == 1, "every worker delivered the same numbered messages of the same epoch"
 
             # A client that left resumes on whichever worker it lands, from the shared history.
             leaver, _ = clients.pop("c0")
@@ -162,7 +192,15 @@ async def test_catalogue_events_and_replay_cross_workers(server: ServerProcess, 
         reply = await receive_until(back, lambda m: m["type"] in ("subscribed", "resync", "error"))
         assert reply["type"] == "subscribed"
         assert reply["data"]["replayed"] == 3
-        titles = [m["data"]["title"] for m in await drain_messages(back) if m["type"] == "book.created"]
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            after = await http.post(
+                "/api/v1/books",
+                json={"isbn": unique_isbn(), "title": "After", "authors": ["A"], "copies": 1},
+                headers=bearer(librarian),
+            )
+            assert after.status_code == 201
+        arrived = await read_until_sentinel(back, is_book("After"), within=30)
+        titles = [m["data"]["title"] for m in arrived.before if m["type"] == "book.created"]
         assert titles == ["Missed 0", "Missed 1", "Missed 2"]
     finally:
         await asyncio.gather(*(client.close() for client, _ in clients.values()))

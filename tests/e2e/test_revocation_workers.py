@@ -1,9 +1,12 @@
-"""Revocation reaches every worker within a second: ``library-api serve --workers 2`` on PostgreSQL.
+"""Revocation reaches every worker: ``library-api serve --workers 2`` on PostgreSQL.
 
 Each worker answers from its own copy of the account and API-token state (no database round trip per request),
-so the test pins one keep-alive connection to each worker process, fills both workers' caches, changes the
-state through the API, and then polls both connections until each answers 401. The time from the change's
-answer to the last worker's first 401 must stay within ``PRINCIPAL_CACHE_TTL`` (1 s) plus a small margin.
+so the test pins one keep-alive connection to each worker process (``tests/e2e/pinning.py``), fills both
+workers' caches, changes the state through the API, and then polls both connections until each answers 401,
+every answer before that being a 200. How long a worker may go on answering from its copy,
+``PRINCIPAL_CACHE_TTL``, is checked where a clock can be moved rather than read (``tests/security/test_accounts.py``
+and ``tests/cache/test_local.py``); the wait here is only bounded so that a worker that never learns of the
+change fails the test instead of hanging it.
 
 The same server also answers forged and foreign JWTs with 401 over real HTTP.
 """
@@ -26,6 +29,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.e2e.pinning import one_connection, pinned_workers
 from tests.support.databases import empty_postgres_database
 from tests.support.live_server import LiveServer
 from tests.support.processes import TEST_ENVIRONMENT
@@ -36,8 +40,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 SECRET_KEY = f"revocation-secret-{uuid.uuid4().hex}{uuid.uuid4().hex}"
 PASSWORD = "correct-horse-battery"
 CACHE_TTL = 1.0
-MARGIN = 0.5
-"""Scheduling slack on a shared machine: two requests in flight and the answer's own trip."""
+WITHIN = 60.0
+"""Only a bound on the wait (a worker that never learns of the change must fail the test, not hang it)."""
 
 
 @pytest.fixture(scope="module")
@@ -67,32 +71,8 @@ async def server(database_name: str) -> AsyncIterator[LiveServer]:
 @pytest.fixture
 async def workers(server: LiveServer) -> AsyncIterator[dict[int, httpx.AsyncClient]]:
     """One keep-alive connection per worker process, keyed by the worker's pid."""
-    pinned: dict[int, httpx.AsyncClient] = {}
-    spare: list[httpx.AsyncClient] = []
-    deadline = time.monotonic() + 120
-    try:
-        while len(pinned) < 2:
-            assert time.monotonic() < deadline, f"only workers {sorted(pinned)} accepted connections"
-            http = httpx.AsyncClient(base_url=server.base_url, timeout=10, limits=httpx.Limits(max_connections=1))
-            pid = await worker_pid(http)
-            if pid in pinned:
-                spare.append(http)
-            else:
-                pinned[pid] = http
-        for http in spare:
-            await http.aclose()
+    async with pinned_workers(lambda: one_connection(server.base_url, timeout=10), 2) as pinned:
         yield pinned
-        for pid, http in pinned.items():
-            assert await worker_pid(http) == pid, "a pinned connection moved to another worker during the test"
-    finally:
-        for http in pinned.values():
-            await http.aclose()
-
-
-async def worker_pid(http: httpx.AsyncClient) -> int:
-    """The pid of the worker behind this client's connection (loopback may read the detailed health)."""
-    response = await http.get("/health/detailed")
-    return int(response.json()["process"]["pid"])
 
 
 async def register(http: httpx.AsyncClient) -> tuple[int, str]:
@@ -119,30 +99,26 @@ async def admin_headers(http: httpx.AsyncClient, database_name: str) -> dict[str
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
 
 
-async def assert_revoked_everywhere_within_a_second(
+async def assert_revoked_everywhere(
     workers: dict[int, httpx.AsyncClient], path: str, headers: dict[str, str], change: Callable[[], Awaitable[None]]
-) -> float:
-    """Warm every worker, make the change, and poll each worker until it answers 401; the seconds it took."""
+) -> None:
+    """Warm every worker, make the change, and poll each worker until it answers 401 (and then only 401)."""
     for pid, http in workers.items():
         warm = await http.get(path, headers=headers)
         assert warm.status_code == 200, (pid, warm.text)
     await change()
-    changed_at = time.monotonic()
-    deadline = changed_at + CACHE_TTL + MARGIN
+    deadline = time.monotonic() + WITHIN
     pending = set(workers)
     while pending:
+        assert time.monotonic() < deadline, f"workers {sorted(pending)} still honour the credential"
         for pid in sorted(pending):
             response = await workers[pid].get(path, headers=headers)
             if response.status_code == 401:
                 pending.discard(pid)
             else:
                 assert response.status_code == 200, response.text
-        elapsed = time.monotonic() - changed_at
-        assert not pending or elapsed <= CACHE_TTL + MARGIN, (
-            f"workers {sorted(pending)} still honoured the credential {elapsed:.2f} s after the change"
-        )
-    assert time.monotonic() <= deadline + 0.05
-    return time.monotonic() - changed_at
+    for pid, http in workers.items():  # once refused, refused for good
+        assert (await http.get(path, headers=headers)).status_code == 401, pid
 
 
 async def test_deactivation_role_change_logout_all_and_token_revocation_reach_every_worker(
@@ -176,11 +152,8 @@ async def test_deactivation_role_change_logout_all_and_token_revocation_reach_ev
             ("logout-all", bearer(logged_out_token), logout_all),
             ("API token revocation", {"X-API-Key": api_token}, revoke),
         ]
-        for name, headers, change in cases:
-            took = await assert_revoked_everywhere_within_a_second(
-                workers, "/api/v1/bookings?limit=20", headers, change
-            )
-            assert took <= CACHE_TTL + MARGIN, (name, took)
+        for _name, headers, change in cases:
+            await assert_revoked_everywhere(workers, "/api/v1/bookings?limit=20", headers, change)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -88,14 +88,55 @@ async def test_an_unhandled_error_is_reported_without_secrets(
     assert SECRET_KEY.encode() not in envelope
 
 
-async def test_nothing_is_sent_without_a_dsn(ingest: tuple[str, list[tuple[str, bytes]]], tmp_path: Path) -> None:
-    _, received = ingest
-    server = LiveServer({**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"})
+def events_in(received: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    """The error events of every envelope received, in order (sessions and other items left out)."""
+    events = []
+    for _, body in received:
+        lines = body.rstrip(b"\n").split(b"\n")
+        items = lines[1:]  # after the envelope's header: an item header, then its payload, for every item
+        for header, payload in zip(items[::2], items[1::2], strict=True):
+            if json.loads(header).get("type") == "event":
+                events.append(json.loads(payload))
+    return events
+
+
+async def test_client_errors_are_not_reported_and_the_next_server_error_is(
+    ingest: tuple[str, list[tuple[str, bytes]]], tmp_path: Path
+) -> None:
+    """A 404, 401 or 422 is the client's mistake, not the operator's: not one event, though Sentry is on.
+
+    Proven with a sentinel: after them, a request that fails on the server; its event arrives at the same
+    endpoint through the same queue, after any event the earlier requests would have caused.
+    """
+    dsn, received = ingest
+    unmigrated = tmp_path / "unmigrated.db"
+    server = LiveServer(
+        {**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{unmigrated}", "AUTO_MIGRATE": "false",
+         "SENTRY_DSN": dsn, "SECRET_KEY": SECRET_KEY}
+    )  # fmt: skip
     await asyncio.to_thread(server.start)
     try:
         async with httpx.AsyncClient(base_url=server.base_url) as http:
-            assert (await http.get("/api/v1/books/1")).status_code == 404
+            assert (await http.get("/api/v1/no-such-route")).status_code == 404
+            assert (await http.get("/api/v1/auth/me")).status_code == 401
+            assert (await http.get("/api/v1/books", params={"limit": "many"})).status_code == 422
+            assert (await http.get("/api/v1/books/1")).status_code == 500  # the sentinel
+
+        def sentinel_arrived() -> bool:
+            return "OperationalError" in [kind(event) for event in events_in(received)]
+
+        await asyncio.to_thread(wait_for, sentinel_arrived, 30, "the sentinel's event to reach the Sentry endpoint")
     finally:
         assert await asyncio.to_thread(server.stop)
-    assert "error reporting to Sentry" not in server.log_text()
-    assert received == []
+    assert "error reporting to Sentry is on" in server.log_text()
+    # Start-up logged an error of its own (the schema is missing), before any request; then only the sentinel's.
+    kinds = [kind(event) for event in events_in(received)]
+    assert kinds[0].startswith("start-up: migrations missing"), kinds
+    assert kinds[1:] == ["OperationalError"]
+
+
+def kind(event: dict[str, Any]) -> str:
+    """What an event reports: the type of its exception, or the message of the error logged."""
+    if "exception" in event:
+        return ",".join(sorted({value["type"].rpartition(".")[2] for value in event["exception"]["values"]}))
+    return str(event.get("logentry", {}).get("message", ""))

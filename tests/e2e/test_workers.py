@@ -5,6 +5,10 @@ from trusted proxies only, and not one secret in the whole log.
 The server runs with a password in its database URL and in its Redis URL (a private Redis started with
 ``requirepass``), a secret key of its own, and ``LOG_LEVEL=DEBUG``; the log is searched for every one of them
 and for every password and token the test used.
+
+The tests share the server but not their state: each sends its requests over connections pinned to each worker
+(``tests/e2e/pinning.py``), counts metrics from its own baseline, and spends a rate-limit window of its own (a
+client address of its own, forwarded by the trusted proxy), so any of them passes alone, in any order, or again.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +26,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.pinning import one_connection, pinned_workers
 from tests.support.databases import empty_postgres_database
+from tests.support.factories import unique_isbn
 from tests.support.live_server import LiveServer
 from tests.support.private_services import PrivateRedis, wait_for
 from tests.support.processes import TEST_ENVIRONMENT
@@ -68,7 +74,8 @@ async def server(
         "CACHE_KEY_PREFIX": f"e2e{uuid.uuid4().hex[:8]}_",
         "RATE_LIMIT_ENABLED": "true",
         "RATE_LIMIT_DEFAULT": "100000/minute",
-        "RATE_LIMIT_ROUTES": json.dumps({"GET /api/v1/books": f"{LIST_LIMIT}/minute"}),
+        # An hour, so that a slow run never sees hits leave the window; each test counts under its own address.
+        "RATE_LIMIT_ROUTES": json.dumps({"GET /api/v1/books": f"{LIST_LIMIT}/hour"}),
         "TRUSTED_PROXIES": PROXY,
         "MONITORING_ALLOWED_NETWORKS": "127.0.0.0/8",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
@@ -80,7 +87,8 @@ async def server(
     migrated = await asyncio.to_thread(live.run_cli, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     await asyncio.to_thread(live.start, timeout=180)
-    await both_workers_serving(live)
+    async with pinned_workers(lambda: pinned(live), 2):
+        pass  # both workers serve
     yield live
     assert await asyncio.to_thread(live.stop)
     assert_no_secrets(live.log_text())
@@ -96,9 +104,19 @@ def assert_no_secrets(log: str) -> None:
 
 
 def client(server: LiveServer, source: str = "127.0.0.1") -> httpx.AsyncClient:
-    """A client whose every request opens a new connection, so the kernel spreads them over the workers."""
-    transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(max_keepalive_connections=0))
+    """A client from ``source`` for requests whose worker does not matter."""
+    transport = httpx.AsyncHTTPTransport(local_address=source)
     return httpx.AsyncClient(base_url=server.base_url, transport=transport, timeout=30)
+
+
+def pinned(server: LiveServer) -> httpx.AsyncClient:
+    """One kept-alive connection from the trusted proxy, for :func:`pinned_workers`."""
+    return one_connection(server.base_url, source=PROXY)
+
+
+def own_address() -> dict[str, str]:
+    """A client address (forwarded by the trusted proxy) no other test or run uses: a rate-limit window of its own."""
+    return {"X-Forwarded-For": f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -114,24 +132,33 @@ def worker_pids(server: LiveServer, request_ids: set[str]) -> dict[str, int]:
     return {r["request_id"]: r["pid"] for r in server.access_records() if r.get("request_id") in request_ids}
 
 
-async def both_workers_serving(server: LiveServer, path: str = "/api/v1/users") -> None:
-    """Wait until requests are answered by two different worker processes (the second may start later)."""
-    deadline = time.monotonic() + 180
-    async with client(server, PROXY) as http:
-        while True:
-            traced = await asyncio.gather(*(traced_get(http, path) for _ in range(20)))
-            pids = await asyncio.to_thread(wait_for_pids, server, {rid for _, rid in traced})
-            if len(set(pids.values())) == 2:
-                return
-            assert time.monotonic() < deadline, "the second worker never served a request"
-
-
-async def traced_get(http: httpx.AsyncClient, path: str) -> tuple[httpx.Response, str]:
+async def traced_get(
+    http: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, str]:
     """GET through the trusted proxy with a request id of our own, so its access line can be found."""
     request_id = f"t-{uuid.uuid4().hex}"
-    response = await http.get(path, headers={"X-Request-ID": request_id})
+    response = await http.get(path, headers={**(headers or {}), "X-Request-ID": request_id})
     assert response.headers["x-request-id"] == request_id
     return response, request_id
+
+
+async def each_worker(
+    workers: dict[int, httpx.AsyncClient], path: str, count: int, headers: dict[str, str] | None = None
+) -> dict[int, list[tuple[httpx.Response, str]]]:
+    """``count`` GETs on every worker's pinned connection, the workers at the same time; answers by pid."""
+
+    async def run(http: httpx.AsyncClient) -> list[tuple[httpx.Response, str]]:
+        return [await traced_get(http, path, headers) for _ in range(count)]
+
+    answers = await asyncio.gather(*(run(http) for http in workers.values()))
+    return dict(zip(workers, answers, strict=True))
+
+
+async def assert_served_by(server: LiveServer, answers: dict[int, list[tuple[httpx.Response, str]]]) -> None:
+    """Every request was served by the worker its connection was pinned to (read from the access lines)."""
+    pids = await asyncio.to_thread(wait_for_pids, server, {rid for batch in answers.values() for _, rid in batch})
+    for pid, batch in answers.items():
+        assert {pids[rid] for _, rid in batch} == {pid}
 
 
 async def register_and_login(http: httpx.AsyncClient, email: str) -> dict[str, str]:
@@ -145,29 +172,27 @@ async def register_and_login(http: httpx.AsyncClient, email: str) -> dict[str, s
 
 
 async def test_metrics_are_summed_across_workers_and_survive_a_killed_worker(server: LiveServer) -> None:
-    async with client(server, PROXY) as http:
-        traced = await asyncio.gather(*(traced_get(http, "/api/v1/auth/me") for _ in range(60)))
-        assert all(response.status_code == 401 for response, _ in traced)
-        pids = await asyncio.to_thread(lambda: wait_for_pids(server, {rid for _, rid in traced}))
-        assert len(set(pids.values())) == 2, "both workers should have served some of the 60 requests"
-        before = samples((await http.get("/metrics")).text)
-        key = ("http_requests_total", (("endpoint", "/api/v1/auth/me"), ("method", "GET"), ("status", "401")))
-        assert before[key] == 60
+    key = ("http_requests_total", (("endpoint", "/api/v1/auth/me"), ("method", "GET"), ("status", "401")))
+    directory = Path(server.env["PROMETHEUS_MULTIPROC_DIR"])
+    async with pinned_workers(lambda: pinned(server), 2) as workers:
+        scraper = next(iter(workers.values()))
+        before = samples((await scraper.get("/metrics")).text).get(key, 0)
+        answers = await each_worker(workers, "/api/v1/auth/me", 30)
+        assert all(response.status_code == 401 for batch in answers.values() for response, _ in batch)
+        await assert_served_by(server, answers)  # and hence counted by each worker: 30 apiece
+        assert samples((await scraper.get("/metrics")).text)[key] == before + 60
+        victim, survivor = sorted(workers)
 
-        victim, survivor = sorted(set(pids.values()))
-        os.kill(victim, signal.SIGKILL)
-        directory = Path(server.env["PROMETHEUS_MULTIPROC_DIR"])
-
-        def replaced() -> bool:
-            writers = {path.name.removeprefix("counter_").removesuffix(".db") for path in directory.glob("counter_*")}
-            return not is_alive(victim) and bool(writers - {str(victim), str(survivor), "archive"})
-
-        await asyncio.to_thread(wait_for, replaced, 120, "the supervisor to replace the killed worker")
-        after = samples((await http.get("/metrics")).text)
-        assert after[key] == 60  # the killed worker's counts were folded, not lost and not doubled
-        names = await asyncio.to_thread(lambda: {path.name for path in directory.glob("*.db")})
-        assert "counter_archive.db" in names
-        assert not any(f"_{victim}.db" in name for name in names)
+    os.kill(victim, signal.SIGKILL)
+    await asyncio.to_thread(wait_for, lambda: not is_alive(victim), 30, "the killed worker to be gone")
+    # The supervisor starts a replacement; it must really serve, not merely exist, before the counts are read.
+    async with pinned_workers(lambda: pinned(server), 2, exclude={victim}) as replaced:
+        assert survivor in replaced
+        after = samples((await replaced[survivor].get("/metrics")).text)
+    assert after[key] == before + 60  # the killed worker's counts were folded, not lost and not doubled
+    names = await asyncio.to_thread(lambda: {path.name for path in directory.glob("*.db")})
+    assert "counter_archive.db" in names
+    assert not any(f"_{victim}.db" in name for name in names)
 
 
 def is_alive(pid: int) -> bool:
@@ -190,36 +215,36 @@ def wait_for_pids(server: LiveServer, request_ids: set[str]) -> dict[str, int]:
 
 
 async def test_rate_limit_is_exact_across_the_two_workers(server: LiveServer) -> None:
-    async with client(server, PROXY) as http:
-        results = await asyncio.gather(*(traced_get(http, "/api/v1/books?limit=1") for _ in range(LIST_LIMIT + 10)))
-    statuses = [response.status_code for response, _ in results]
+    caller = own_address()
+    async with pinned_workers(lambda: pinned(server), 2) as workers:
+        answers = await each_worker(workers, "/api/v1/books?limit=1", (LIST_LIMIT + 10) // 2, caller)
+    statuses = [response.status_code for batch in answers.values() for response, _ in batch]
     assert statuses.count(200) == LIST_LIMIT
     assert statuses.count(429) == 10
-    pids = await asyncio.to_thread(wait_for_pids, server, {rid for _, rid in results})
-    assert len(set(pids.values())) == 2
+    await assert_served_by(server, answers)  # both workers counted, in one window
 
 
 async def test_a_change_through_one_worker_is_seen_through_the_other(server: LiveServer) -> None:
-    async with client(server, PROXY) as http:
+    async with pinned_workers(lambda: pinned(server), 2) as workers, client(server, PROXY) as http:
         librarian = await librarian_headers(http, server)
         created = await http.post(
             "/api/v1/books",
-            json={"isbn": "978-0-13-235088-4", "title": "First title", "authors": ["A. Author"]},
+            json={"isbn": unique_isbn(), "title": "First title", "authors": ["A. Author"]},
             headers=librarian,
         )
         assert created.status_code == 201, created.text
         url = f"/api/v1/books/{created.json()['id']}"
-        warm = await asyncio.gather(*(traced_get(http, url) for _ in range(20)))  # both workers read and cache it
-        assert {response.json()["title"] for response, _ in warm} == {"First title"}
+        warm = await each_worker(workers, url, 2)  # both workers read it, and cache it
+        assert {response.json()["title"] for batch in warm.values() for response, _ in batch} == {"First title"}
 
-        patch_id = f"t-{uuid.uuid4().hex}"
-        patched = await http.patch(url, json={"title": "Second title"}, headers={**librarian, "X-Request-ID": patch_id})
+        writer = next(iter(workers.values()))
+        patched = await writer.patch(url, json={"title": "Second title"}, headers=librarian)
         assert patched.status_code == 200
-        after = await asyncio.gather(*(traced_get(http, url) for _ in range(20)))
-    assert {response.json()["title"] for response, _ in after} == {"Second title"}
-    pids = await asyncio.to_thread(wait_for_pids, server, {patch_id} | {rid for _, rid in after})
-    writer = pids.pop(patch_id)
-    assert any(pid != writer for pid in pids.values()), "no read after the change was served by the other worker"
+        after = await each_worker(workers, url, 2)
+    assert {pid: {response.json()["title"] for response, _ in batch} for pid, batch in after.items()} == {
+        pid: {"Second title"} for pid in workers
+    }
+    await assert_served_by(server, after)  # the other worker read the new title too: its cached copy was dropped
 
 
 async def librarian_headers(http: httpx.AsyncClient, server: LiveServer) -> dict[str, str]:

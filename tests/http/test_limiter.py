@@ -1,17 +1,25 @@
-"""The in-process count decides exactly as ``limits``' moving window does, stays bounded, starts nothing."""
+"""The in-process count decides exactly as ``limits``' moving window does, stays bounded, starts nothing.
+
+Both counts read one clock that the test moves (``limits``' in-memory storage reads ``time.time`` through its
+module, which the test points at the same clock), so their answers are compared exactly. A hit exactly ``expiry``
+seconds old is the one instant where ``limits`` disagrees with itself (its acquire still counts the hit, its
+window statistics no longer do); the count here frees the slot then, as the statistics say, and the seeded
+random steps never land on that instant.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
 from limits import parse, parse_many
 from limits.aio.storage import MemoryStorage
+from limits.aio.storage import memory as limits_memory
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from library_api.http.limiter import LocalWindows, RateLimiter, RateLimitPolicies
@@ -20,35 +28,52 @@ from library_api.resilience.redis import GuardedRedis
 from tests.support.services import REDIS_URL, require_redis
 
 
-async def test_same_decisions_as_the_limits_library() -> None:
-    reference = MovingWindowRateLimiter(MemoryStorage())
-    ours = LocalWindows()
+class Clock:
+    """Wall-clock seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_same_decisions_as_the_limits_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(limits_memory, "time", SimpleNamespace(time=clock))
     generator = random.Random(7)
     for item_text in ("3/second", "5/2 seconds"):
+        storage = MemoryStorage()
+        reference = MovingWindowRateLimiter(storage)
+        ours = LocalWindows(clock=clock)
         item = parse(item_text)
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline:
+        refused = 0
+        for _ in range(400):
             caller = generator.choice(["a", "b"])
             expected = await reference.hit(item, caller)
             stats = await reference.get_window_stats(item, caller)
             admitted, oldest, hits = ours.count(item.key_for(caller), item.amount, item.get_expiry())
             assert admitted == expected
             assert item.amount - hits == stats.remaining
-            assert abs((oldest + item.get_expiry()) - stats.reset_time) < 0.05
-            await asyncio.sleep(generator.uniform(0, 0.05))
+            assert oldest + item.get_expiry() == stats.reset_time
+            refused += not admitted
+            clock.now += generator.uniform(0, 0.05)
+        assert 0 < refused < 400  # both answers were exercised
+        await storage.reset()
 
 
 async def test_exact_limit_and_freed_slots_without_tasks_or_threads() -> None:
-    windows = LocalWindows()
+    clock = Clock()
+    windows = LocalWindows(clock=clock)
     tasks_before = len(asyncio.all_tasks())
     threads_before = threading.active_count()
     assert [windows.count("caller", 3, 1)[0] for _ in range(5)] == [True, True, True, False, False]
     assert len(asyncio.all_tasks()) == tasks_before
     assert threading.active_count() == threads_before
-    deadline = time.monotonic() + 5
-    while not windows.count("caller", 3, 1)[0]:
-        assert time.monotonic() < deadline, "slots were never freed"
-        await asyncio.sleep(0.05)
+    clock.now += 0.5
+    assert not windows.count("caller", 3, 1)[0]  # the window still holds the three hits
+    clock.now += 0.5
+    assert windows.count("caller", 3, 1)[0]  # exactly one second after them, their slots are free
     assert windows.count("someone-else", 3, 1)[0]
     admitted, _, hits = windows.count("never", 0, 1)
     assert not admitted

@@ -1,9 +1,14 @@
-"""E-mail notifications against a real SMTP server (aiosmtpd on loopback), on SQLite and PostgreSQL."""
+"""E-mail notifications against a real SMTP server (aiosmtpd on loopback), on SQLite and PostgreSQL.
+
+The server requires STARTTLS, the service's default ``SMTP_SECURITY``, with a certificate from a private CA that
+the service trusts through ``SMTP_CA_FILE`` (``test_smtp_security.py`` covers implicit TLS and AUTH).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -16,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import trustme
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from sqlalchemy import select, update
@@ -35,45 +41,80 @@ from tests.support.services import free_port
 
 @dataclass
 class Inbox:
-    """An SMTP server's behaviour and what it accepted: the first ``refusals`` deliveries get ``refusal``."""
+    """An SMTP server's behaviour and what it accepted: the first ``refusals`` deliveries get ``refusal``.
+
+    A message is accepted only once ``gate`` is open (it is, unless a test closes it): a closed gate holds the
+    delivery in the middle of its DATA command, for as long as the test wants.
+    """
 
     refusals: int = 0
     refusal: str = "451 4.3.0 try again later"
-    hold: float = 0.0
+    gate: threading.Event = field(default_factory=threading.Event)
     messages: list[Message] = field(default_factory=list)
-    accepted_at: list[float] = field(default_factory=list)
     attempts: int = 0
+    encrypted: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.attempts += 1
+        self.encrypted.append(server.transport.get_extra_info("ssl_object") is not None)
         if self.refusals:
             self.refusals -= 1
             return self.refusal
-        await asyncio.sleep(self.hold)
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 60)
         self.messages.append(message_from_bytes(envelope.content))
-        self.accepted_at.append(time.monotonic())
         return "250 2.0.0 accepted"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A private CA's PEM file and a server context for 127.0.0.1 with a certificate it issued."""
+
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    ca = trustme.CA()
+    ca_file = tmp_path_factory.mktemp("smtp-ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return Tls(ca_file=ca_file, server_context=context)
 
 
 @dataclass
 class SmtpServer:
+    """An SMTP server on loopback that requires STARTTLS before it takes any mail."""
+
     port: int
     inbox: Inbox
+    tls: Tls
     controller: Controller | None = None
 
     def start(self) -> None:
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            self.inbox,
+            hostname="127.0.0.1",
+            port=self.port,
+            tls_context=self.tls.server_context,
+            require_starttls=True,
+        )
         self.controller.start()
 
     def stop(self) -> None:
+        self.inbox.gate.set()  # a held delivery must not keep the server's thread from stopping
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(port=free_port(), inbox=Inbox())
+def smtp(tls: Tls) -> Iterator[SmtpServer]:
+    server = SmtpServer(port=free_port(), inbox=Inbox(), tls=tls)
     server.start()
     yield server
     server.stop()
@@ -86,7 +127,7 @@ apps: dict[int, FastAPI] = {}
 
 
 @pytest_asyncio.fixture
-async def start_app(committed_url: str, tmp_path: Path) -> AsyncIterator[StartApp]:
+async def start_app(committed_url: str, tmp_path: Path, tls: Tls) -> AsyncIterator[StartApp]:
     """Applications (lifespan running, so the notifier's tasks too) on this test's committed database."""
     async with AsyncExitStack() as stack:
         apps.clear()
@@ -97,7 +138,8 @@ async def start_app(committed_url: str, tmp_path: Path) -> AsyncIterator[StartAp
                 mail = {
                     "smtp_host": "127.0.0.1",
                     "smtp_port": port,
-                    "smtp_security": "none",
+                    "smtp_security": "starttls",
+                    "smtp_ca_file": tls.ca_file,
                     "email_from": "noreply@library.example.com",
                     "email_poll_interval": 0.2,
                     "email_retry_delay": 0.2,
@@ -117,11 +159,18 @@ def window(days_from_now: float = 1, length_days: float = 2) -> dict[str, str]:
     return {"start": start.isoformat(), "end": (start + timedelta(days=length_days)).isoformat()}
 
 
-async def book_one(ctx: AppContext, token: str, book_id: int) -> tuple[httpx.Response, float]:
+async def book_one(ctx: AppContext, token: str, book_id: int) -> httpx.Response:
     transport = httpx.ASGITransport(app=apps[id(ctx)])
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        response = await http.post("/api/v1/bookings", json={"book_id": book_id, **window()}, headers=bearer(token))
-    return response, time.monotonic()
+        return await http.post("/api/v1/bookings", json={"book_id": book_id, **window()}, headers=bearer(token))
+
+
+async def wait_until_async(condition: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
+    """Poll an async ``condition`` until it holds; fail with ``what`` when ``within`` seconds pass first."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out after {within} s waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 async def outbox(ctx: AppContext) -> list[OutboxEmail]:
@@ -130,15 +179,18 @@ async def outbox(ctx: AppContext) -> list[OutboxEmail]:
 
 
 async def test_a_booking_is_confirmed_by_mail_after_the_response(smtp: SmtpServer, start_app: StartApp) -> None:
-    smtp.inbox.hold = 0.5  # a slow SMTP server: the request must not wait for it
+    smtp.inbox.gate.clear()  # the SMTP server takes no mail until the booking has been answered
     ctx = await start_app(smtp.port)
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx, title="The Left Hand of Darkness")
-    response, answered_at = await book_one(ctx, token_for(ctx, reader), book.id)
+    # Were the request to wait for the mail, it could not finish while the server holds every delivery.
+    response = await asyncio.wait_for(book_one(ctx, token_for(ctx, reader), book.id), timeout=30)
     assert response.status_code == 201
+    assert smtp.inbox.messages == []
+    smtp.inbox.gate.set()
 
     await wait_until(lambda: ctx.notifier.sent == 1, within=10, what="the confirmation to be sent")
-    assert answered_at < smtp.inbox.accepted_at[0], "the request waited for the mail"
+    assert smtp.inbox.encrypted == [True]  # over STARTTLS, verified against SMTP_CA_FILE
     mail = smtp.inbox.messages[0]
     assert mail["To"] == reader.email
     assert mail["From"] == "Library System <noreply@library.example.com>"
@@ -156,7 +208,7 @@ async def test_transient_refusals_are_retried_until_delivered_once(smtp: SmtpSer
     ctx = await start_app(smtp.port)
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx)
-    assert (await book_one(ctx, token_for(ctx, reader), book.id))[0].status_code == 201
+    assert (await book_one(ctx, token_for(ctx, reader), book.id)).status_code == 201
     await wait_until(lambda: ctx.notifier.sent == 1, within=15, what="delivery after two refusals")
     [row] = await outbox(ctx)
     assert (row.status, row.attempts) == (EmailStatus.SENT, 3)
@@ -165,26 +217,30 @@ async def test_transient_refusals_are_retried_until_delivered_once(smtp: SmtpSer
 
 
 async def test_a_permanent_refusal_is_not_retried(smtp: SmtpServer, start_app: StartApp) -> None:
-    smtp.inbox.refusals = 5
+    smtp.inbox.refusals = 1
     smtp.inbox.refusal = "550 5.1.1 no such mailbox"
-    ctx = await start_app(smtp.port)
+    # A retry would be due at once: rows are claimed in id order, so one would go out before the sentinel below.
+    ctx = await start_app(smtp.port, email_retry_delay=0.000_001)
     reader = await create_user(ctx, Role.READER)
-    book = await create_book(ctx)
+    book = await create_book(ctx, copies=2)
     await book_one(ctx, token_for(ctx, reader), book.id)
     await wait_until(lambda: ctx.notifier.failed == 1, within=10, what="the failure to be recorded")
     [row] = await outbox(ctx)
     assert (row.status, row.attempts) == (EmailStatus.FAILED, 1)
     assert "550" in (row.last_error or "")
-    await asyncio.sleep(0.6)  # three poll intervals: a retry would have happened by now
-    assert smtp.inbox.attempts == 1
+
+    await book_one(ctx, token_for(ctx, reader), book.id)  # the sentinel: a later mail that is accepted
+    await wait_until(lambda: ctx.notifier.sent == 1, within=10, what="the sentinel mail to be sent")
+    assert smtp.inbox.attempts == 2  # the refused one once, the sentinel once: no retry came before it
+    assert [(r.status, r.attempts) for r in await outbox(ctx)] == [(EmailStatus.FAILED, 1), (EmailStatus.SENT, 1)]
 
 
-async def test_mail_waits_for_an_smtp_server_that_is_down(start_app: StartApp) -> None:
-    down = SmtpServer(port=free_port(), inbox=Inbox())
+async def test_mail_waits_for_an_smtp_server_that_is_down(start_app: StartApp, tls: Tls) -> None:
+    down = SmtpServer(port=free_port(), inbox=Inbox(), tls=tls)
     ctx = await start_app(down.port)
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx)
-    response, _ = await book_one(ctx, token_for(ctx, reader), book.id)
+    response = await book_one(ctx, token_for(ctx, reader), book.id)
     assert response.status_code == 201
     await wait_until(lambda: ctx.notifier.retried >= 1, within=10, what="a failed attempt")
     [row] = await outbox(ctx)
@@ -220,8 +276,15 @@ async def test_one_reminder_before_a_booking_ends_whatever_the_number_of_workers
         await session.commit()
     await asyncio.gather(*(worker.notifier.scan() for worker in workers))
     await asyncio.gather(*(worker.notifier.scan() for worker in workers))
-    await wait_until(lambda: len(smtp.inbox.messages) >= 2, within=10, what="the reminder and a confirmation")
-    await asyncio.sleep(0.6)
+    settled: list[OutboxEmail] = []
+
+    async def every_row_sent() -> bool:
+        settled[:] = await outbox(ctx)
+        return bool(settled) and all(row.status == EmailStatus.SENT for row in settled)
+
+    await wait_until_async(every_row_sent, within=10, what="every queued mail to be sent")
+    # Each row is claimed by one worker and marked sent after the server took it: the inbox holds each once.
+    await wait_until(lambda: len(smtp.inbox.messages) == len(settled), within=10, what="one message per row")
     subjects = sorted(str(message["Subject"]) for message in smtp.inbox.messages)
     reminders = [subject for subject in subjects if subject.startswith("Reminder:")]
     assert len(reminders) == 1, subjects
@@ -238,8 +301,10 @@ async def test_off_without_smtp_host(start_app: StartApp) -> None:
     assert not ctx.notifier.enabled
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx)
-    assert (await book_one(ctx, token_for(ctx, reader), book.id))[0].status_code == 201
-    await asyncio.sleep(0.3)
+    assert (await book_one(ctx, token_for(ctx, reader), book.id)).status_code == 201
+    # Nothing could write or send a mail later: no e-mail task runs, and the booking was not even noted.
+    assert not [task.get_name() for task in asyncio.all_tasks() if task.get_name().startswith("email-")]
+    assert ctx.notifier.stats() == {"queued": 0, "sent": 0, "retried": 0, "failed": 0}
     assert await outbox(ctx) == []
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from library_api.notifications.models import EmailKind, EmailStatus
 from library_api.notifications.service import LEASE, Notifier
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
-from tests.notifications.test_email import Inbox, SmtpServer, StartApp, book_one, outbox
+from tests.notifications.test_email import Inbox, StartApp, book_one, outbox
 from tests.support.cli import invoke
 from tests.support.factories import create_book, create_user, token_for
 from tests.support.live import wait_until
@@ -50,6 +51,35 @@ class Clock:
         self.now = max(self.now, moment)
 
 
+@dataclass
+class PlainSmtpServer:
+    """An SMTP server on loopback speaking plain SMTP: these tests are about delivery, not transport security
+    (``test_smtp_security`` covers STARTTLS, implicit TLS and AUTH)."""
+
+    port: int
+    inbox: Inbox
+    controller: Controller | None = None
+
+    def start(self) -> None:
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.inbox.gate.set()  # a held delivery must not keep the server's thread from stopping
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def smtp() -> Iterator[PlainSmtpServer]:
+    """This module's SMTP server: plain SMTP, started for the test and stopped after it."""
+    server = PlainSmtpServer(port=free_port(), inbox=Inbox())
+    server.start()
+    yield server
+    server.stop()
+
+
 def sender(port: int, clock: Clock, ctx: AppContext, **values: object) -> Notifier:
     """A notifier on the test's database, sending to ``port`` with ``clock``."""
     settings: dict[str, object] = {
@@ -68,7 +98,7 @@ async def one_queued_mail(ctx: AppContext, notifier: Notifier) -> int:
     """Book a copy (with the service's own mail off) and queue its confirmation on ``notifier``."""
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx)
-    response, _ = await book_one(ctx, token_for(ctx, reader), book.id)
+    response = await book_one(ctx, token_for(ctx, reader), book.id)
     assert response.status_code == 201, response.text
     assert await notifier.enqueue(EmailKind.BOOKING_CONFIRMATION, Booking.id == response.json()["id"]) == 1
     return max(row.id for row in await outbox(ctx))
@@ -77,7 +107,7 @@ async def one_queued_mail(ctx: AppContext, notifier: Notifier) -> int:
 async def test_an_outage_far_beyond_the_attempt_budget_ends_delivered_once(start_app: StartApp) -> None:
     ctx = await start_app(None)
     clock = Clock()
-    server = SmtpServer(port=free_port(), inbox=Inbox())  # not started: connections are refused
+    server = PlainSmtpServer(port=free_port(), inbox=Inbox())  # not started: connections are refused
     notifier = sender(server.port, clock, ctx, email_max_attempts=2)
     email_id = await one_queued_mail(ctx, notifier)
     started = clock.now
@@ -103,7 +133,7 @@ async def test_an_outage_far_beyond_the_attempt_budget_ends_delivered_once(start
 
 
 async def test_temporary_refusals_still_count_and_the_age_limit_ends_an_outage(
-    smtp: SmtpServer, start_app: StartApp
+    smtp: PlainSmtpServer, start_app: StartApp
 ) -> None:
     ctx = await start_app(None)
     clock = Clock()
@@ -145,7 +175,7 @@ async def test_a_sender_that_dies_in_quit_after_the_data_was_accepted_sends_noth
     ctx = await start_app(None)
     clock = Clock()
     inbox = QuitHangs()
-    server = SmtpServer(port=free_port(), inbox=inbox)
+    server = PlainSmtpServer(port=free_port(), inbox=inbox)
     server.start()
     try:
         notifier = sender(server.port, clock, ctx, smtp_timeout=30)
@@ -169,7 +199,7 @@ async def test_a_sender_that_dies_in_quit_after_the_data_was_accepted_sends_noth
 
 
 async def test_failed_mails_are_listed_and_requeued_from_the_command_line(
-    smtp: SmtpServer, start_app: StartApp, committed_url: str
+    smtp: PlainSmtpServer, start_app: StartApp, committed_url: str
 ) -> None:
     ctx = await start_app(None)
     clock = Clock()
@@ -253,7 +283,7 @@ async def test_login_then_send(start_app: StartApp) -> None:
 async def test_a_refused_recipient(start_app: StartApp, reply: str, status: EmailStatus) -> None:
     ctx = await start_app(None)
     inbox = Picky()
-    server = SmtpServer(port=free_port(), inbox=inbox)
+    server = PlainSmtpServer(port=free_port(), inbox=inbox)
     server.start()
     try:
         notifier = sender(server.port, Clock(), ctx)

@@ -10,10 +10,17 @@ from tests.support.http import client_for
 from tests.support.services import free_port
 
 CLOSED_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:{port}/nothing"
+MACHINE_INDEPENDENT = {
+    "health_disk_warning_percent": 99.999,
+    "health_disk_critical_percent": 100,
+    "health_memory_warning_percent": 99.999,
+    "health_memory_critical_percent": 100,
+}
+"""Thresholds no working machine reaches, so that a healthy service is graded healthy whatever else runs here."""
 
 
 async def test_all_probes_green_on_a_healthy_service(app_factory: AppFactory) -> None:
-    app = await app_factory()
+    app = await app_factory(**MACHINE_INDEPENDENT)
     async with client_for(app) as client:
         live = await client.get("/health")
         startup = await client.get("/health/startup")
@@ -30,11 +37,11 @@ async def test_all_probes_green_on_a_healthy_service(app_factory: AppFactory) ->
     }
     body = detailed.json()
     assert detailed.status_code == 200
-    assert body["status"] in {"healthy", "warning"}  # the shared machine's disk or memory may be busy
+    assert body["status"] == "healthy"
     assert body["checks"]["database"]["status"] == "healthy"
     assert body["checks"]["migrations"] == {"status": "healthy", "revision": migrate.head_revision()}
     assert body["checks"]["cache"] == {"status": "healthy", "backend": "memory"}
-    assert {"disk", "memory"} <= set(body["checks"])
+    assert body["checks"]["disk"]["status"] == body["checks"]["memory"]["status"] == "healthy"
     assert body["process"]["resident_memory_bytes"] > 0
 
 

@@ -22,7 +22,7 @@ from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.factories import bearer, create_book, create_user, token_for
-from tests.support.live import drain_messages, open_client, receive, receive_until, subscribe, wait_until
+from tests.support.live import open_client, read_until_sentinel, receive, receive_until, subscribe, wait_until
 from tests.support.services import REDIS_URL, free_port, require_redis, unavailable
 
 pytestmark = [pytest.mark.redis, pytest.mark.parametrize(**SQLITE_ONLY)]
@@ -126,9 +126,12 @@ async def test_replay_and_live_messages_meet_without_a_gap_or_a_repeat(
     reply = await receive_until(client, lambda m: m["type"] in ("subscribed", "resync", "error"))
     await publishing
     assert reply["type"] == "subscribed"
-    received = [m for m in await drain_messages(client, quiet=1.0) if m["type"] == "book.updated"]
+    await ctx.hub.publish("book.updated", books, {"n": "sentinel"})  # the next in the same stream comes after
+    arrived = await read_until_sentinel(client, lambda m: m["type"] == "book.updated" and m["data"]["n"] == "sentinel")
+    received = [m for m in arrived.before if m["type"] == "book.updated"]
     assert [m["id"] for m in received] == list(range(11, 251))
     assert [m["data"]["n"] for m in received] == list(range(10, 250))
+    assert arrived.sentinel["id"] == 251
 
 
 async def test_a_worker_that_lost_messages_tells_its_clients_to_resync(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +24,9 @@ from tests.support.factories import create_book, create_user, token_for, unique_
 from tests.support.live import (
     Live,
     closed_with,
-    drain_messages,
     open_client,
+    ping,
+    read_until_sentinel,
     receive,
     receive_until,
     subscribe,
@@ -44,6 +47,29 @@ def auth(token: str) -> dict[str, str]:
 def events(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stream messages only (control replies and heartbeats left out)."""
     return [m for m in messages if m["topic"] not in ("system", "heartbeat")]
+
+
+async def broadcast_sentinel(ctx: AppContext) -> Callable[[dict[str, Any]], bool]:
+    """Publish a broadcast every client receives, and return the test that recognises it.
+
+    The in-process broker hands a message to every subscriber as it is published, so a broadcast published once
+    the events under test have been published (a client has received the last of them, or a witness has) reaches
+    each client after them: whatever a client did not get before it, it never gets.
+    """
+    marker = f"sentinel-{uuid.uuid4().hex}"
+    await ctx.hub.publish("broadcast", [Subscription("broadcast", "broadcast")], {"message": marker})
+    return lambda message: message["type"] == "broadcast" and message["data"].get("message") == marker
+
+
+async def published(live: Live, ctx: AppContext, token: str) -> None:
+    """Return once every domain event raised so far has been published (events leave through one queue)."""
+    witness = await open_client(live, f"witness-{uuid.uuid4().hex[:8]}", token)
+    try:
+        await subscribe(witness, "books")
+        book = await create_book(ctx, title="witness")
+        await receive_until(witness, lambda m: m["type"] == "book.created" and m["data"]["id"] == book.id)
+    finally:
+        await witness.close()
 
 
 # ----- handshake and authentication -----
@@ -203,17 +229,21 @@ async def test_book_events_from_the_api_reach_subscribers_and_no_one_else(start_
         updated = await http.patch(f"/api/v1/books/{book_id}", json={"copies": 3})
         assert updated.status_code == 200, updated.text
 
-    got = events(await drain_messages(everything))
+    # The update is the last event the calls raise: once it is here, every event they raised has been published.
+    arrived = await read_until_sentinel(everything, lambda m: m["type"] == "book.updated")
+    got = [*events(arrived.before), arrived.sentinel]
     assert [(m["type"], m["topic"], m["data"]["id"]) for m in got] == [
         ("book.created", "books", book_id),
         ("book.updated", "books", book_id),
     ]
     assert got[0]["id"] + 1 == got[1]["id"]
     assert got[1]["data"]["copies"] == 3
-    single = events(await drain_messages(one_book))
+    sentinel = await broadcast_sentinel(ctx)
+    assert events((await read_until_sentinel(everything, sentinel)).before) == []
+    single = events((await read_until_sentinel(one_book, sentinel)).before)
     assert [(m["type"], m["topic"]) for m in single] == [("book.updated", f"book:{book_id}")]
-    assert events(await drain_messages(elsewhere)) == []
-    assert events(await drain_messages(idle)) == []
+    assert events((await read_until_sentinel(elsewhere, sentinel)).before) == []
+    assert events((await read_until_sentinel(idle, sentinel)).before) == []
 
 
 async def test_a_reader_never_receives_another_readers_booking_events(start_live: StartLive) -> None:
@@ -242,14 +272,19 @@ async def test_a_reader_never_receives_another_readers_booking_events(start_live
         cancelled = await http.post(f"/api/v1/bookings/{booking_id}/cancel", headers=auth(token_for(ctx, alice)))
         assert cancelled.status_code == 200
 
-    mine = events(await drain_messages(alice_client))
+    # The cancellation is the last event raised: once it is here, every event has been published.
+    arrived = await read_until_sentinel(alice_client, lambda m: m["type"] == "booking.cancelled")
+    mine = [*events(arrived.before), arrived.sentinel]
     assert [(m["type"], m["topic"], m["data"]["id"]) for m in mine] == [
         ("booking.created", "bookings:me", booking_id),
         ("booking.cancelled", "bookings:me", booking_id),
     ]
     assert all(m["data"]["user_id"] == alice.id for m in mine)
-    assert [m["type"] for m in events(await drain_messages(desk))] == ["booking.created", "booking.cancelled"]
-    assert events(await drain_messages(bob_client)) == []
+    sentinel = await broadcast_sentinel(ctx)
+    assert events((await read_until_sentinel(alice_client, sentinel)).before) == []
+    seen_at_desk = events((await read_until_sentinel(desk, sentinel)).before)
+    assert [m["type"] for m in seen_at_desk] == ["booking.created", "booking.cancelled"]
+    assert events((await read_until_sentinel(bob_client, sentinel)).before) == []
 
 
 async def test_unsubscribe_stops_delivery(start_live: StartLive) -> None:
@@ -261,7 +296,8 @@ async def test_unsubscribe_stops_delivery(start_live: StartLive) -> None:
     reply = await receive_until(client, lambda m: m["type"] == "unsubscribed")
     assert reply["data"] == {"topic": "books", "was_subscribed": True}
     await create_book(ctx)
-    assert events(await drain_messages(client)) == []
+    await published(live, ctx, token)
+    assert events((await read_until_sentinel(client, await broadcast_sentinel(ctx))).before) == []
     await client.send('{"type": "unsubscribe", "topic": "books"}')
     again = await receive_until(client, lambda m: m["type"] == "unsubscribed")
     assert again["data"]["was_subscribed"] is False
@@ -318,9 +354,11 @@ async def test_reconnect_with_last_event_id_yields_exactly_the_missed_messages(s
     assert reply["type"] == "subscribed"
     assert reply["data"]["replayed"] == 5
     await create_book(ctx, title="live")
-    got = events(await drain_messages(client))
+    arrived = await read_until_sentinel(client, lambda m: m["type"] == "book.created" and m["data"]["title"] == "live")
+    got = [*events(arrived.before), arrived.sentinel]
     assert [m["data"]["title"] for m in got] == [book.title for book in missed] + ["live"]
     assert [m["id"] for m in got] == list(range(seen["id"] + 1, seen["id"] + 7))
+    assert events((await read_until_sentinel(client, await broadcast_sentinel(ctx))).before) == []  # no repeats
 
 
 async def test_subscribe_reports_the_position_to_resume_from(start_live: StartLive) -> None:
@@ -336,7 +374,11 @@ async def test_subscribe_reports_the_position_to_resume_from(start_live: StartLi
     client = await open_client(live, "position", token)
     resumed = await resume(client, "books", 3, reply["data"]["epoch"])
     assert resumed["type"] == "subscribed"
-    assert [m["data"]["title"] for m in events(await drain_messages(client))] == ["after"]
+    await create_book(ctx, title="sentinel")  # published after the replay was read: it arrives after the replay
+    arrived = await read_until_sentinel(
+        client, lambda m: m["type"] == "book.created" and m["data"]["title"] == "sentinel"
+    )
+    assert [m["data"]["title"] for m in events(arrived.before)] == ["after"]
 
 
 async def test_a_gap_older_than_the_history_gets_a_resync(start_live: StartLive) -> None:
@@ -350,7 +392,9 @@ async def test_a_gap_older_than_the_history_gets_a_resync(start_live: StartLive)
     assert resync["data"] == {"topic": "books", "last_event_id": 1, "latest": 6, "epoch": epoch, "reason": "trimmed"}
     assert (await receive(client))["type"] == "subscribed"
     await create_book(ctx, title="next")
-    assert [m["id"] for m in events(await drain_messages(client))] == [7]
+    arrived = await read_until_sentinel(client, lambda m: m["type"] == "book.created" and m["data"]["title"] == "next")
+    assert (events(arrived.before), arrived.sentinel["id"]) == ([], 7)
+    assert events((await read_until_sentinel(client, await broadcast_sentinel(ctx))).before) == []
     assert ctx.hub.resyncs == 1
 
 
@@ -392,8 +436,11 @@ async def test_broadcast_to_a_topic_reaches_only_its_subscribers(start_live: Sta
             "/api/v1/broadcast", json={"message": "new copy", "topic": "book:7"}, headers=auth(librarian)
         )
     assert sent.json()["topic"] == "book:7"
-    assert [m["data"]["message"] for m in events(await drain_messages(follower))] == ["new copy"]
-    assert events(await drain_messages(bystander)) == []
+    sentinel = await broadcast_sentinel(ctx)  # the topic's broadcast was published before the answer
+    assert [m["data"]["message"] for m in events((await read_until_sentinel(follower, sentinel)).before)] == [
+        "new copy"
+    ]
+    assert events((await read_until_sentinel(bystander, sentinel)).before) == []
 
 
 async def test_heartbeats_carry_server_time_and_connection_count(start_live: StartLive) -> None:
@@ -407,9 +454,10 @@ async def test_heartbeats_carry_server_time_and_connection_count(start_live: Sta
     assert beats[-1]["data"]["worker"] == ctx.hub.worker
     await second.send('{"type": "unsubscribe", "topic": "heartbeat"}')
     await receive_until(second, lambda m: m["type"] == "unsubscribed")
-    await asyncio.sleep(0)
-    await receive_until(first, lambda m: m["type"] == "heartbeat")
-    assert [m for m in await drain_messages(second, quiet=0.5) if m["type"] == "heartbeat"] == []
+    ctx.hub.heartbeat()  # handed to every subscriber at once, before the server reads the ping below
+    beat = await receive_until(first, lambda m: m["type"] == "heartbeat")
+    assert [m for m in (await read_until_sentinel(second, await ping(second))).before if m["type"] == "heartbeat"] == []
+    assert beat["data"]["connections"] == 2  # the unsubscribed client is still connected, just not told
     assert "draining" not in beats[-1]["data"]
     await ctx.hub.begin_drain(time.time() + 60)
     draining = await receive_until(first, lambda m: m["type"] == "heartbeat" and "draining" in m["data"])
@@ -436,30 +484,20 @@ async def test_a_client_that_reads_nothing_is_dropped_while_the_others_stay_on_t
     stalled = await slow_client(live, "stalled", token)
     readers = [await open_client(live, f"reader-{n}", token) for n in range(3)]
     payload = "x" * 60_000  # 200 of these are far more than the socket buffers hold
-    sent_at: dict[int, float] = {}
-    received: dict[str, dict[int, float]] = {f"reader-{n}": {} for n in range(3)}
-
-    async def read(name: str, client: ClientConnection) -> None:
-        while len(received[name]) < 200:
-            message = await receive_until(client, lambda m: m["type"] == "broadcast")
-            received[name][message["id"]] = time.monotonic()
-
+    broadcast = [Subscription("broadcast", "broadcast")]
     [stalled_connection] = [c for c in ctx.hub.connections() if c.client_id == "stalled"]
-    readers_done = asyncio.gather(*(read(f"reader-{n}", c) for n, c in enumerate(readers)))
+    stalled_was_behind = False
     for n in range(200):
-        [event_id] = await ctx.hub.publish(
-            "broadcast", [Subscription("broadcast", "broadcast")], {"n": n, "p": payload}
-        )
-        sent_at[event_id] = time.monotonic()
-        await asyncio.sleep(0.002)
-    await asyncio.wait_for(readers_done, timeout=30)
+        [event_id] = await asyncio.wait_for(ctx.hub.publish("broadcast", broadcast, {"n": n, "p": payload}), 10)
+        stalled_was_behind |= not stalled_connection.closed and stalled_connection.writer is not None
+        # Every reader has message n before message n + 1 is even published: none waits behind the stalled one.
+        for client in readers:
+            message = await receive_until(client, lambda m: m["type"] == "broadcast")
+            assert (message["id"], message["data"]["n"]) == (event_id, n)
+    assert stalled_was_behind, "the stalled client never fell behind while the others were served"
 
     assert ctx.hub.overflow_closes == 1
     await wait_until(lambda: ctx.hub.active() == 3, within=10, what="the stalled client to be removed")
-    for arrivals in received.values():
-        assert sorted(arrivals) == sorted(sent_at)
-        delays = [arrivals[event_id] - sent_at[event_id] for event_id in sent_at]
-        assert max(delays) < 2.0, f"a reader waited {max(delays):.2f} s behind the stalled client"
     # Its TCP window is full, so not even the close frame gets through: the hub gives up on it and ends its
     # handler rather than wait for a peer that does not read.
     await wait_until(

@@ -1,11 +1,18 @@
-"""Contract fuzzing: Schemathesis against the service's own OpenAPI document, as each user role in turn.
+"""Contract fuzzing: Schemathesis against the service's own OpenAPI document, as each kind of caller in turn.
 
 A real ``library-api serve`` process answers; Schemathesis reads ``/openapi.json`` from it and runs every phase
 (examples, coverage, fuzzing, and the stateful phase that follows the document's links from created books,
-bookings and accounts to the operations on them) with every check it has. It logs in itself through the login
-operation, and again whenever an answer is 401 (the fuzzer may well log its own account out everywhere).
-Roles run from the least to the most powerful so that an administrator's run, which may deactivate accounts,
-comes last. The example budget and the seed are fixed (``tests/reliability/budget.py``).
+bookings and accounts to the operations on them) with every check it has. The callers:
+
+* ``anonymous``: no credential at all;
+* ``reader``, ``librarian``, ``admin``: Schemathesis logs in itself through the login operation, and again
+  whenever an answer is 401 (the fuzzer may well log its own account out everywhere);
+* ``revoked-reader``: one reader's access token, given once and never renewed; the fuzzed ``logout-all`` revokes
+  it part-way, and every operation must then document the 401 it answers (a re-login would hide that).
+
+Runs go from the least to the most powerful so that an administrator's run, which may deactivate accounts,
+comes last; each caller has an account of its own. The example budget and the seed are fixed
+(``tests/reliability/budget.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.reliability import budget
@@ -28,6 +36,8 @@ from tests.support.live_server import LiveServer
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROLES = ("reader", "librarian", "admin")
+CALLERS = ("anonymous", "reader", "revoked-reader", "librarian", "admin")
+"""Every run, in order; ``revoked-reader`` is a reader whose one token is not renewed."""
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
@@ -40,40 +50,55 @@ def server() -> Iterator[LiveServer]:
     live = LiveServer({"RATE_LIMIT_ENABLED": "false"})
     live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'contract.db'}"
     assert live.run_cli("migrate").returncode == 0
-    for role in ROLES:
-        created = live.run_cli("users", "create", "--email", account(role), "--password", PASSWORD, "--role", role)
+    for role in (*ROLES, "revoked-reader"):
+        kind = role.rpartition("-")[2]
+        created = live.run_cli("users", "create", "--email", account(role), "--password", PASSWORD, "--role", kind)
         assert created.returncode == 0, created.stderr
     live.start(wait="/health/ready")
     yield live
     assert live.stop(), live.log_text()[-3000:]
 
 
-def configuration(role: str) -> str:
-    """A Schemathesis configuration that logs in as ``role`` through the service's own login operation."""
-    return f"""
-[auth.dynamic.openapi.OAuth2PasswordBearer]
-path = "/api/v1/auth/login"
-method = "post"
-payload = {{ username = "{account(role)}", password = "{PASSWORD}" }}
-payload_content_type = "application/x-www-form-urlencoded"
-extract_selector = "/access_token"
-
+OPERATION_RULES = """
 # Rules no JSON Schema can state, so that a schema-valid request may rightly be refused (the operation's
 # description and its documented 415/422 say so): a booking's period (the end after the start, the start not in
 # the past, at most BOOKING_MAX_DAYS long), an ISBN's check digit, a cover recognised as JPEG or PNG by content.
 [[operations]]
-include-path-regex = "^/api/v1/(bookings|books(/[{{]book_id[}}])?)$"
+include-path-regex = "^/api/v1/(bookings|books(/[{]book_id[}])?)$"
 include-method-regex = "^(POST|PATCH)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 [[operations]]
-include-path = "/api/v1/books/{{book_id}}/cover"
+include-path = "/api/v1/books/{book_id}/cover"
 include-method = "PUT"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "413", "415"]
 """
 
 
-@pytest.mark.parametrize("role", ROLES)
+def configuration(caller: str) -> str:
+    """A Schemathesis configuration; for a role, one that logs in (and again after a 401) as that role."""
+    if caller not in ROLES:
+        return OPERATION_RULES
+    return f"""
+[auth.dynamic.openapi.OAuth2PasswordBearer]
+path = "/api/v1/auth/login"
+method = "post"
+payload = {{ username = "{account(caller)}", password = "{PASSWORD}" }}
+payload_content_type = "application/x-www-form-urlencoded"
+extract_selector = "/access_token"
+{OPERATION_RULES}"""
+
+
+def fixed_token(server: LiveServer, caller: str) -> str:
+    """An access token for the caller's account, logged in once by the test (the fuzzer never renews it)."""
+    login = httpx.post(
+        f"{server.base_url}/api/v1/auth/login", data={"username": account(caller), "password": PASSWORD}, timeout=30
+    )
+    assert login.status_code == 200, login.text
+    return str(login.json()["access_token"])
+
+
+@pytest.mark.parametrize("role", CALLERS)
 def test_the_service_keeps_its_contract(server: LiveServer, role: str, tmp_path: Path, figures: Record) -> None:
     chosen = budget.current()
     config = tmp_path / "schemathesis.toml"
@@ -84,6 +109,9 @@ def test_the_service_keeps_its_contract(server: LiveServer, role: str, tmp_path:
         *("--checks", "all", "--max-examples", str(chosen.contract_examples), "--seed", str(chosen.contract_seed)),
         *("--workers", "1", "--request-timeout", "10", "--report", "json", "--report-json-path", str(report)),
     ]
+    token = fixed_token(server, role) if role == "revoked-reader" else None
+    if token is not None:
+        command += ["--header", f"Authorization: Bearer {token}"]
     started = time.monotonic()
     # The fuzzer runs none of the service's code: coverage's start-up hook would only slow it down.
     environment = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_PROCESS")}
@@ -111,5 +139,10 @@ def test_the_service_keeps_its_contract(server: LiveServer, role: str, tmp_path:
     )
     assert cases["unique_failures"] == 0
     assert cases["generated"] > 0
+    if token is not None:  # the run did revoke its credential, so the operations after it answered 401
+        assert (
+            httpx.get(f"{server.base_url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code
+            == 401
+        )
     if role == "admin":  # an administrator may call everything: no operation may refuse the credentials
         assert not outcome["warnings"].get("missing_auth"), outcome["warnings"]

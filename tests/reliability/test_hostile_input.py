@@ -4,8 +4,9 @@ keeps serving.
 One ``library-api serve`` process (SQLite, a 1 s request-head deadline, a 4 KiB WebSocket message limit) takes
 oversized and streamed bodies, deeply nested JSON, huge query strings, invalid UTF-8, slow-header clients
 (slowloris), malformed WebSocket frames and oversized messages, and path traversal in the upload and static
-routes. After every attempt a well-behaved client must still get its answer; at the end, the access log must
-hold no 5xx and the catalogue and the upload directory must be as they were.
+routes. After every attempt a well-behaved client must still get its answer, and each test checks that the
+access lines of its own requests hold no 5xx; the catalogue and the upload directory must be as they were. Each
+test holds on its own: none reads what another left (the count of inputs tried is a figure each one reports).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -119,7 +121,7 @@ def status_of(raw: bytes) -> int:
 
 
 class Tally:
-    """Counts the hostile inputs tried and any 5xx they drew."""
+    """Counts the hostile inputs one test tried and any 5xx they drew."""
 
     def __init__(self) -> None:
         self.tried = 0
@@ -131,9 +133,24 @@ class Tally:
         return status
 
 
-@pytest.fixture(scope="module")
-def tally() -> Tally:
-    return Tally()
+@pytest.fixture
+def tally(server: LiveServer, figures: Record) -> Iterator[Tally]:
+    """This test's tally; afterwards, no access line of this test's requests may be a 5xx.
+
+    The access lines are read up to a sentinel: a request made after the test's own, whose line is written after
+    theirs by the one worker process.
+    """
+    logged_before = len(server.access_records())
+    counted = Tally()
+    yield counted
+    sentinel = httpx.get(server.base_url + "/api/v1/books", params={"limit": 1}, timeout=10)
+    server.wait_for_access(sentinel.headers["x-request-id"])
+    statuses = [record.get("status") for record in server.access_records()[logged_before:]]
+    errors = [status for status in statuses if isinstance(status, int) and status >= 500]
+    figures(hostile_inputs=counted.tried, server_errors=counted.server_errors + len(errors))
+    assert counted.tried > 0
+    assert counted.server_errors == 0
+    assert errors == []
 
 
 def test_oversized_and_streamed_bodies_are_413(server: LiveServer, librarian: dict[str, str], tally: Tally) -> None:
@@ -241,18 +258,18 @@ def test_slow_header_clients_are_cut_off_and_others_served(server: LiveServer, t
         slow.append(sock)
     idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
-        started = time.monotonic()
-        served = 0
-        while time.monotonic() - started < HEAD_TIMEOUT * 2:
+        # Until the server has answered or closed every one of them (a socket turns readable), the trickling
+        # ones included, a well-behaved client is answered each round.
+        deadline = time.monotonic() + 60  # a bound on the wait: connections never cut off fail the test
+        while len(select.select([*slow, idle], [], [], 0)[0]) < len(slow) + 1:
+            assert time.monotonic() < deadline, "slow-header connections were never cut off"
             for sock in slow[:10]:
                 with contextlib.suppress(OSError):
                     sock.sendall(b"X-Slow: 1\r\n")  # a trickle that never completes the head
             still_serving(server)
-            served += 1
-            time.sleep(0.2)
-        assert served >= 3
+            time.sleep(0.2)  # the poll interval
         for sock in [*slow, idle]:
-            sock.settimeout(HEAD_TIMEOUT * 5)
+            sock.settimeout(10)
             answer = b""
             with contextlib.suppress(ConnectionResetError):
                 while chunk := sock.recv(65536):
@@ -262,7 +279,6 @@ def test_slow_header_clients_are_cut_off_and_others_served(server: LiveServer, t
                 assert b"application/problem+json" in answer
             else:
                 tally.saw(408)
-        assert time.monotonic() - started < HEAD_TIMEOUT * 2 + HEAD_TIMEOUT * 5 + 5
     finally:
         for sock in [*slow, idle]:
             sock.close()
@@ -379,13 +395,3 @@ def test_path_traversal_reaches_nothing(
         assert all("evil" not in p.name for p in stored)
     assert not outside.exists() and not Path("/tmp/evil.png").exists()
     assert len([p for p in uploads.rglob("*") if p.is_file()]) == 1, "earlier covers are replaced, not kept"
-
-
-def test_the_service_never_answered_5xx(server: LiveServer, tally: Tally, figures: Record) -> None:
-    still_serving(server)
-    statuses = [record.get("status") for record in server.access_records()]
-    errors = [status for status in statuses if isinstance(status, int) and status >= 500]
-    figures(hostile_inputs=tally.tried, server_errors=tally.server_errors + len(errors), requests_logged=len(statuses))
-    assert tally.tried >= 40
-    assert tally.server_errors == 0
-    assert errors == []

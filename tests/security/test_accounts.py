@@ -1,21 +1,85 @@
-"""The account-state cache: time-to-live, bounded size, and no caching when the TTL is zero."""
+"""The account-state cache: its time-to-live (on a clock the test moves), its bound, and no caching at TTL zero.
+
+Whether an answer came from the cache or from the database is seen by changing the account's row behind the
+cache's back: a cached state still shows the old name, a loaded one the new.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+from sqlalchemy import update
+
 from library_api.context import AppContext
 from library_api.security.accounts import AccountState, AccountStateCache
+from library_api.users.models import User
 from tests.support.factories import create_user
 
 
-async def test_cache_is_bounded_and_ttl_zero_always_reads(ctx: AppContext) -> None:
+class Clock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def rename(ctx: AppContext, user_id: int, full_name: str) -> None:
+    """Change the account's row directly, as another worker would."""
+    async with ctx.database.sessionmaker() as session:
+        await session.execute(update(User).where(User.id == user_id).values(full_name=full_name))
+        await session.commit()
+
+
+async def name_in(cache: AccountStateCache, user_id: int) -> str:
+    state = await cache.get(user_id)
+    assert state is not None
+    return state.full_name
+
+
+async def test_a_state_is_served_from_memory_until_its_ttl_passes(ctx: AppContext) -> None:
     user = await create_user(ctx)
-    bounded = AccountStateCache(ctx.database.sessionmaker, ttl=60, max_entries=2)
-    for user_id in (user.id, 10_001, 10_002):
-        await bounded.get(user_id)
-    assert await bounded.get(10_001) is None
-    bounded.forget(10_001)
+    clock = Clock()
+    cache = AccountStateCache(ctx.database.sessionmaker, ttl=5, clock=clock)
+    assert await name_in(cache, user.id) == user.full_name
+    await rename(ctx, user.id, "Renamed Elsewhere")
+
+    clock.now += 4
+    assert await name_in(cache, user.id) == user.full_name  # within the TTL: the cached state
+    clock.now += 1
+    assert await name_in(cache, user.id) == "Renamed Elsewhere"  # the TTL has passed: loaded again
+    await rename(ctx, user.id, "Renamed Twice")
+    assert await name_in(cache, user.id) == "Renamed Elsewhere"  # and that load is cached for another TTL
+
+
+async def test_the_cache_holds_at_most_max_entries_and_drops_the_oldest(ctx: AppContext) -> None:
+    first, second, third = [await create_user(ctx) for _ in range(3)]
+    cache = AccountStateCache(ctx.database.sessionmaker, ttl=60, max_entries=2, clock=Clock())
+    for user in (first, second, third):
+        await cache.get(user.id)
+    for user in (first, second, third):
+        await rename(ctx, user.id, f"New name {user.id}")
+
+    assert await name_in(cache, second.id) == second.full_name  # still held
+    assert await name_in(cache, third.id) == third.full_name  # still held
+    assert await name_in(cache, first.id) == f"New name {first.id}"  # dropped when the third was stored
+    assert await name_in(cache, second.id) == f"New name {second.id}"  # and storing the first dropped the second
+
+
+async def test_an_unknown_account_is_none_and_forget_drops_a_state(ctx: AppContext) -> None:
+    user = await create_user(ctx)
+    cache = AccountStateCache(ctx.database.sessionmaker, ttl=60, clock=Clock())
+    assert await cache.get(987_654_321) is None
+    assert await name_in(cache, user.id) == user.full_name
+    await rename(ctx, user.id, "Renamed")
+    cache.forget(user.id)
+    assert await name_in(cache, user.id) == "Renamed"
+
+
+async def test_ttl_zero_always_reads(ctx: AppContext) -> None:
+    user = await create_user(ctx)
     uncached = AccountStateCache(ctx.database.sessionmaker, ttl=0)
     uncached.remember(user.id, dataclasses.replace(AccountState.of(user), role="admin", token_version=99))
     state = await uncached.get(user.id)

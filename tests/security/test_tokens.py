@@ -17,9 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from library_api.context import AppContext
 from library_api.db.base import utcnow
-from library_api.security.tokens import InvalidToken
+from library_api.security.tokens import InvalidToken, TokenService
 from tests.support.factories import bearer, create_user, token_for
-from tests.support.private_services import wait_for
 
 
 def forge(ctx: AppContext, **claims: object) -> str:
@@ -46,7 +45,10 @@ async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
 
 async def test_valid_token_works(client: httpx.AsyncClient, ctx: AppContext) -> None:
     user = await create_user(ctx)
-    assert (await me(client, token_for(ctx, user))).status_code == 200
+    await create_user(ctx)  # another account, so that answering with the wrong one would show
+    response = await me(client, token_for(ctx, user))
+    assert response.status_code == 200
+    assert (response.json()["id"], response.json()["email"], response.json()["role"]) == (user.id, user.email, "reader")
 
 
 @pytest.mark.parametrize(
@@ -158,25 +160,23 @@ async def test_algorithm_confusion_is_rejected(client: httpx.AsyncClient, ctx: A
         response = await me(client, token)
         assert response.status_code == 401, name
         assert response.headers["content-type"] == "application/problem+json"
-    assert (await me(client, _hmac_token(claims, secret.encode(), "HS256"))).status_code == 200
+    genuine = await me(client, _hmac_token(claims, secret.encode(), "HS256"))
+    assert genuine.status_code == 200
+    # the account's own role, not the one the claims name
+    assert (genuine.json()["id"], genuine.json()["email"], genuine.json()["role"]) == (user.id, user.email, "reader")
 
 
 def test_a_remembered_token_still_expires(ctx: AppContext) -> None:
+    now = [time.time()]
+    tokens = TokenService(ctx.settings, clock=lambda: now[0])
     lifetime = timedelta(minutes=ctx.settings.access_token_expire_minutes)
-    issued = ctx.tokens.issue_access(
-        user_id=7, role="reader", token_version=0, now=utcnow() - lifetime - timedelta(seconds=3)
+    issued = tokens.issue_access(
+        user_id=7, role="reader", token_version=0, now=utcnow() - lifetime - timedelta(seconds=1)
     )
-    # expired 3 s ago, inside the 5 s leeway: verified once, remembered, and answered from memory next time
-    assert ctx.tokens.verify_access(issued.token).user_id == 7
-    assert ctx.tokens.verify_access(issued.token).user_id == 7
-
-    def refused() -> bool:
-        try:
-            ctx.tokens.verify_access(issued.token)
-        except InvalidToken:
-            return True
-        return False
-
-    wait_for(refused, 10, "the remembered token to expire")
+    # expired a second ago, inside the 5 s leeway: verified once, remembered, and answered from memory next time
+    assert tokens.verify_access(issued.token).user_id == 7
+    now[0] += 1
+    assert tokens.verify_access(issued.token).user_id == 7
+    now[0] += 4  # past the expiry plus the leeway, by the service's clock: refused from memory too
     with pytest.raises(InvalidToken, match="expired"):
-        ctx.tokens.verify_access(issued.token)
+        tokens.verify_access(issued.token)

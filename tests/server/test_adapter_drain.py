@@ -28,8 +28,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-async def drain_messages(socket: websockets.ClientConnection) -> None:
-    """Read until the server closes the connection (raises ``ConnectionClosed``) or 20 s pass."""
+async def read_until_closed(socket: websockets.ClientConnection) -> None:
+    """Read until the server closes the connection (raises ``ConnectionClosed``); 20 s without a message fail."""
     while True:
         await asyncio.wait_for(socket.recv(), 20)
 
@@ -60,13 +60,12 @@ async def test_sigterm_drains_and_a_second_signal_forces_the_close(pki: PKI, tmp
             while notice is None or notice["type"] != "shutdown":
                 notice = json.loads(await asyncio.wait_for(socket.recv(), 10))
             assert process.process.poll() is None  # still draining: the client has not left
-            forced_at = time.monotonic()
             process.process.send_signal(signal.SIGINT)
             with pytest.raises(ConnectionClosed):
-                await drain_messages(socket)
+                await read_until_closed(socket)
             assert socket.close_code == 1001
+        # SHUTDOWN_TIMEOUT is 120 s: an exit within the wait's bound is the second signal's doing, as the log says.
         code = await asyncio.to_thread(process.process.wait, 30)
-        assert time.monotonic() - forced_at < 30
         assert code == 0
     finally:
         await asyncio.to_thread(process.stop)

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import uvicorn
@@ -112,14 +112,42 @@ async def subscribe(client: ClientConnection, topic: str, last_event_id: int | N
     return await receive_until(client, lambda m: m["type"] in ("subscribed", "error", "resync"))
 
 
-async def drain_messages(client: ClientConnection, quiet: float = 0.3) -> list[dict[str, Any]]:
-    """Every message that arrives until none has come for ``quiet`` seconds."""
-    messages = []
+class Arrived(NamedTuple):
+    """What :func:`read_until_sentinel` read: everything before the sentinel, and the sentinel itself."""
+
+    before: list[dict[str, Any]]
+    sentinel: dict[str, Any]
+
+
+async def read_until_sentinel(
+    client: ClientConnection, is_sentinel: Callable[[dict[str, Any]], bool], within: float = 10
+) -> Arrived:
+    """Every message up to the first that ``is_sentinel`` accepts; fails when none arrives in ``within`` seconds.
+
+    This is how a test proves that nothing else arrived, instead of waiting for a quiet moment: after the action
+    whose messages it checks, it makes the server send something it knows comes later on the same path (an
+    event on the same stream, a broadcast once the earlier events have been published, the ``pong`` to a
+    ``ping`` for the replies to commands), and reads up to it. Whatever the action sent is in ``before``.
+    """
+    before: list[dict[str, Any]] = []
+    deadline = time.monotonic() + within
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"the sentinel did not arrive within {within} s; before it: {before}")
         try:
-            messages.append(await receive(client, quiet))
+            message = await receive(client, left)
         except TimeoutError:
-            return messages
+            raise AssertionError(f"the sentinel did not arrive within {within} s; before it: {before}") from None
+        if is_sentinel(message):
+            return Arrived(before, message)
+        before.append(message)
+
+
+async def ping(client: ClientConnection) -> Callable[[dict[str, Any]], bool]:
+    """Send ``ping``; the test for its ``pong``, the sentinel for replies to the commands sent before it."""
+    await client.send('{"type": "ping"}')
+    return lambda message: message["type"] == "pong"
 
 
 async def closed_with(client: ClientConnection, within: float = 10) -> tuple[int | None, str | None]:

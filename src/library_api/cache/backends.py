@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,11 +82,15 @@ class CacheBackend(Protocol):
 
 
 class MemoryBackend:
-    """The store of a single process: dictionaries, the answers bounded in number (least recently used go)."""
+    """The store of a single process: dictionaries, the answers bounded in number (least recently used go).
+
+    Entries expire by ``clock`` (monotonic seconds; public so that a test can move a running store's time).
+    """
 
     name = "memory"
 
     def __init__(self, max_entries: int) -> None:
+        self.clock: Callable[[], float] = time.monotonic
         self.max_entries = max_entries
         self._epoch = 0
         self._generations: dict[str, int] = {}
@@ -107,7 +111,7 @@ class MemoryBackend:
         entry = self._entries.get(key)
         value = None
         if entry is not None:
-            if entry[0] > time.monotonic():
+            if entry[0] > self.clock():
                 value = entry[1]
                 self._entries.move_to_end(key)
             else:
@@ -118,7 +122,7 @@ class MemoryBackend:
         """See :meth:`CacheBackend.store`; answers for a token that is no longer current are not kept."""
         if token != self._token(scope):
             return
-        self._entries[f"{token}:{scope}:{name}"] = (time.monotonic() + ttl, value)
+        self._entries[f"{token}:{scope}:{name}"] = (self.clock() + ttl, value)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 

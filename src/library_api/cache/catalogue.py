@@ -8,7 +8,7 @@ gets a 304 (see :mod:`library_api.http.conditional`).
 changes it with no write at all. So an answer is cached only until the next instant at which an active booking
 of that book (for list pages: of any book, since the ``available`` filter and every item depend on them) starts
 or ends, queried with the answer. Past that instant it is read again; it can never show an availability that
-the clock has made false.
+the clock has made false. That clock is :attr:`CatalogueCache.clock` (the system's, unless a test moves it).
 
 **Writes.** Every committed change that can alter an answer publishes a domain event (book created, updated,
 deleted, cover changed; booking created, cancelled, returned); :meth:`CatalogueCache.on_event` then starts new
@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from sqlalchemy import text
@@ -45,7 +45,6 @@ from library_api.books.repository import BookFilters
 from library_api.books.schemas import BookSort
 from library_api.books.service import BookService
 from library_api.cache.backends import CacheBackend, Lookup
-from library_api.db.base import utcnow
 from library_api.db.engine import Database
 from library_api.events import DomainEvent
 from library_api.http.problems import NotFound
@@ -106,6 +105,8 @@ class CatalogueCache:
         retry_attempts: int,
         backoff: Backoff,
     ) -> None:
+        # Epoch seconds: the instant answers are computed for and cached until (public, so a test can move it).
+        self.clock: Callable[[], float] = time.time
         self.backend = backend
         self.enabled = enabled
         self.ttl = ttl
@@ -123,7 +124,7 @@ class CatalogueCache:
         """The details of a book, or ``None`` when there is no such book."""
 
         async def load(session: AsyncSession) -> tuple[bytes, datetime | None] | None:
-            now = utcnow()
+            now = datetime.fromtimestamp(self.clock(), UTC)
             try:
                 view = await self.books.get(session, book_id, now)
             except NotFound:
@@ -138,7 +139,7 @@ class CatalogueCache:
         name = hashlib.blake2b(repr((filters, sort.value, limit, offset)).encode(), digest_size=16).hexdigest()
 
         async def load(session: AsyncSession) -> tuple[bytes, datetime | None]:
-            now = utcnow()
+            now = datetime.fromtimestamp(self.clock(), UTC)
             page = await self.books.page(session, filters, sort, limit, offset, now)
             change = await self.books.next_availability_change(session, now)
             return page.model_dump_json().encode(), change
@@ -169,7 +170,7 @@ class CatalogueCache:
         if lookup is not None and self.enabled:
             ttl = float(self.ttl)
             if change is not None:
-                ttl = min(ttl, change.timestamp() - time.time())
+                ttl = min(ttl, change.timestamp() - self.clock())
             if ttl > 0:
                 await self._store(scope, lookup.token, name, answer, ttl)
         return answer

@@ -10,6 +10,9 @@ and the others await the same result: one statement per key per time-to-live, wh
 A write that changes the stored value (:meth:`TimedCache.remember`, :meth:`TimedCache.forget`) wins over a load
 that was already in flight: that load still answers the requests that were waiting for it, which began before
 the write, but does not overwrite the newer entry.
+
+Expiry is judged by ``clock`` (``time.monotonic`` unless the owner passes another), so that the time-to-live can be
+checked by moving a clock rather than by waiting for it.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ V = TypeVar("V")
 class TimedCache(Generic[K, V]):
     """Bounded, least-recently-stored-first eviction; entries expire ``ttl`` seconds after they were stored."""
 
-    def __init__(self, ttl: float, max_entries: int) -> None:
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
+        self._clock = clock
         self._max_entries = max_entries
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V]] = {}
@@ -36,7 +40,7 @@ class TimedCache(Generic[K, V]):
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         """The fresh value of ``key``, from the cache or from ``load()`` (one load per key at a time)."""
         cached = self._entries.get(key)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and cached[0] > self._clock():
             return cached[1]
         pending = self._loading.get(key)
         if pending is None:
@@ -67,7 +71,7 @@ class TimedCache(Generic[K, V]):
     def _store(self, key: K, value: V) -> None:
         if self._ttl <= 0:
             return
-        self._entries[key] = (time.monotonic() + self._ttl, value)
+        self._entries[key] = (self._clock() + self._ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +34,13 @@ class LocalWindows:
     A hit is admitted when fewer than ``limit`` hits lie in the last ``expiry`` seconds (as ``limits``'
     ``acquire_entry``); the answer also carries what ``get_moving_window`` would report (the oldest hit in the
     window and their number). Windows expire lazily; idle keys are swept every few thousand calls or when
-    ``max_keys`` is reached, so the memory stays bounded whatever the number of callers.
+    ``max_keys`` is reached, so the memory stays bounded whatever the number of callers. ``clock`` is the wall
+    clock in seconds (``time.time``, as ``limits`` uses); a test passes one it moves itself.
     """
 
-    def __init__(self, max_keys: int = 200_000) -> None:
+    def __init__(self, max_keys: int = 200_000, clock: Callable[[], float] = time.time) -> None:
         self.max_keys = max_keys
+        self.clock = clock
         self._windows: dict[str, tuple[float, deque[float]]] = {}
         self._calls = 0
 
@@ -70,7 +72,7 @@ class LocalWindows:
         self._windows.pop(key, None)
 
     def _apply(self, key: str, limit: int, expiry: int, *, record: bool) -> tuple[bool, float, int]:
-        now = time.time()
+        now = self.clock()
         self._sweep(now)
         entry = self._windows.get(key)
         if entry is None:
@@ -152,7 +154,7 @@ class RateLimiter:
             key = item.key_for(*identity)
             count = self.local.count if record else self.local.peek
             admitted, oldest, hits = count(key, item.amount, expiry)
-            reset_after = max(0, math.ceil(oldest + expiry - time.time()))
+            reset_after = max(0, math.ceil(oldest + expiry - self.local.clock()))
             decision = Decision(admitted, item, max(item.amount - hits, 0), reset_after, False)
             if not admitted:
                 return decision

@@ -36,7 +36,9 @@ def add_problem_responses(schema: dict[str, Any], prefix: str, statuses: tuple[i
 
     Some answers can come from any route: 429 from the rate limiter, 503 when the database is unreachable.
     Any operation that reads a body can also answer 400, when the body cannot be decoded at all (invalid UTF-8
-    in JSON, a broken multipart stream) and so never reaches field validation.
+    in JSON, a broken multipart stream) and so never reaches field validation. Any operation whose ``security``
+    accepts a credential answers 401 when the credential presented is invalid, expired or revoked (a wrong
+    credential is never treated as none), even where it would serve an anonymous caller.
     """
     for path, path_item in schema.get("paths", {}).items():
         if not path.startswith(prefix):
@@ -44,6 +46,8 @@ def add_problem_responses(schema: dict[str, Any], prefix: str, statuses: tuple[i
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
             extra = (400,) if "requestBody" in operation else ()
+            if operation.get("security"):
+                extra = (*extra, 401)
             for status in (*extra, *statuses):
                 responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
     return schema

@@ -9,12 +9,17 @@ ignored, the message is delivered.
 Failures come in three kinds (:class:`Failure`): the server could not be reached or the session broke
 (``connection``: retried until the mail's age limit), it answered 4xx (``transient``: retried, counting towards
 ``EMAIL_MAX_ATTEMPTS``), or it refused for good with 5xx (``permanent``: not retried).
+
+With ``SMTP_SECURITY`` ``starttls`` (the default) or ``tls`` the server's certificate is verified, host name
+included, against ``SMTP_CA_FILE`` when it is set (a private mail relay's CA) and the system's store otherwise;
+there is no setting that turns verification off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import formataddr
@@ -48,6 +53,14 @@ def message_id_for(email_id: int, domain: str) -> str:
     return f"<library-api.outbox.{email_id}@{domain}>"
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client TLS context for the SMTP server (``None`` with ``SMTP_SECURITY=none``), trusting ``SMTP_CA_FILE``."""
+    if settings.smtp_security == "none":
+        return None
+    cafile = str(settings.smtp_ca_file) if settings.smtp_ca_file is not None else None
+    return ssl.create_default_context(cafile=cafile)
+
+
 class Mailer:
     """SMTP delivery with the configured server, security (STARTTLS, TLS or none) and credentials."""
 
@@ -58,6 +71,7 @@ class Mailer:
         self._host = settings.smtp_host
         self.sender = formataddr((settings.email_from_name, settings.email_from))
         self.domain = settings.email_from.rpartition("@")[2]
+        self._tls = tls_context(settings)
 
     def compose(self, recipient: str, subject: str, body: str, *, message_id: str) -> EmailMessage:
         """A plain-text message from the configured sender, with the row's stable ``message_id``."""
@@ -80,6 +94,7 @@ class Mailer:
             port=settings.smtp_port,
             use_tls=settings.smtp_security == "tls",
             start_tls=False,
+            tls_context=self._tls,
             timeout=settings.smtp_timeout,
         )
         try:
@@ -99,7 +114,7 @@ class Mailer:
             await client.connect()
             await client.ehlo()
             if settings.smtp_security == "starttls":
-                await client.starttls()
+                await client.starttls(tls_context=self._tls)
                 await client.ehlo()
             if settings.smtp_user is not None and settings.smtp_password is not None:
                 await client.login(settings.smtp_user, settings.smtp_password.get_secret_value())

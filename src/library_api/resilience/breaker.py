@@ -26,7 +26,11 @@ class CircuitState(IntEnum):
 
 
 class CircuitBreaker:
-    """Tracks the health of one dependency in this process; ``recoveries`` counts the times it came back."""
+    """Tracks the health of one dependency in this process; ``recoveries`` counts the times it came back.
+
+    ``clock`` (monotonic seconds) times the pause of an open circuit; it is public so that a test can hold or
+    move the time of a running application's breaker instead of waiting for it.
+    """
 
     def __init__(
         self,
@@ -40,7 +44,7 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self._on_change = on_change
-        self._clock = clock
+        self.clock = clock
         self._state = CircuitState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
@@ -50,7 +54,7 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitState:
         """The current state (an open circuit past its pause reports half-open: the next call is a trial)."""
-        if self._state is CircuitState.OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+        if self._state is CircuitState.OPEN and self.clock() - self._opened_at >= self.reset_timeout:
             return CircuitState.HALF_OPEN
         return self._state
 
@@ -58,7 +62,7 @@ class CircuitBreaker:
         """Whether a call may go to the dependency now; in half-open state only one trial at a time."""
         if self._state is CircuitState.CLOSED:
             return True
-        if self._trial_in_flight or self._clock() - self._opened_at < self.reset_timeout:
+        if self._trial_in_flight or self.clock() - self._opened_at < self.reset_timeout:
             return False
         self._trial_in_flight = True
         self._set(CircuitState.HALF_OPEN)
@@ -87,7 +91,7 @@ class CircuitBreaker:
                     self._failures,
                     self.reset_timeout,
                 )
-            self._opened_at = self._clock()
+            self._opened_at = self.clock()
             self._set(CircuitState.OPEN)
 
     def _set(self, state: CircuitState) -> None:

@@ -8,6 +8,8 @@ touch the database.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,12 +56,19 @@ _STATE = select(User.role, User.is_active, User.token_version, User.email, User.
 class AccountStateCache:
     """A bounded time-to-live cache of :class:`AccountState` per user, loaded from the database on a miss.
 
-    Concurrent misses for one user share a single load (:class:`~library_api.cache.local.TimedCache`).
+    Concurrent misses for one user share a single load (:class:`~library_api.cache.local.TimedCache`). ``clock``
+    (monotonic seconds) judges the time-to-live; the service uses ``time.monotonic``.
     """
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl: float, max_entries: int = 50_000) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        ttl: float,
+        max_entries: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sessionmaker = sessionmaker
-        self._cache: TimedCache[int, AccountState | None] = TimedCache(ttl, max_entries)
+        self._cache: TimedCache[int, AccountState | None] = TimedCache(ttl, max_entries, clock)
 
     async def get(self, user_id: int) -> AccountState | None:
         """The user's current state, or ``None`` when the account does not exist."""

@@ -18,6 +18,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,9 +58,14 @@ class IssuedAccessToken:
 
 
 class TokenService:
-    """Signs and verifies access tokens with the configured secret, algorithm, issuer and audience."""
+    """Signs and verifies access tokens with the configured secret, algorithm, issuer and audience.
 
-    def __init__(self, settings: Settings) -> None:
+    ``clock`` (epoch seconds, ``time.time`` by default) decides when a token verified once and remembered has
+    expired; a test passes one it moves instead of waiting for the expiry.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._key = settings.secret_key.get_secret_value()
         self._algorithm = settings.algorithm
         self._issuer = settings.jwt_issuer
@@ -90,7 +96,7 @@ class TokenService:
         """Check signature, algorithm, issuer, audience and times; raise :class:`InvalidToken` on any failure."""
         known = self._verified.get(token)
         if known is not None:
-            if known.expires_at + _LEEWAY_SECONDS <= time.time():
+            if known.expires_at + _LEEWAY_SECONDS <= self._clock():
                 del self._verified[token]
                 raise InvalidToken("access token expired")
             return known

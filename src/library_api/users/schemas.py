@@ -10,9 +10,24 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 
-FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+NON_BLANK = r"[^\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""A character that is not whitespace, spelled out as the characters ``str.strip`` removes (``\\S`` differs
+between regular-expression dialects), so that the schema's pattern and the code agree on every input."""
+
+FullName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=NON_BLANK,
+        description="1 to 200 characters, at least one of them not whitespace; stored without leading and "
+        "trailing whitespace",
+    ),
+    AfterValidator(str.strip),
+]
+"""A person's name as given: the length and the pattern hold for the value sent, which is stored stripped."""
 Password = Annotated[str, Field(min_length=8, max_length=1024)]
 UserRole = Literal["reader", "librarian", "admin"]
 MAX_EMAIL_LENGTH = 254
