@@ -8,6 +8,7 @@ Expiry uses the guard's injectable clock, so a token's ``exp`` is reached withou
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from library_api.context import AppContext
+from library_api.realtime.client import LiveClient, login_session
 from library_api.realtime.credentials import Credential, CredentialGuard, certificate_expiry, presented_token
 from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
@@ -310,3 +312,49 @@ def test_presented_token_reads_the_header_the_api_key_and_the_subprotocol() -> N
     assert presented_token({"headers": [(b"authorization", b"Basic abc")]}) is None
     assert certificate_expiry("not a certificate") is None
     assert not Credential(CredentialKind.API_TOKEN, "lib_x").renewable
+
+
+# ----- the Python client renews by itself -----
+
+
+@live_app
+async def test_the_python_client_renews_through_the_refresh_token_and_keeps_its_positions(
+    start_live: StartLive,
+) -> None:
+    live, ctx = await start_live(**MANUAL)
+    user = await create_user(ctx, Role.READER)
+    session = await login_session(live.http, user.email, PASSWORD)
+    first_token = session.access_token
+    client = LiveClient(live.http, "renewing-client", first_token, ["books"], renew=session.renew)
+    stop = asyncio.Event()
+    running = asyncio.create_task(client.run(stop))
+    try:
+        await wait_until(lambda: client.last_ids["books"] is not None, within=10, what="the subscription")
+        await create_book(ctx)
+        await wait_until(lambda: client.last_ids["books"] == 1, within=10, what="the first event")
+        [connection] = ctx.hub.connections()
+        assert connection.credential is not None
+        exp = connection.credential.credential.expires_at
+        assert exp is not None
+        guard_clock(ctx.credentials, exp - 10)
+        await ctx.credentials.sweep()
+        await wait_until(
+            lambda: connection.credential is not None and connection.credential.credential.secret != first_token,
+            within=10,
+            what="the renewal",
+        )
+        assert client.token == session.access_token != first_token
+        assert await session.renew(first_token) == session.access_token  # already renewed: no second refresh
+        renewed_exp = connection.credential.credential.expires_at
+        assert renewed_exp is not None and renewed_exp >= exp
+        guard_clock(ctx.credentials, renewed_exp - 1)  # the renewed token counts now (a login's lifetime from now)
+        await ctx.credentials.sweep()
+        await create_book(ctx)
+        await wait_until(lambda: client.last_ids["books"] == 2, within=10, what="the event after the renewal")
+        assert client.stats.reconnects == 0
+        assert ctx.hub.connections() == [connection]
+        session.refresh_token = "not-a-refresh-token"
+        assert await session.renew(session.access_token) is None
+    finally:
+        stop.set()
+        await running
