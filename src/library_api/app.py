@@ -54,6 +54,7 @@ from library_api.observability.scrape import router as metrics_router
 from library_api.observability.sentry import init_sentry
 from library_api.realtime.admission import Admission
 from library_api.realtime.broker import Broker, MemoryBroker
+from library_api.realtime.credentials import CredentialGuard
 from library_api.realtime.hub import Hub
 from library_api.realtime.router import api_router as realtime_router
 from library_api.realtime.router import router as websocket_router
@@ -209,6 +210,21 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         key_prefix=settings.cache_key_prefix,
     )
     refusals = metrics.ws_refusals
+    authenticator = Authenticator(
+        policy,
+        tokens,
+        accounts,
+        api_tokens,
+        certificates=certificate_reader(settings),
+        anonymous_allowed=not settings.security.requires_credentials,
+    )
+    credentials = CredentialGuard(
+        hub,
+        authenticator,
+        interval=settings.ws_credential_check_interval,
+        renew_notice=settings.ws_auth_renew_notice,
+        grace=settings.ws_auth_grace,
+    )
     return AppContext(
         settings=settings,
         database=database,
@@ -219,14 +235,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         tokens=tokens,
         accounts=accounts,
         api_tokens=api_tokens,
-        authenticator=Authenticator(
-            policy,
-            tokens,
-            accounts,
-            api_tokens,
-            certificates=certificate_reader(settings),
-            anonymous_allowed=not settings.security.requires_credentials,
-        ),
+        authenticator=authenticator,
         users=users,
         auth=AuthService(
             users, passwords, password_checks, tokens, accounts, timedelta(days=settings.refresh_token_expire_days)
@@ -253,6 +262,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         hub=hub,
         admission=Admission(settings, rate_limiter, lambda reason: refusals.labels(reason.value).inc()),
         notifier=notifier,
+        credentials=credentials,
     )
 
 
@@ -286,6 +296,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
             context.metrics.instrument(*database.engines)
         await context.health.begin_startup()
         await context.hub.start()
+        context.credentials.start()
         await context.notifier.start()
         # Everything built so far (modules, routes, compiled schemas) lives as long as the process; moving it out
         # of the collector's generations spares every later full collection from walking it again.
@@ -293,6 +304,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
         try:
             yield
         finally:
+            await context.credentials.stop()
             await context.hub.stop()
             await context.notifier.stop()
             await context.health.stop()

@@ -282,6 +282,14 @@ class Settings(BaseSettings):
     """Open connections (distinct client ids) per caller and worker; one more is closed with 4429."""
     ws_ping_interval: float = Field(default=20.0, ge=0, le=3600)
     ws_ping_timeout: float = Field(default=20.0, ge=0, le=3600)
+    ws_credential_check_interval: float = Field(default=0.5, gt=0, le=60)
+    """Seconds between two checks of every open connection's credential against the account and token state
+    (cached for ``PRINCIPAL_CACHE_TTL``); a revocation ends a live session within the sum of the two."""
+    ws_auth_renew_notice: float = Field(default=60.0, ge=0, le=3600)
+    """Seconds before an access token expires at which its connection is sent ``auth_expiring``."""
+    ws_auth_grace: float = Field(default=5.0, ge=0, le=5)
+    """Seconds past ``exp`` a connection may stay without renewing before it is closed with 4401 (at most the
+    5 s of clock skew every access token is verified with)."""
     realtime_redis_prefix: str = Field(default="library-api:realtime", min_length=1, max_length=100)
 
     # ----- e-mail -----

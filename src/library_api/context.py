@@ -23,6 +23,7 @@ from library_api.http.networks import Networks
 from library_api.notifications.service import Notifier
 from library_api.observability.metrics import Metrics
 from library_api.realtime.admission import Admission
+from library_api.realtime.credentials import CredentialGuard
 from library_api.realtime.hub import Hub
 from library_api.resilience.redis import GuardedRedis
 from library_api.security.accounts import AccountStateCache
@@ -68,6 +69,7 @@ class AppContext:
     hub: Hub
     admission: Admission
     notifier: Notifier
+    credentials: CredentialGuard
 
 
 def get_context(connection: HTTPConnection) -> AppContext:

@@ -28,7 +28,15 @@ import httpx
 import orjson
 import typer
 
-from library_api.realtime.client import ClientStats, ClientStopped, LiveClient, login, make_ssl_context, run_clients
+from library_api.realtime.client import (
+    ClientStats,
+    ClientStopped,
+    LiveClient,
+    TokenSession,
+    login_session,
+    make_ssl_context,
+    run_clients,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +127,8 @@ async def reporter(stats: list[ClientStats], every: float, stop: asyncio.Event) 
         typer.echo(f"[{time.monotonic() - started:6.1f} s] {total.summary()}")
 
 
-async def run(options: ClientOptions) -> int:
-    """Run the chosen mode; the process exit code."""
+async def run(options: ClientOptions, session: TokenSession | None = None) -> int:
+    """Run the chosen mode (renewing the access token through ``session`` when given); the process exit code."""
     ssl_context = make_ssl_context(options.cafile, options.certfile, options.keyfile)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,6 +144,7 @@ async def run(options: ClientOptions) -> int:
             options.topics,
             on_message=printer,
             ssl_context=ssl_context,
+            renew=None if session is None else session.renew,
         )
         for n in range(options.clients)
     ]
@@ -190,11 +199,11 @@ def main(options: ClientOptions, email: str | None, password: str | None) -> int
     """Log in when asked to, then run; exit code 1 on a failure the client cannot recover from."""
 
     async def start() -> int:
-        token = options.token
-        if email is not None:
-            ssl_context = make_ssl_context(options.cafile, options.certfile, options.keyfile)
-            token = await login(options.url, email, password or "", ssl_context)
-        return await run(dataclasses.replace(options, token=token))
+        if email is None:
+            return await run(options)
+        ssl_context = make_ssl_context(options.cafile, options.certfile, options.keyfile)
+        session = await login_session(options.url, email, password or "", ssl_context)
+        return await run(dataclasses.replace(options, token=session.access_token), session)
 
     try:
         return asyncio.run(start())

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 Message = dict[str, Any]
+
+Renewal = Callable[[str | None], Awaitable[str | None]]
+"""Given the access token a connection holds, a fresh one (``None``: none can be had); see :class:`TokenSession`."""
+
+logger = logging.getLogger("library_api.client")
 
 FINAL_CLOSE_CODES = {4000: "replaced by a newer connection", 4401: "authentication failed", 4403: "not allowed"}
 """Close codes after which reconnecting would not help."""
@@ -110,6 +116,7 @@ class LiveClient:
         ssl_context: ssl.SSLContext | None = None,
         stats: ClientStats | None = None,
         max_backoff: float = 10.0,
+        renew: Renewal | None = None,
     ) -> None:
         scheme, _, rest = base_url.rstrip("/").partition("://")
         self.url = f"{ {'http': 'ws', 'https': 'wss'}.get(scheme, scheme) }://{rest}/ws/{client_id}"
@@ -123,6 +130,8 @@ class LiveClient:
         self.ssl_context = ssl_context
         self.stats = stats or ClientStats()
         self.max_backoff = max_backoff
+        self.renew = renew
+        """Where a fresh access token comes from when the server says the current one expires (``auth_expiring``)."""
         self.connection: ClientConnection | None = None
         self.worker: str | None = None
         self.welcomed = False
@@ -211,6 +220,8 @@ class LiveClient:
                     self.worker = str(message["data"].get("worker"))
                     for topic in self.topics:
                         await connection.send(orjson.dumps(self.subscribe_command(topic)).decode())
+                elif message["type"] == "auth_expiring" and self.renew is not None:
+                    await self._renew(connection)
                 elif message["type"] == "shutdown":
                     self._note(message)
                     await self._leave_soon(connection, message, stop)
@@ -218,6 +229,14 @@ class LiveClient:
                 self._note(message)
         finally:
             stopping.cancel()
+
+    async def _renew(self, connection: ClientConnection) -> None:
+        """Send the server a fresh token on the open connection: subscriptions and positions stay as they are."""
+        assert self.renew is not None
+        token = await self.renew(self.token)
+        if token is not None:
+            self.token = token  # also for the next reconnection
+            await connection.send(orjson.dumps({"type": "auth", "token": token}).decode())
 
     async def _leave_soon(self, connection: ClientConnection, message: Message, stop: asyncio.Event) -> None:
         """The server is draining: keep reading a moment (spread over clients), then leave to reconnect."""
@@ -268,12 +287,51 @@ class LiveClient:
 
 async def login(base_url: str, email: str, password: str, ssl_context: ssl.SSLContext | None = None) -> str:
     """An access token for ``email``, from ``POST /api/v1/auth/login``."""
+    return (await login_session(base_url, email, password, ssl_context)).access_token
+
+
+async def login_session(
+    base_url: str, email: str, password: str, ssl_context: ssl.SSLContext | None = None
+) -> TokenSession:
+    """Log in and keep the refresh token, so that live connections can renew their access token in band."""
     async with httpx.AsyncClient(base_url=base_url, verify=ssl_context or True, timeout=30) as http:
         response = await http.post("/api/v1/auth/login", data={"username": email, "password": password})
     if response.status_code != 200:
         detail = response.json().get("detail") if response.content else None
         raise ClientStopped(f"login failed ({response.status_code}): {detail or response.reason_phrase}")
-    return str(response.json()["access_token"])
+    body = response.json()
+    return TokenSession(base_url, str(body["access_token"]), str(body["refresh_token"]), ssl_context)
+
+
+class TokenSession:
+    """An access token and the refresh token that renews it, shared by every connection logged in with it.
+
+    Refresh tokens rotate and a reused one revokes its whole family, so renewals are serialised: a connection
+    asking with a token already replaced gets the replacement instead of refreshing a second time.
+    """
+
+    def __init__(
+        self, base_url: str, access_token: str, refresh_token: str, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.base_url = base_url
+        self.access_token = access_token
+        self.refresh_token = refresh_token
+        self.ssl_context = ssl_context
+        self._lock = asyncio.Lock()
+
+    async def renew(self, current: str | None) -> str | None:
+        """A fresh access token in place of ``current`` (``None`` when the refresh is refused: log in again)."""
+        async with self._lock:
+            if current != self.access_token:
+                return self.access_token
+            async with httpx.AsyncClient(base_url=self.base_url, verify=self.ssl_context or True, timeout=30) as http:
+                response = await http.post("/api/v1/auth/refresh", json={"refresh_token": self.refresh_token})
+            if response.status_code != 200:
+                logger.warning("renewing the access token failed (%d); the connection will end", response.status_code)
+                return None
+            body = response.json()
+            self.access_token, self.refresh_token = str(body["access_token"]), str(body["refresh_token"])
+            return self.access_token
 
 
 async def run_clients(clients: Sequence[LiveClient], stop: asyncio.Event) -> list[BaseException | None]:

@@ -31,6 +31,7 @@ from library_api.realtime.topics import control
 from library_api.security.principal import Principal
 
 if TYPE_CHECKING:
+    from library_api.realtime.credentials import Held
     from library_api.realtime.hub import Hub
 
 logger = logging.getLogger("library_api.realtime")
@@ -81,6 +82,7 @@ class Connection:
         "abandoned",
         "client_id",
         "closed",
+        "credential",
         "epochs",
         "handler",
         "hub",
@@ -123,6 +125,8 @@ class Connection:
         """Whether the hub counts it as open (set on registration, cleared once when it leaves)."""
         self.writer: asyncio.Task[None] | None = None
         """The running writer, while the queue has something to send."""
+        self.credential: Held | None = None
+        """What the caller proved itself with, checked again for the life of the connection (``credentials.py``)."""
 
     @property
     def key(self) -> tuple[str, str]:

@@ -306,6 +306,12 @@ class Hub:
         if self._draining and self._shutdown is not None:
             self._shutdown.notify()
 
+    def end(self, connection: Connection, code: int, reason: str) -> None:
+        """Close a connection whose caller may no longer follow it: no message is queued for it from now on."""
+        for stream in list(connection.streams):
+            self._remove_subscriber(connection, stream)
+        self._close_soon(connection, code, reason)
+
     def _close_soon(self, connection: Connection, code: int, reason: str, *, replaced: bool = False) -> None:
         if connection.closed:
             return

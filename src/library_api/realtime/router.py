@@ -38,7 +38,8 @@ from library_api.realtime.admission import (
 )
 from library_api.realtime.broker import BrokerUnavailable
 from library_api.realtime.connection import Connection
-from library_api.realtime.hub import CLOSE_GOING_AWAY, REASON_SHUTDOWN, Hub
+from library_api.realtime.credentials import Credential, Held
+from library_api.realtime.hub import CLOSE_GOING_AWAY, REASON_SHUTDOWN
 from library_api.realtime.origin import foreign_origin
 from library_api.realtime.schemas import (
     COMMANDS,
@@ -143,8 +144,8 @@ async def _handshake_principal(websocket: WebSocket, authenticator: Authenticato
 
 async def _first_message_principal(
     websocket: WebSocket, context: AppContext, anonymous: Principal
-) -> tuple[Principal | None, str | None]:
-    """Wait for ``{"type": "auth"}``; returns the principal (``None`` once closed) and a command to run next."""
+) -> tuple[Principal | None, str | None, str | None]:
+    """Wait for ``{"type": "auth"}``: the principal (``None`` once closed), a command to run next, the token."""
     settings = context.settings
     authenticator = context.authenticator
     admission = context.admission
@@ -153,12 +154,12 @@ async def _first_message_principal(
     except TimeoutError:
         message = None
     if message is not None and message["type"] == "websocket.disconnect":
-        return None, None
+        return None, None, None
     if message is not None and _size_of(message) > admission.preauth_max_size:
         admission.refused(Refusal.PREAUTH_SIZE)
         reason = f"the first message exceeds {admission.preauth_max_size} bytes: authenticate first"
         await websocket.close(CLOSE_MESSAGE_TOO_BIG, reason)
-        return None, None
+        return None, None, None
     text = None if message is None else _text_of(message)
     try:
         command = COMMANDS.validate_json(text) if text is not None else None
@@ -166,15 +167,15 @@ async def _first_message_principal(
         command = None
     if isinstance(command, AuthCommand) and command.token:
         try:
-            return await authenticator.from_bearer(command.token), None
+            return await authenticator.from_bearer(command.token), None, command.token
         except Unauthorized as exc:
             await websocket.close(CLOSE_UNAUTHENTICATED, (exc.detail or "invalid token")[:120])
-            return None, None
+            return None, None, None
     if settings.ws_allow_anonymous:
-        return anonymous, None if isinstance(command, AuthCommand) else text
+        return anonymous, None if isinstance(command, AuthCommand) else text, None
     reason = "authentication timed out" if message is None else "authentication required"
     await websocket.close(CLOSE_UNAUTHENTICATED, f'{reason}: send {{"type": "auth", "token": ...}} first')
-    return None, None
+    return None, None, None
 
 
 def _size_of(message: Any) -> int:
@@ -198,7 +199,7 @@ def _text_of(message: Any) -> str | None:
         return None
 
 
-async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Principal, str | None] | None:
+async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Principal, str | None, Credential] | None:
     """Accept the handshake and establish who is calling; ``None`` when refused (the socket is then closed)."""
     if (refusal := foreign_origin(websocket.scope, context.settings.ws_allowed_origins)) is not None:
         await _refuse(websocket, CLOSE_POLICY, refusal)
@@ -210,6 +211,7 @@ async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Prin
         await _refuse(websocket, CLOSE_UNAUTHENTICATED, exc.detail or "invalid credentials")
         return None
     first_command: str | None = None
+    token: str | None = None
     if principal.is_authenticated:
         await websocket.accept(subprotocol)
     else:
@@ -220,7 +222,7 @@ async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Prin
             return None
         try:
             await websocket.accept(subprotocol)
-            found, first_command = await _first_message_principal(websocket, context, principal)
+            found, first_command, token = await _first_message_principal(websocket, context, principal)
         finally:
             context.admission.leave_pending(address)
         if found is None:
@@ -229,12 +231,12 @@ async def _authenticate(websocket: WebSocket, context: AppContext) -> tuple[Prin
     if not context.hub.may_connect(principal):
         await websocket.close(CLOSE_FORBIDDEN, f"this credential lacks the '{Permission.EVENTS_SUBSCRIBE}' permission")
         return None
-    return principal, first_command
+    return principal, first_command, context.credentials.credential_of(principal, websocket.scope, token)
 
 
 async def _admit(
     websocket: WebSocket, context: AppContext, client_id: str
-) -> tuple[Principal, str | None, Claim] | None:
+) -> tuple[Principal, str | None, Credential, Claim] | None:
     """Count the handshake, validate, authenticate and take the caller's place; ``None`` when refused."""
     hub = context.hub
     if hub.draining:
@@ -251,14 +253,14 @@ async def _admit(
     authenticated = await _authenticate(websocket, context)
     if authenticated is None:
         return None
-    principal, first_command = authenticated
+    principal, first_command, credential = authenticated
     admission = context.admission
     claim = admission.claim(principal, client_id, _address(websocket))
     if claim is None:
         reason = f"this credential already holds {admission.max_per_principal} connections; close one first"
         await websocket.close(CLOSE_TOO_MANY_CONNECTIONS, reason)
         return None
-    return principal, first_command, claim
+    return principal, first_command, credential, claim
 
 
 async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str | None, Claim] | None:
@@ -268,10 +270,11 @@ async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str |
     admitted = await _admit(websocket, context, client_id)
     if admitted is None:
         return None
-    principal, first_command, claim = admitted
+    principal, first_command, credential, claim = admitted
     connection = Connection(
         hub, websocket, client_id, principal, uuid.uuid4().hex, queue_limit=hub.settings.ws_send_queue_size
     )
+    connection.credential = Held(credential)
     if not await hub.register(connection):
         claim.release()
         await websocket.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN)
@@ -286,6 +289,7 @@ async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str |
                 "worker": hub.worker,
                 "server_time": now_iso(),
                 "topics": sorted(connection.topics.values()),
+                "exp": None if credential.expires_at is None else int(credential.expires_at),
             },
         )
     )
@@ -300,9 +304,10 @@ async def live_events(websocket: WebSocket, client_id: str) -> None:
         return
     connection, first_command, claim = opened
     hub = connection.hub
+    context = get_context(websocket)
     try:
         if first_command is not None:
-            await _run(hub, connection, first_command)
+            await _run(context, connection, first_command)
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -311,7 +316,7 @@ async def live_events(websocket: WebSocket, client_id: str) -> None:
             if text is None:
                 connection.offer(control("error", {"message": "messages must be UTF-8 JSON text"}))
                 continue
-            await _run(hub, connection, text)
+            await _run(context, connection, text)
     except WebSocketDisconnect:
         pass
     except asyncio.CancelledError:
@@ -325,8 +330,9 @@ async def live_events(websocket: WebSocket, client_id: str) -> None:
         claim.release()
 
 
-async def _run(hub: Hub, connection: Connection, text: str) -> None:
+async def _run(context: AppContext, connection: Connection, text: str) -> None:
     """Carry out one client command; every problem is answered with an ``error`` message, never a close."""
+    hub = context.hub
     try:
         command = COMMANDS.validate_json(text)
     except ValidationError as exc:
@@ -344,6 +350,8 @@ async def _run(hub: Hub, connection: Connection, text: str) -> None:
         connection.offer(control("unsubscribed", {"topic": command.topic, "was_subscribed": found}))
     elif isinstance(command, PingCommand):
         connection.offer(control("pong", {"server_time": now_iso()}))
+    elif command.token and connection.principal.is_authenticated:
+        await context.credentials.renew(connection, command.token)
     else:
         connection.offer(control("error", {"request": "auth", "message": "already authenticated"}))
 

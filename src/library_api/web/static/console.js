@@ -15,6 +15,7 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     token: null,
+    refreshToken: null,
     me: null,
     socket: null,
     wanted: false,
@@ -45,6 +46,27 @@
     return fallback;
   }
 
+  // The access token ends soon: refresh it (rotation) and hand it to the open socket; positions stay as they are.
+  async function renewToken() {
+    if (!state.refreshToken) return;
+    const response = await fetch(`${API}/auth/refresh`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ refresh_token: state.refreshToken }),
+    });
+    const body = await response.json().catch(() => null);
+    if (!response.ok || !body) {
+      state.refreshToken = null;
+      banner("Your session could not be renewed; log in again.");
+      return;
+    }
+    state.token = body.access_token;
+    state.refreshToken = body.refresh_token;
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+      state.socket.send(JSON.stringify({ type: "auth", token: state.token }));
+    }
+  }
+
   async function login(event) {
     event.preventDefault();
     $("login-error").hidden = true;
@@ -57,6 +79,7 @@
       return;
     }
     state.token = body.access_token;
+    state.refreshToken = body.refresh_token || null;
     const me = await fetch(`${API}/auth/me`, { headers: { Authorization: `Bearer ${state.token}` } });
     state.me = me.ok ? await me.json() : null;
     const role = state.me ? state.me.role : "unknown";
@@ -70,6 +93,7 @@
 
   function logout() {
     state.token = null;
+    state.refreshToken = null;
     state.me = null;
     $("who").textContent = "Not logged in.";
     $("logout-button").hidden = true;
@@ -165,6 +189,9 @@
         state.resyncs += 1;
         $("resyncs").textContent = String(state.resyncs);
         banner(`Some messages on "${data.topic}" are no longer kept: reload what you show from the API.`);
+        break;
+      case "auth_expiring":
+        renewToken();
         break;
       case "shutdown":
         setState("draining", `server stops by ${data.deadline}`);
