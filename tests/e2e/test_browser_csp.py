@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import async_playwright
+from playwright.async_api import async_playwright, expect
 
 from tests.support.private_services import wait_for
 from tests.support.processes import TEST_ENVIRONMENT
@@ -56,7 +56,9 @@ async def test_own_script_and_same_host_websocket_work_inline_script_is_refused(
             response = await page.goto(f"{page_server}/csp-check")
             assert response is not None
             assert "script-src 'self'" in (await response.all_headers())["content-security-policy"]
-            await page.wait_for_function("document.getElementById('socket').textContent !== 'pending'", timeout=15_000)
+            # Playwright's own waiting (its isolated world), not a predicate evaluated in the page: the page's CSP
+            # forbids eval, so a string predicate that has to be polled would be refused
+            await expect(page.locator("#socket")).not_to_have_text("pending", timeout=15_000)
             assert await page.text_content("#socket") == "pong:ping"
             assert await page.text_content("#inline") == "inline script did not run"
             assert "script-src" in (await page.text_content("#violations") or "")

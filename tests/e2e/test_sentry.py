@@ -4,8 +4,10 @@ for the Sentry ingest API (it receives the very envelopes the SDK would send to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -56,16 +58,31 @@ def ingest() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
     thread.join(timeout=10)
 
 
+async def start_with_a_broken_catalogue(directory: Path, dsn: str) -> LiveServer:
+    """A server reporting to ``dsn`` whose database is at the code's revision but has lost its ``books`` table.
+
+    A schema that is merely behind the code is a fault the service names (503 ``schema-behind``), not an error
+    to report; a table gone from a database that claims to be current is the unexpected failure Sentry is for.
+    """
+    database = directory / "broken.db"
+    server = LiveServer(
+        {**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{database}", "AUTO_MIGRATE": "false",
+         "SENTRY_DSN": dsn, "SECRET_KEY": SECRET_KEY}
+    )  # fmt: skip
+    migrated = await asyncio.to_thread(server.run_cli, "migrate")
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("DROP TABLE books")
+        connection.commit()
+    await asyncio.to_thread(server.start)
+    return server
+
+
 async def test_an_unhandled_error_is_reported_without_secrets(
     ingest: tuple[str, list[tuple[str, bytes]]], tmp_path: Path
 ) -> None:
     dsn, received = ingest
-    unmigrated = tmp_path / "unmigrated.db"  # a schema that is missing makes every catalogue read fail
-    server = LiveServer(
-        {**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{unmigrated}", "AUTO_MIGRATE": "false",
-         "SENTRY_DSN": dsn, "SECRET_KEY": SECRET_KEY}
-    )  # fmt: skip
-    await asyncio.to_thread(server.start)
+    server = await start_with_a_broken_catalogue(tmp_path, dsn)
     try:
         async with httpx.AsyncClient(base_url=server.base_url) as http:
             failed = await http.get("/api/v1/books/1")
@@ -109,12 +126,7 @@ async def test_client_errors_are_not_reported_and_the_next_server_error_is(
     endpoint through the same queue, after any event the earlier requests would have caused.
     """
     dsn, received = ingest
-    unmigrated = tmp_path / "unmigrated.db"
-    server = LiveServer(
-        {**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{unmigrated}", "AUTO_MIGRATE": "false",
-         "SENTRY_DSN": dsn, "SECRET_KEY": SECRET_KEY}
-    )  # fmt: skip
-    await asyncio.to_thread(server.start)
+    server = await start_with_a_broken_catalogue(tmp_path, dsn)
     try:
         async with httpx.AsyncClient(base_url=server.base_url) as http:
             assert (await http.get("/api/v1/no-such-route")).status_code == 404
@@ -129,10 +141,7 @@ async def test_client_errors_are_not_reported_and_the_next_server_error_is(
     finally:
         assert await asyncio.to_thread(server.stop)
     assert "error reporting to Sentry is on" in server.log_text()
-    # Start-up logged an error of its own (the schema is missing), before any request; then only the sentinel's.
-    kinds = [kind(event) for event in events_in(received)]
-    assert kinds[0].startswith("start-up: migrations missing"), kinds
-    assert kinds[1:] == ["OperationalError"]
+    assert [kind(event) for event in events_in(received)] == ["OperationalError"]
 
 
 def kind(event: dict[str, Any]) -> str:
