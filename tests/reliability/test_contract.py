@@ -66,6 +66,13 @@ include-path-regex = "^/api/v1/(bookings|books(/[{{]book_id[}}])?)$"
 include-method-regex = "^(POST|PATCH)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
+# A list's cursor is opaque (any string is schema-valid, only the ones the list handed out are accepted), and the
+# deepest offset is a setting (MAX_LIST_OFFSET): both are documented 400 problems.
+[[operations]]
+include-path-regex = "^/api/v1/(bookings|books)$"
+include-method = "GET"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "304", "400", "401", "403", "404"]
+
 [[operations]]
 include-path = "/api/v1/books/{{book_id}}/cover"
 include-method = "PUT"
