@@ -39,11 +39,13 @@ LINKS = (
     Link("GetBook", ("POST", "/books"), 201, ("GET", "/books/{book_id}"), _NEW_BOOK),
     Link("UpdateBook", ("POST", "/books"), 201, ("PATCH", "/books/{book_id}"), _NEW_BOOK),
     Link("DeleteBook", ("POST", "/books"), 201, ("DELETE", "/books/{book_id}"), _NEW_BOOK),
-    Link("GetCover", ("POST", "/books"), 201, ("GET", "/books/{book_id}/cover"), _NEW_BOOK),
     Link("PutCover", ("POST", "/books"), 201, ("PUT", "/books/{book_id}/cover"), _NEW_BOOK),
     Link("DeleteCover", ("POST", "/books"), 201, ("DELETE", "/books/{book_id}/cover"), _NEW_BOOK),
+    Link("GetCover", ("PUT", "/books/{book_id}/cover"), 200, ("GET", "/books/{book_id}/cover"), _NEW_BOOK),
 )
-"""What follows the creation of a book: its details, changes, removal and cover."""
+"""What follows the creation of a book (its details, changes, removal and cover upload) and of a cover (reading it).
+
+A new book has no cover: reading one follows its upload, not the book's creation."""
 
 
 LIST_OK = {
