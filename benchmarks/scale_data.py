@@ -2,8 +2,9 @@
 
     populate(connection, books=1_000_000, seed=1)
 
-Every value is a function of the row number and the seed (no ``random()``), so two builds with the same
-arguments hold the same rows; booking periods are placed relative to the build's ``now()`` so that some copies
+Every value is a function of the row number and the seed (PostgreSQL's ``hashint4`` of them, never
+``random()``), so two builds with the same arguments on the same PostgreSQL major version hold the same rows;
+words, names and tags are drawn independently, so that no title word predicts another; booking periods are placed relative to the build's ``now()`` so that some copies
 are in use whenever the figures are taken. Per book: one author (``book_authors``), one to three tags
 (``book_tags``), a year (unknown for one in fifty), one to three copies, and two bookings: one returned in the
 past and one active (two in three) or cancelled, whose period is around now. Users: one per thousand books
@@ -158,11 +159,15 @@ async def populate(connection: Executor, books: int, seed: int = 1) -> None:
             f"""
             CREATE TEMP TABLE scale_books ON COMMIT DROP AS
             SELECT i,
-                   initcap(w[1 + (i * 7 + $2) % cardinality(w)] || ' ' || w[1 + (i * 13 + $2 * 3) % cardinality(w)]
-                           || ' ' || w[1 + (i / 7 + i * 31 + $2) % cardinality(w)]) || ' ' || i AS title,
-                   f[1 + (i * 5 + $2) % cardinality(f)] || ' ' || l[1 + (i * 11 + $2) % cardinality(l)] AS author,
-                   t[1 + (i * 7 + $2) % cardinality(t)] AS tag1,
-                   CASE WHEN i % 3 = 0 THEN t[1 + (i * 17 + $2 + 1) % cardinality(t)] END AS tag2,
+                   initcap(w[1 + abs(hashint4(i * 8 + 1 + $2 * 7919)::bigint) % cardinality(w)] || ' '
+                           || w[1 + abs(hashint4(i * 8 + 2 + $2 * 7919)::bigint) % cardinality(w)] || ' '
+                           || w[1 + abs(hashint4(i * 8 + 3 + $2 * 7919)::bigint) % cardinality(w)]) || ' ' || i
+                       AS title,
+                   f[1 + abs(hashint4(i * 8 + 4 + $2 * 7919)::bigint) % cardinality(f)] || ' '
+                       || l[1 + abs(hashint4(i * 8 + 5 + $2 * 7919)::bigint) % cardinality(l)] AS author,
+                   t[1 + abs(hashint4(i * 8 + 6 + $2 * 7919)::bigint) % cardinality(t)] AS tag1,
+                   CASE WHEN i % 3 = 0 THEN t[1 + abs(hashint4(i * 8 + 7 + $2 * 7919)::bigint) % cardinality(t)] END
+                       AS tag2,
                    CASE WHEN i % 50 = 0 THEN NULL ELSE 1900 + (i * 37 + $2) % 125 END AS year,
                    1 + i % 3 AS copies,
                    '978' || lpad(i::text, 9, '0') AS stem
