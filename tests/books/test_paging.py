@@ -12,12 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from library_api.app import create_app
 from library_api.books.paging import InvalidCursor, decode_cursor, encode_cursor, next_cursor_in
 from library_api.config import Settings
 from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.db.engine import Database
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import create_book, user_headers
@@ -188,3 +191,33 @@ async def test_booking_lists_page_by_cursor_for_readers_and_librarians(
     assert deep.status_code == 400 and deep.json()["type"].endswith("offset-too-deep")
     wrong = await client.get("/api/v1/bookings", params={"cursor": encode_cursor("title", ["x", 1])}, headers=reader)
     assert wrong.status_code == 400 and wrong.json()["type"].endswith("invalid-cursor")
+
+
+@pytest.mark.parametrize("cache_enabled", [True, False])
+async def test_the_availability_horizon_is_read_only_for_answers_that_are_kept(
+    settings: Settings, database: Database, cache_enabled: bool
+) -> None:
+    await create_book_in(database, settings)
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    application = create_app(settings.model_copy(update={"cache_enabled": cache_enabled}), database=database)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+            try:
+                assert (await http.get("/api/v1/books")).status_code == 200
+            finally:
+                event.remove(database.engine.sync_engine, "before_cursor_execute", record)
+    horizon = [statement for statement in statements if "min(bookings.end_at)" in statement]
+    assert len(horizon) == (1 if cache_enabled else 0)
+
+
+async def create_book_in(database: Database, settings: Settings) -> None:
+    """One book, written through the service as the API would."""
+    application = create_app(settings, database=database)
+    async with application.router.lifespan_context(application):
+        await create_book(application.state.context, title="Horizon")

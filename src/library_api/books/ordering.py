@@ -36,6 +36,7 @@ class Ordering:
     descending: bool
     key_type: type
     value: Callable[[Book], Any]
+    """The row's sort key (unused by the ``id`` orders, whose key is the id itself)."""
 
     def order_by(self) -> tuple[UnaryExpression[Any], ...]:
         """The ``ORDER BY`` terms, tie-breaker included."""
@@ -78,10 +79,6 @@ def _created(book: Book) -> str:
     return book.created_at.isoformat()
 
 
-def _id(book: Book) -> int:
-    return book.id
-
-
 ORDERINGS: dict[BookSort, Ordering] = {
     BookSort.TITLE: Ordering(BookSort.TITLE, Book.title, False, str, _title),
     BookSort.TITLE_DESC: Ordering(BookSort.TITLE_DESC, Book.title, True, str, _title),
@@ -89,7 +86,7 @@ ORDERINGS: dict[BookSort, Ordering] = {
     BookSort.YEAR_DESC: Ordering(BookSort.YEAR_DESC, YEAR_LAST_KEY, True, int, _year_last),
     BookSort.CREATED: Ordering(BookSort.CREATED, Book.created_at, False, datetime, _created),
     BookSort.CREATED_DESC: Ordering(BookSort.CREATED_DESC, Book.created_at, True, datetime, _created),
-    BookSort.ID: Ordering(BookSort.ID, None, False, int, _id),
-    BookSort.ID_DESC: Ordering(BookSort.ID_DESC, None, True, int, _id),
+    BookSort.ID: Ordering(BookSort.ID, None, False, int, _title),
+    BookSort.ID_DESC: Ordering(BookSort.ID_DESC, None, True, int, _title),
 }
 """Every sort the list offers, by its query value."""
