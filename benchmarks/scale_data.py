@@ -5,11 +5,10 @@
 Every value is a function of the row number and the seed (PostgreSQL's ``hashint4`` of them, never
 ``random()``), so two builds with the same arguments on the same PostgreSQL major version hold the same rows;
 words, names and tags are drawn independently, so that no title word predicts another; booking periods are
-placed relative to the build's ``now()`` so that some copies
-are in use whenever the figures are taken. Per book: one author (``book_authors``), one to three tags
-(``book_tags``), a year (unknown for one in fifty), one to three copies, and two bookings: one returned in the
-past and one active (two in three) or cancelled, whose period is around now. Users: one per thousand books
-(at least ten), who hold the bookings in turn.
+placed relative to the build's ``now()`` so that some copies are in use whenever the figures are taken. Per
+book: one author (``book_authors``), one to three tags (``book_tags``), a year (unknown for one in fifty), one
+to three copies, and two bookings: one returned in the past and one active (two in three) or cancelled, whose
+period is around now. Users: one per thousand books (at least ten), who hold the bookings in turn.
 
 The secondary indexes are dropped during the load and re-created from their own definitions afterwards (much
 faster than maintaining them row by row), then the tables are analysed and vacuumed so that the planner has
