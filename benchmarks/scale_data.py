@@ -195,7 +195,8 @@ async def populate(connection: Executor, books: int, seed: int = 1) -> None:
             """
         )
         await connection.execute(
-            "INSERT INTO book_authors (book_id, position, name_key) SELECT i, 0, lower(author) FROM scale_books"
+            "INSERT INTO book_authors (book_id, position, name_key, title) "
+            "SELECT i, 0, lower(author), title FROM scale_books"
         )
         await connection.execute(
             "INSERT INTO book_tags (book_id, tag) SELECT i, tag1 FROM scale_books "

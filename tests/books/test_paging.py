@@ -221,3 +221,22 @@ async def create_book_in(database: Database, settings: Settings) -> None:
     application = create_app(settings, database=database)
     async with application.router.lifespan_context(application):
         await create_book(application.state.context, title="Horizon")
+
+
+async def test_an_authors_books_follow_renames_and_appear_once(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    second = await create_book(ctx, title="Carol", authors=["Ann Lee", "ann lee"])
+    await create_book(ctx, title="Bravo", authors=["Ann Lee"])
+    _, librarian = await user_headers(ctx, Role.LIBRARIAN)
+    renamed = await client.patch(f"/api/v1/books/{second.id}", json={"title": "Alpha"}, headers=librarian)
+    assert renamed.status_code == 200, renamed.text
+
+    async def titles(sort: str) -> list[str]:
+        body = (await client.get("/api/v1/books", params={"author": "ANN LEE", "sort": sort})).json()
+        return [item["title"] for item in body["items"]]
+
+    assert await titles("title") == ["Alpha", "Bravo"]
+    assert await titles("-title") == ["Bravo", "Alpha"]
+    assert await walk(client, "/api/v1/books", author="ann lee", sort="-title") == [
+        item["id"]
+        for item in (await client.get("/api/v1/books", params={"author": "ann lee", "sort": "-title"})).json()["items"]
+    ]

@@ -27,7 +27,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from library_api.books.models import Book, BookAuthor, BookTag
+from library_api.books.models import Book, BookAuthor, BookTag, author_rows
 from library_api.books.repository import search_text
 from library_api.books.schemas import BookCreate
 
@@ -193,11 +193,7 @@ async def _insert_once(engine: AsyncEngine, batch: dict[str, BookCreate], report
         await connection.execute(insert(Book), rows)
         added = await connection.execute(select(Book.isbn, Book.id).where(Book.isbn.in_([b.isbn for b in fresh])))
         ids = {row[0]: row[1] for row in added}
-        authors = [
-            {"book_id": ids[book.isbn], "position": position, "name_key": name.lower()}
-            for book in fresh
-            for position, name in enumerate(book.authors)
-        ]
+        authors = [row for book in fresh for row in author_rows(ids[book.isbn], book.title, book.authors)]
         tags = [{"book_id": ids[book.isbn], "tag": tag} for book in fresh for tag in book.tags]
         await connection.execute(insert(BookAuthor), authors)
         if tags:

@@ -53,14 +53,34 @@ Index("ix_books_year_last_id", YEAR_LAST_KEY, Book.id)
 
 
 class BookAuthor(Base):
-    """One author of a book, lower-cased in ``name_key`` for the author filter."""
+    """One author of a book, lower-cased in ``name_key`` for the author filter, with the book's title.
+
+    The title is the default sort: carried here, ``(name_key, title, book_id)`` makes an author's books in title
+    order one index range read, however many books there are by other authors.
+    """
 
     __tablename__ = "book_authors"
-    __table_args__ = (Index("ix_book_authors_name_key", "name_key", "book_id"),)
+    __table_args__ = (
+        Index("ix_book_authors_name_key", "name_key", "book_id"),
+        Index("ix_book_authors_name_title", "name_key", "title", "book_id"),
+    )
 
     book_id: Mapped[int] = mapped_column(ForeignKey("books.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int] = mapped_column(primary_key=True)
     name_key: Mapped[str] = mapped_column(String(300))
+    title: Mapped[str] = mapped_column(String(500), server_default="")
+
+
+def author_rows(book_id: int, title: str, authors: list[str]) -> list[dict[str, object]]:
+    """The ``book_authors`` rows of a book: one per distinct lower-cased name, so that a join never repeats a book."""
+    rows: list[dict[str, object]] = []
+    seen: set[str] = set()
+    for position, name in enumerate(authors):
+        key = name.lower()
+        if key not in seen:
+            seen.add(key)
+            rows.append({"book_id": book_id, "position": position, "name_key": key, "title": title})
+    return rows
 
 
 class BookTag(Base):

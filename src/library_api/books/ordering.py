@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, UnaryExpression, tuple_
 from sqlalchemy.orm import QueryableAttribute
 
-from library_api.books.models import YEAR_FIRST_KEY, YEAR_LAST_KEY, Book
+from library_api.books.models import YEAR_FIRST_KEY, YEAR_LAST_KEY, Book, BookAuthor
 from library_api.books.paging import Key, decode_cursor, encode_cursor
 from library_api.books.schemas import BookSort
 
@@ -37,10 +37,12 @@ class Ordering:
     key_type: type
     value: Callable[[Book], Any]
     """The row's sort key (unused by the ``id`` orders, whose key is the id itself)."""
+    tie: Any = Book.id
+    """The tie-breaking column: the book's id, or the same id as another table carries it."""
 
     def order_by(self) -> tuple[UnaryExpression[Any], ...]:
         """The ``ORDER BY`` terms, tie-breaker included."""
-        columns: list[Any] = [Book.id] if self.key is None else [self.key, Book.id]
+        columns: list[Any] = [self.tie] if self.key is None else [self.key, self.tie]
         return tuple(column.desc() if self.descending else column.asc() for column in columns)
 
     def cursor_of(self, book: Book) -> str:
@@ -56,9 +58,9 @@ class Ordering:
     def after(self, key: Key) -> ColumnElement[bool]:
         """The condition selecting the rows that come after ``key`` in this order."""
         if self.key is None:
-            by_id: ColumnElement[bool] = Book.id < key[0] if self.descending else Book.id > key[0]
+            by_id: ColumnElement[bool] = self.tie < key[0] if self.descending else self.tie > key[0]
             return by_id
-        row, bound = tuple_(self.key, Book.id), tuple_(*key)
+        row, bound = tuple_(self.key, self.tie), tuple_(*key)
         condition: ColumnElement[bool] = row < bound if self.descending else row > bound
         return condition
 
@@ -90,3 +92,9 @@ ORDERINGS: dict[BookSort, Ordering] = {
     BookSort.ID_DESC: Ordering(BookSort.ID_DESC, None, True, int, _title),
 }
 """Every sort the list offers, by its query value."""
+
+AUTHOR_ORDERINGS: dict[BookSort, Ordering] = {
+    BookSort.TITLE: Ordering(BookSort.TITLE, BookAuthor.title, False, str, _title, BookAuthor.book_id),
+    BookSort.TITLE_DESC: Ordering(BookSort.TITLE_DESC, BookAuthor.title, True, str, _title, BookAuthor.book_id),
+}
+"""The title orders of an author's books, read from ``ix_book_authors_name_title`` (same keys, same cursors)."""

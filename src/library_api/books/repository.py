@@ -21,8 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from library_api.bookings.models import Booking, BookingStatus
-from library_api.books.models import Book, BookAuthor, BookTag
-from library_api.books.ordering import ORDERINGS
+from library_api.books.models import Book, BookAuthor, BookTag, author_rows
+from library_api.books.ordering import AUTHOR_ORDERINGS, ORDERINGS
 from library_api.books.paging import TotalRelation, capped_count, total_of
 from library_api.books.schemas import BookSort
 from library_api.db.base import UTCDateTime
@@ -117,11 +117,12 @@ class BookRepository:
         ``limit + 1`` rows after the cursor, the extra row telling whether there is a next page) with the count
         of matches capped at ``total_cap + 1``; then the copies in use of the page's books only.
         """
-        ordering = ORDERINGS[sort]
         postgresql = session.get_bind().dialect.name == "postgresql"
         matches = self._filtered(select(literal_column("1")), filters, postgresql, counting=True)
         counted = capped_count(matches, window.total_cap + 1)
-        statement = self._filtered(select(Book, counted), filters, postgresql)
+        by_author = filters.author is not None and sort in AUTHOR_ORDERINGS
+        ordering = AUTHOR_ORDERINGS[sort] if by_author else ORDERINGS[sort]
+        statement = self._filtered(select(Book, counted), filters, postgresql, by_author=by_author)
         if sort in _YEAR_SORTS and ordering.key is not None:
             # The year range restated on the sort key: the index read starts at the range, not at the first year.
             if filters.year_from is not None:
@@ -159,7 +160,13 @@ class BookRepository:
         return {row[0]: row[1] for row in rows}
 
     def _filtered(
-        self, statement: AnySelect, filters: BookFilters, postgresql: bool, *, counting: bool = False
+        self,
+        statement: AnySelect,
+        filters: BookFilters,
+        postgresql: bool,
+        *,
+        counting: bool = False,
+        by_author: bool = False,
     ) -> AnySelect:
         """``statement`` over ``books`` narrowed by ``filters``.
 
@@ -172,9 +179,17 @@ class BookRepository:
         ``counting`` (the capped count, which needs no order) starts from the first tag's index rows instead,
         joined to their books: a thousand index entries and probes rather than a walk of the books in id order
         until a thousand of them carry the tag. Each book has a tag once, so nothing is counted twice.
+
+        ``by_author`` (a title order with an author filter) starts from that author's rows instead, joined to
+        their books, so that the page reads ``ix_book_authors_name_title`` in order: the author's books by
+        title, however rare they are among the others. A book has each lower-cased author name once.
         """
         tags = [tag.strip().lower() for tag in filters.tags]
-        if counting and tags:
+        author = filters.author.strip().lower() if filters.author else None
+        if by_author and author is not None:
+            statement = statement.select_from(BookAuthor).join(Book, Book.id == BookAuthor.book_id)
+            statement, author = statement.where(BookAuthor.name_key == author), None
+        elif counting and tags:
             first = tags.pop(0)
             statement = statement.select_from(BookTag).join(Book, Book.id == BookTag.book_id)
             statement = statement.where(BookTag.tag == first)
@@ -182,9 +197,8 @@ class BookRepository:
             statement = statement.select_from(Book)
         if filters.q:
             statement = statement.where(Book.search_text.contains(filters.q.lower(), autoescape=True))
-        if filters.author:
-            name = filters.author.strip().lower()
-            statement = statement.where(Book.id.in_(select(BookAuthor.book_id).where(BookAuthor.name_key == name)))
+        if author is not None:
+            statement = statement.where(Book.id.in_(select(BookAuthor.book_id).where(BookAuthor.name_key == author)))
         for tag in tags:
             statement = statement.where(Book.id.in_(select(BookTag.book_id).where(BookTag.tag == tag)))
         if filters.year_from is not None:
@@ -210,7 +224,7 @@ class BookRepository:
 
     def add_index_rows(self, session: AsyncSession, book: Book) -> None:
         """Add the author and tag rows of a book that has just been given its id."""
-        session.add_all(BookAuthor(book_id=book.id, position=i, name_key=a.lower()) for i, a in enumerate(book.authors))
+        session.add_all(BookAuthor(**row) for row in author_rows(book.id, book.title, book.authors))
         session.add_all(BookTag(book_id=book.id, tag=tag) for tag in book.tags)
 
     async def active_periods(

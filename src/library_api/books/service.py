@@ -139,7 +139,7 @@ class BookService:
         try:
             # The flush, not only the commit, may meet the unique ISBN: rewriting the index rows flushes first.
             await session.flush()
-            if fields & {"authors", "tags"}:
+            if fields & {"authors", "tags", "title"}:
                 await self._repository.replace_index_rows(session, book)
             await session.commit()
         except IntegrityError:
