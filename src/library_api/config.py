@@ -256,6 +256,19 @@ class Settings(BaseSettings):
     booking_max_days: int = Field(default=30, ge=1, le=3650)
     idempotency_key_ttl_hours: int = Field(default=24, ge=1, le=24 * 30)
     booking_start_grace_seconds: int = Field(default=300, ge=0, le=86_400)
+    list_total_cap: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Lists count their matches up to this many (then `total_relation` is `gte`): a page's cost "
+        "stays bounded whatever the size of the table.",
+    )
+    max_list_offset: int = Field(
+        default=10_000,
+        ge=0,
+        le=1_000_000,
+        description="The deepest `offset` a list accepts; deeper pages are reached with the cursor.",
+    )
 
     # ----- real time -----
     broadcast_interval: float = Field(default=10.0, ge=0, le=86_400)

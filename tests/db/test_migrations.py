@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -22,6 +23,12 @@ def drift(connection: Connection) -> list[object]:
     return list(compare_metadata(context, metadata))
 
 
+SKIPPED_EXPRESSION_INDEX = "ignore:Skipped unsupported reflection of expression-based index"
+"""SQLAlchemy's reflection warns of each index on an expression (the year sort keys) and leaves it out."""
+
+
+@pytest.mark.filterwarnings(SKIPPED_EXPRESSION_INDEX)
+@pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 async def test_round_trip_without_drift(db_template: DatabaseTemplate, tmp_path: Path) -> None:
     url = await db_template.clone(tmp_path)
     engine = create_engine(Settings(database_url=url))
@@ -42,6 +49,7 @@ async def test_round_trip_without_drift(db_template: DatabaseTemplate, tmp_path:
         await db_template.drop_clone(url)
 
 
+@pytest.mark.filterwarnings(SKIPPED_EXPRESSION_INDEX)
 async def test_indexes_behind_the_queries_exist(db_template: DatabaseTemplate, tmp_path: Path) -> None:
     url = await db_template.clone(tmp_path)
     engine = create_engine(Settings(database_url=url))
@@ -63,12 +71,17 @@ async def test_indexes_behind_the_queries_exist(db_template: DatabaseTemplate, t
             "ix_bookings_user_id_id",
             "ix_book_authors_name_key",
             "ix_book_tags_tag",
-            "ix_books_title",
+            "ix_books_title_id",
+            "ix_bookings_status_id",
+            "ix_bookings_book_id_id",
             "ix_refresh_tokens_family_id",
         }
         assert expected <= names
         if db_template.backend == "postgresql":
             assert "ix_books_search_text_trgm" in names
+            async with engine.connect() as connection:
+                rows = await connection.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'books'")
+                assert {"ix_books_year_first_id", "ix_books_year_last_id"} <= {row[0] for row in rows}
     finally:
         await engine.dispose()
         await db_template.drop_clone(url)

@@ -30,6 +30,10 @@ from tests.support.factories import create_book, user_headers
 from tests.support.http import client_for
 from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
+# Going back below revision 0006 on SQLite recreates tables through reflection, which warns of each index on an
+# expression (the year sort keys) and leaves it out; the downgrade drops those indexes itself.
+pytestmark = pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
+
 HEAD = migrate.head_revision()
 
 

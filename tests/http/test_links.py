@@ -35,7 +35,8 @@ async def test_the_document_links_creations_to_what_follows(app_factory: AppFact
 async def test_operations_with_a_body_document_400(app_factory: AppFactory) -> None:
     schema = (await app_factory()).openapi()
     assert "400" in schema["paths"]["/api/v1/books"]["post"]["responses"]
-    assert "400" not in schema["paths"]["/api/v1/books"]["get"]["responses"]
+    assert "400" not in schema["paths"]["/api/v1/books/{book_id}"]["get"]["responses"]
+    assert "400" in schema["paths"]["/api/v1/books"]["get"]["responses"]  # a cursor or offset it refuses
 
 
 def test_a_link_to_a_route_that_does_not_exist_is_an_error() -> None:

@@ -60,6 +60,13 @@ def server() -> Iterator[LiveServer]:
 
 
 OPERATION_RULES = """
+# A list's cursor is opaque (any string is schema-valid, only the ones the list handed out are accepted), and the
+# deepest offset is a setting (MAX_LIST_OFFSET): both are documented 400 problems. (First: the first block that
+# matches an operation is the one that applies.)
+[[operations]]
+include-operation-id = ["list_books_api_v1_books_get", "list_bookings_api_v1_bookings_get"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "304", "400", "401", "403", "404"]
+
 # Rules no JSON Schema can state, so that a schema-valid request may rightly be refused (the operation's
 # description and its documented 415/422 say so): a booking's period (the end after the start, the start not in
 # the past, at most BOOKING_MAX_DAYS long), an ISBN's check digit, a cover recognised as JPEG or PNG by content.

@@ -28,6 +28,9 @@ class Booking(TimestampMixin, Base):
         Index("ix_bookings_book_status_start", "book_id", "status", "start_at"),
         Index("ix_bookings_user_id_id", "user_id", "id"),
         Index("ix_bookings_status_start", "status", "start_at"),
+        Index("ix_bookings_status_end", "status", "end_at"),
+        Index("ix_bookings_status_id", "status", "id"),
+        Index("ix_bookings_book_id_id", "book_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

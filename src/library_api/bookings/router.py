@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, status
+from fastapi import APIRouter, Header, Path, Query, Request, status
 from starlette.responses import Response
 
 from library_api.bookings.models import BookingStatus
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.bookings.service import BookingFilters
+from library_api.books.paging import check_window, link_header
+from library_api.books.repository import Window
+from library_api.books.router import LIST_OK, Cursor, Offset
 from library_api.deps import ContextDep, SessionDep
 from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
@@ -78,19 +81,30 @@ async def create_booking(
     return result
 
 
-@router.get("", responses=problems(401, 403, 422), summary="List bookings")
+@router.get("", responses={200: LIST_OK, **problems(400, 401, 403, 422)}, summary="List bookings")
 async def list_bookings(
+    request: Request,
+    response: Response,
     principal: Viewer,
     ctx: ContextDep,
     user_id: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Librarians only")] = None,
     book_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     status: BookingStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    offset: Offset = 0,
+    cursor: Cursor = None,
 ) -> BookingPage:
-    """The caller's bookings, newest first; librarians see everyone's and may filter by user."""
+    """The caller's bookings, newest first; librarians see everyone's and may filter by user.
+
+    ``total`` is counted up to ``LIST_TOTAL_CAP`` (``total_relation`` says whether exactly); ``next_cursor``
+    and the ``Link`` header lead to the next page at the same cost wherever it is.
+    """
+    check_window(offset, cursor, ctx.settings.max_list_offset)
     filters = BookingFilters(user_id=user_id, book_id=book_id, status=status)
-    return await ctx.bookings.page(ctx.database, principal, filters, limit, offset)
+    window = Window(limit=limit, offset=offset, cursor=cursor, total_cap=ctx.settings.list_total_cap)
+    page = await ctx.bookings.page(ctx.database, principal, filters, window)
+    response.headers.update(link_header(request.url.path, request.url.query, page.next_cursor))
+    return page
 
 
 @router.get("/{booking_id}", responses=problems(401, 403, 404, 422), summary="One booking")

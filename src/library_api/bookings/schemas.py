@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -34,9 +35,19 @@ class BookingOut(BaseModel):
 
 
 class BookingPage(BaseModel):
-    """One page of bookings with the total number matching."""
+    """One page of bookings, the number matching (capped) and where the next page starts."""
 
     items: list[BookingOut]
-    total: int
+    total: int = Field(
+        description="Matching bookings, counted up to `LIST_TOTAL_CAP`: exact when `total_relation` is `eq`, "
+        "a lower bound (the cap) when it is `gte`."
+    )
     limit: int
     offset: int
+    total_relation: Literal["eq", "gte"] = Field(
+        description="`eq`: `total` is the exact number of matches; `gte`: there are at least `total`."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (same filters) for the next page; `null` on the last page. The same URL "
+        'is in the `Link` header with `rel="next"`.'
+    )

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, bindparam, func, select
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from library_api.bookings.models import Booking, BookingStatus
 from library_api.bookings.periods import peak_overlap
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
-from library_api.books.repository import BookRepository
+from library_api.books.paging import capped_count, decode_cursor, encode_cursor, total_of
+from library_api.books.repository import BookRepository, Window
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.db.reads import HotRead
@@ -68,15 +69,30 @@ _VIEW_COLUMNS = (
 
 _ANY_BOOKING = HotRead(select(*_VIEW_COLUMNS).where(Booking.id == bindparam("booking_id")))
 _OWN_BOOKING = HotRead(_ANY_BOOKING.statement.where(Booking.user_id == bindparam("user_id")))
+_OWNED = Booking.user_id == bindparam("user_id")
 _OWN_PAGE = HotRead(
-    select(*_VIEW_COLUMNS, func.count().over().label("total"))
-    .where(Booking.user_id == bindparam("user_id"))
+    select(
+        *_VIEW_COLUMNS,
+        capped_count(
+            select(literal_column("1")).select_from(Booking).where(_OWNED),
+            bindparam("count_limit", type_=Integer),
+        ).label("total"),
+    )
+    .where(_OWNED, Booking.id < bindparam("before", type_=Integer))
     .order_by(Booking.id.desc())
     .limit(bindparam("limit", type_=Integer))
     .offset(bindparam("offset", type_=Integer))
 )
 """The hot reads (one booking; a reader's own unfiltered page), built and compiled once: a request only binds
-parameters, and on PostgreSQL the driver runs them directly (:mod:`library_api.db.reads`)."""
+parameters, and on PostgreSQL the driver runs them directly (:mod:`library_api.db.reads`).
+
+A page is read newest first from ``before`` (the id its cursor carries; past every id without one), with its
+count of matches capped: an index range read of ``limit + 1`` rows and at most ``cap + 1`` index entries."""
+
+CURSOR_SORT = "-id"
+"""The one order of booking lists (newest first), named in their cursors."""
+_PAST_EVERY_ID = 2**31 - 1
+"""A ``before`` no booking id reaches: the start of the list."""
 
 
 def present_row(row: Mapping[Any, Any]) -> BookingOut:
@@ -155,35 +171,54 @@ class BookingService:
         return view
 
     async def page(
-        self, database: Database, principal: Principal, filters: BookingFilters, limit: int, offset: int
+        self, database: Database, principal: Principal, filters: BookingFilters, window: Window
     ) -> BookingPage:
-        """Bookings the caller may see, newest first: their own, or anyone's with ``bookings:read:any``."""
+        """Bookings the caller may see, newest first: their own, or anyone's with ``bookings:read:any``.
+
+        A page is an index range read (``id``, or ``(user_id, id)``, ``(status, id)``, ``(book_id, id)`` for a
+        filter) of ``limit + 1`` rows after the cursor, with the count of matches capped at ``total_cap + 1``.
+        """
         sees_all = principal.can(Permission.BOOKINGS_READ_ANY)
+        before = _PAST_EVERY_ID if window.cursor is None else decode_cursor(window.cursor, CURSOR_SORT, (int,))[0]
+        conditions = self._conditions(principal, filters, sees_all=sees_all)
+        matches: Select[*tuple[Any, ...]] = select(literal_column("1")).select_from(Booking).where(*conditions)
+        counted = capped_count(matches, window.total_cap + 1)
         rows: Sequence[Mapping[Any, Any]]
         if not sees_all and filters == BookingFilters():
-            parameters = {"user_id": self._owner(principal), "limit": limit, "offset": offset}
+            parameters = {
+                "user_id": self._owner(principal),
+                "before": before,
+                "count_limit": window.total_cap + 1,
+                "limit": window.limit + 1,
+                "offset": window.offset,
+            }
             rows = await _OWN_PAGE.fetch(database, parameters)
-            conditions = self._conditions(principal, filters, sees_all=False) if not rows and offset else []
         else:
-            conditions = self._conditions(principal, filters, sees_all=sees_all)
             statement = (
-                select(*_VIEW_COLUMNS, func.count().over().label("total"))
-                .where(*conditions)
+                select(*_VIEW_COLUMNS, counted.label("total"))
+                .where(*conditions, Booking.id < before)
                 .order_by(Booking.id.desc())
-                .limit(limit)
-                .offset(offset)
+                .limit(window.limit + 1)
+                .offset(window.offset)
             )
             async with database.read_connection() as connection:
                 rows = (await connection.execute(statement)).mappings().all()
         if rows:
-            total = rows[0]["total"]
-        elif offset == 0:
-            total = 0
-        else:  # past the last row, the window function has nothing to count on
-            count = select(func.count()).select_from(Booking).where(*conditions)
+            count = rows[0]["total"]
+        else:  # an empty page has no row to carry the count
             async with database.read_connection() as connection:
-                total = (await connection.execute(count)).scalar_one()
-        return BookingPage(items=[present_row(row) for row in rows], total=total, limit=limit, offset=offset)
+                count = (await connection.execute(select(counted))).scalar_one()
+        total, relation = total_of(count, window.total_cap)
+        more = len(rows) > window.limit
+        items = [present_row(row) for row in rows[: window.limit]]
+        return BookingPage(
+            items=items,
+            total=total,
+            limit=window.limit,
+            offset=window.offset,
+            total_relation=relation,
+            next_cursor=encode_cursor(CURSOR_SORT, (items[-1].id,)) if more else None,
+        )
 
     def _conditions(
         self, principal: Principal, filters: BookingFilters, *, sees_all: bool

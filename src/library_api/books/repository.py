@@ -6,11 +6,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, bindparam, case, delete, exists, func, select
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal_column,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from library_api.bookings.models import Booking, BookingStatus
-from library_api.books.models import Book, BookAuthor, BookTag
+from library_api.books.models import Book, BookAuthor, BookTag, author_rows
+from library_api.books.ordering import AUTHOR_ORDERINGS, ORDERINGS
+from library_api.books.paging import TotalRelation, capped_count, total_of
 from library_api.books.schemas import BookSort
 from library_api.db.base import UTCDateTime
 
@@ -27,31 +40,37 @@ class BookFilters:
     available: bool | None = None
 
 
-_SORTS: dict[BookSort, Any] = {
-    BookSort.TITLE: Book.title.asc(),
-    BookSort.TITLE_DESC: Book.title.desc(),
-    BookSort.YEAR: Book.year.asc().nulls_last(),
-    BookSort.YEAR_DESC: Book.year.desc().nulls_last(),
-    BookSort.CREATED: Book.created_at.asc(),
-    BookSort.CREATED_DESC: Book.created_at.desc(),
-    BookSort.ID: Book.id.asc(),
-    BookSort.ID_DESC: Book.id.desc(),
-}
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Which page of a list: its size, and where it starts (an offset, or a cursor from the previous page)."""
+
+    limit: int
+    offset: int = 0
+    cursor: str | None = None
+    total_cap: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class BookRows:
+    """One page of books with their copies in use, the capped total and where the next page starts."""
+
+    rows: list[tuple[Book, int]]
+    total: int
+    total_relation: TotalRelation
+    next_cursor: str | None
 
 
 _NOW = bindparam("now", type_=UTCDateTime())
 
-IN_USE_NOW: ScalarSelect[int] = (
-    select(func.count())
-    .where(
-        Booking.book_id == Book.id,
-        Booking.status == BookingStatus.ACTIVE,
-        Booking.start_at <= _NOW,
-        Booking.end_at > _NOW,
-    )
-    .correlate(Book)
-    .scalar_subquery()
+_HOLDING = (
+    Booking.book_id == Book.id,
+    Booking.status == BookingStatus.ACTIVE,
+    Booking.start_at <= _NOW,
+    Booking.end_at > _NOW,
 )
+"""A booking of the book in hand that holds a copy at the bound instant ``now``."""
+
+IN_USE_NOW: ScalarSelect[int] = select(func.count()).where(*_HOLDING).correlate(Book).scalar_subquery()
 """A correlated count of a book's bookings holding a copy at the bound instant ``now``.
 
 Statements here are built once and executed with parameters: SQLAlchemy then finds the compiled form by its
@@ -59,6 +78,12 @@ cache key instead of building and compiling the query on every request.
 """
 
 _BOOK_WITH_USE = select(Book, IN_USE_NOW).where(Book.id == bindparam("book_id"))
+
+
+_YEAR_SORTS = frozenset({BookSort.YEAR, BookSort.YEAR_DESC})
+
+AnySelect = Select[*tuple[Any, ...]]
+"""A ``SELECT`` of any columns."""
 
 
 def search_text(title: str, authors: list[str]) -> str:
@@ -84,46 +109,112 @@ class BookRepository:
         return result.scalar_one_or_none()
 
     async def page(
-        self, session: AsyncSession, filters: BookFilters, sort: BookSort, limit: int, offset: int, now: datetime
-    ) -> tuple[list[tuple[Book, int]], int]:
-        """A page of matching books with their copies in use, and the total number of matches."""
-        in_use = IN_USE_NOW
-        conditions = self._conditions(filters, in_use)
+        self, session: AsyncSession, filters: BookFilters, sort: BookSort, window: Window, now: datetime
+    ) -> BookRows:
+        """A page of matching books in ``sort`` order, with their copies in use at ``now``.
+
+        Three reads whose cost does not grow with the table: the page itself (an index range read of
+        ``limit + 1`` rows after the cursor, the extra row telling whether there is a next page) with the count
+        of matches capped at ``total_cap + 1``; then the copies in use of the page's books only.
+        """
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        matches = self._filtered(select(literal_column("1")), filters, postgresql, counting=True)
+        counted = capped_count(matches, window.total_cap + 1)
+        by_author = filters.author is not None and sort in AUTHOR_ORDERINGS
+        ordering = AUTHOR_ORDERINGS[sort] if by_author else ORDERINGS[sort]
+        statement = self._filtered(select(Book, counted), filters, postgresql, by_author=by_author)
+        if sort in _YEAR_SORTS and ordering.key is not None:
+            # The year range restated on the sort key: the index read starts at the range, not at the first year.
+            if filters.year_from is not None:
+                statement = statement.where(ordering.key >= filters.year_from)
+            if filters.year_to is not None:
+                statement = statement.where(ordering.key <= filters.year_to)
+        if window.cursor is not None:
+            statement = statement.where(ordering.after(ordering.decode(window.cursor)))
+        statement = statement.order_by(*ordering.order_by()).limit(window.limit + 1).offset(window.offset)
+        found = (await session.execute(statement, {"now": now})).all()
+        # an empty page has no row to carry the count
+        count = found[0][1] if found else (await session.execute(select(counted), {"now": now})).scalar_one()
+        books = [row[0] for row in found[: window.limit]]
+        more = len(found) > window.limit
+        in_use = await self._in_use(session, [book.id for book in books], now)
+        total, relation = total_of(count, window.total_cap)
+        next_cursor = ordering.cursor_of(books[-1]) if more else None
+        return BookRows([(book, in_use.get(book.id, 0)) for book in books], total, relation, next_cursor)
+
+    async def _in_use(self, session: AsyncSession, book_ids: list[int], now: datetime) -> dict[int, int]:
+        """The copies in use at ``now`` of each of these books (absent: none), read for them alone."""
+        if not book_ids:
+            return {}
         statement = (
-            select(Book, in_use, func.count().over())
-            .where(*conditions)
-            .order_by(_SORTS[sort], Book.id.asc() if not sort.value.startswith("-") else Book.id.desc())
-            .limit(limit)
-            .offset(offset)
+            select(Booking.book_id, func.count())
+            .where(
+                Booking.book_id.in_(book_ids),
+                Booking.status == BookingStatus.ACTIVE,
+                Booking.start_at <= _NOW,
+                Booking.end_at > _NOW,
+            )
+            .group_by(Booking.book_id)
         )
         rows = (await session.execute(statement, {"now": now})).all()
-        if rows:
-            return [(row[0], row[1]) for row in rows], rows[0][2]
-        if offset == 0:
-            return [], 0
-        count = select(func.count()).select_from(Book).where(*conditions)
-        total = (await session.execute(count, {"now": now})).scalar_one()
-        return [], total
+        return {row[0]: row[1] for row in rows}
 
-    def _conditions(self, filters: BookFilters, in_use: ColumnElement[int]) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
+    def _filtered(
+        self,
+        statement: AnySelect,
+        filters: BookFilters,
+        postgresql: bool,
+        *,
+        counting: bool = False,
+        by_author: bool = False,
+    ) -> AnySelect:
+        """``statement`` over ``books`` narrowed by ``filters``.
+
+        Authors and tags are semi-joins on their index tables (``ix_book_authors_name_key``,
+        ``ix_book_tags_tag``), which the planner may read first for a rare value or probe while walking the sort
+        order for a common one. Availability on PostgreSQL is a ``LATERAL`` join counting the copies in use of
+        each book the read walks, so a page stops probing when it is full; SQLite (the embedded, small-catalogue
+        default) has no ``LATERAL`` and compares the same count as a correlated subquery.
+
+        ``counting`` (the capped count, which needs no order) starts from the first tag's index rows instead,
+        joined to their books: a thousand index entries and probes rather than a walk of the books in id order
+        until a thousand of them carry the tag. Each book has a tag once, so nothing is counted twice.
+
+        ``by_author`` (a title order with an author filter) starts from that author's rows instead, joined to
+        their books, so that the page reads ``ix_book_authors_name_title`` in order: the author's books by
+        title, however rare they are among the others. A book has each lower-cased author name once.
+        """
+        tags = [tag.strip().lower() for tag in filters.tags]
+        author = filters.author.strip().lower() if filters.author else None
+        if by_author and author is not None:
+            statement = statement.select_from(BookAuthor).join(Book, Book.id == BookAuthor.book_id)
+            statement, author = statement.where(BookAuthor.name_key == author), None
+        elif counting and tags:
+            first = tags.pop(0)
+            statement = statement.select_from(BookTag).join(Book, Book.id == BookTag.book_id)
+            statement = statement.where(BookTag.tag == first)
+        else:
+            statement = statement.select_from(Book)
         if filters.q:
-            conditions.append(Book.search_text.contains(filters.q.lower(), autoescape=True))
-        if filters.author:
-            conditions.append(
-                exists().where(BookAuthor.book_id == Book.id, BookAuthor.name_key == filters.author.strip().lower())
-            )
-        for tag in filters.tags:
-            conditions.append(exists().where(BookTag.book_id == Book.id, BookTag.tag == tag.strip().lower()))
+            statement = statement.where(Book.search_text.contains(filters.q.lower(), autoescape=True))
+        if author is not None:
+            statement = statement.where(Book.id.in_(select(BookAuthor.book_id).where(BookAuthor.name_key == author)))
+        for tag in tags:
+            statement = statement.where(Book.id.in_(select(BookTag.book_id).where(BookTag.tag == tag)))
         if filters.year_from is not None:
-            conditions.append(Book.year >= filters.year_from)
+            statement = statement.where(Book.year >= filters.year_from)
         if filters.year_to is not None:
-            conditions.append(Book.year <= filters.year_to)
-        if filters.available is True:
-            conditions.append(in_use < Book.copies)
-        elif filters.available is False:
-            conditions.append(in_use >= Book.copies)
-        return conditions
+            statement = statement.where(Book.year <= filters.year_to)
+        if filters.available is None:
+            return statement
+        in_use: ColumnElement[int]
+        if postgresql:
+            held = select(func.count().label("held")).where(*_HOLDING).lateral("in_use")
+            statement = statement.join(held, true())
+            in_use = held.c.held
+        else:
+            in_use = IN_USE_NOW
+        return statement.where(in_use < Book.copies if filters.available else in_use >= Book.copies)
 
     async def replace_index_rows(self, session: AsyncSession, book: Book) -> None:
         """Rewrite the author and tag rows the filters use so they match the book's lists."""
@@ -133,7 +224,7 @@ class BookRepository:
 
     def add_index_rows(self, session: AsyncSession, book: Book) -> None:
         """Add the author and tag rows of a book that has just been given its id."""
-        session.add_all(BookAuthor(book_id=book.id, position=i, name_key=a.lower()) for i, a in enumerate(book.authors))
+        session.add_all(BookAuthor(**row) for row in author_rows(book.id, book.title, book.authors))
         session.add_all(BookTag(book_id=book.id, tag=tag) for tag in book.tags)
 
     async def active_periods(
@@ -155,12 +246,16 @@ class BookRepository:
         Until then the copies available now, and so every catalogue answer, stay as they are: it bounds how
         long such an answer may be cached.
         """
-        boundary = case((Booking.start_at > now, Booking.start_at), else_=Booking.end_at)
-        query = select(func.min(boundary)).where(Booking.status == BookingStatus.ACTIVE, Booking.end_at > now)
+        # The first start after now and the first end after now: each the head of an index range
+        # (ix_bookings_status_start, ix_bookings_status_end), not a pass over every active booking.
+        active = Booking.status == BookingStatus.ACTIVE
+        starts = select(func.min(Booking.start_at)).where(active, Booking.start_at > now)
+        ends = select(func.min(Booking.end_at)).where(active, Booking.end_at > now)
         if book_id is not None:
-            query = query.where(Booking.book_id == book_id)
-        value: datetime | None = (await session.execute(query)).scalar_one()
-        return value
+            starts, ends = starts.where(Booking.book_id == book_id), ends.where(Booking.book_id == book_id)
+        row = (await session.execute(select(starts.scalar_subquery(), ends.scalar_subquery()))).one()
+        moments: list[datetime] = [moment for moment in row if moment is not None]
+        return min(moments, default=None)
 
     async def has_active_bookings(self, session: AsyncSession, book_id: int) -> bool:
         """Whether any booking of the book is still active (returned or cancelled ones do not count)."""

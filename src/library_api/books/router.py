@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Header, Path, Query, UploadFile, status
+from fastapi import APIRouter, File, Header, Path, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.responses import Response
 
 from library_api.books.covers import detect_image
-from library_api.books.repository import BookFilters
+from library_api.books.paging import CURSOR_MAX_LENGTH, check_window, link_header, next_cursor_in
+from library_api.books.repository import BookFilters, Window
 from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, BookUpdate
 from library_api.deps import ContextDep, ReadSessionDep, SessionDep
 from library_api.http.conditional import conditional_response
@@ -38,21 +39,53 @@ LINKS = (
     Link("GetBook", ("POST", "/books"), 201, ("GET", "/books/{book_id}"), _NEW_BOOK),
     Link("UpdateBook", ("POST", "/books"), 201, ("PATCH", "/books/{book_id}"), _NEW_BOOK),
     Link("DeleteBook", ("POST", "/books"), 201, ("DELETE", "/books/{book_id}"), _NEW_BOOK),
-    Link("GetCover", ("POST", "/books"), 201, ("GET", "/books/{book_id}/cover"), _NEW_BOOK),
     Link("PutCover", ("POST", "/books"), 201, ("PUT", "/books/{book_id}/cover"), _NEW_BOOK),
     Link("DeleteCover", ("POST", "/books"), 201, ("DELETE", "/books/{book_id}/cover"), _NEW_BOOK),
+    Link("GetCover", ("PUT", "/books/{book_id}/cover"), 200, ("GET", "/books/{book_id}/cover"), _NEW_BOOK),
 )
-"""What follows the creation of a book: its details, changes, removal and cover."""
+"""What follows the creation of a book (its details, changes, removal and cover upload) and of a cover (reading it).
+
+A new book has no cover: reading one follows its upload, not the book's creation."""
+
+
+LIST_OK = {
+    "headers": {
+        "Link": {
+            "description": 'Where the next page is (`<URL>; rel="next"`), absent on the last page',
+            "schema": {"type": "string"},
+        }
+    }
+}
+Cursor = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=CURSOR_MAX_LENGTH,
+        description="Where the page starts: `next_cursor` of the previous page, with the same sort. A cursor "
+        "this list did not hand out (or one made for another sort) is a 400 `invalid-cursor` problem; "
+        "with a non-zero `offset`, a 400 `offset-with-cursor`.",
+    ),
+]
+Offset = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=1_000_000,
+        description="Rows to skip, at most `MAX_LIST_OFFSET` (10,000 by default; deeper is a 400 "
+        "`offset-too-deep` problem): follow `next_cursor` instead, whose pages cost the same at any depth.",
+    ),
+]
 
 
 @router.get(
     "",
     dependencies=[Reader],
     response_model=BookPage,
-    responses={304: NOT_MODIFIED, **problems(401, 403, 422)},
+    responses={200: LIST_OK, 304: NOT_MODIFIED, **problems(400, 401, 403, 422)},
     summary="Search the catalogue",
 )
 async def list_books(
+    request: Request,
     ctx: ContextDep,
     q: Annotated[str | None, Query(min_length=1, max_length=200, description="Words in the title or authors")] = None,
     author: Annotated[str | None, Query(min_length=1, max_length=300, description="An author's full name")] = None,
@@ -62,15 +95,25 @@ async def list_books(
     available: Annotated[bool | None, Query(description="Only books with (or without) a copy free now")] = None,
     sort: BookSort = BookSort.TITLE,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    offset: Offset = 0,
+    cursor: Cursor = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
-    """Books matching every filter given, one page at a time, with the total number of matches."""
+    """Books matching every filter given, one page at a time.
+
+    ``total`` counts the matches up to ``LIST_TOTAL_CAP`` (1,000 by default): ``total_relation`` says whether it
+    is exact (``eq``) or a lower bound (``gte``). ``next_cursor`` (and the ``Link`` header) lead to the next
+    page; a page costs the same wherever it is and however large the catalogue.
+    """
+    check_window(offset, cursor, ctx.settings.max_list_offset)
     filters = BookFilters(
         q=q, author=author, tags=tuple(tag or ()), year_from=year_from, year_to=year_to, available=available
     )
-    answer = await ctx.catalogue.page(filters, sort, limit, offset)
-    return conditional_response(answer.body, answer.etag, if_none_match)
+    window = Window(limit=limit, offset=offset, cursor=cursor, total_cap=ctx.settings.list_total_cap)
+    answer = await ctx.catalogue.page(filters, sort, window)
+    response = conditional_response(answer.body, answer.etag, if_none_match)
+    response.headers.update(link_header(request.url.path, request.url.query, next_cursor_in(answer.body)))
+    return response
 
 
 @router.post(

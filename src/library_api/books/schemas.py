@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -90,12 +90,22 @@ class BookOut(BaseModel):
 
 
 class BookPage(BaseModel):
-    """One page of the catalogue with the total number of matching books."""
+    """One page of the catalogue, the number of matching books (capped) and where the next page starts."""
 
     items: list[BookOut]
-    total: int
+    total: int = Field(
+        description="Matching books, counted up to `LIST_TOTAL_CAP`: exact when `total_relation` is `eq`, "
+        "a lower bound (the cap) when it is `gte`."
+    )
     limit: int
     offset: int
+    total_relation: Literal["eq", "gte"] = Field(
+        description="`eq`: `total` is the exact number of matches; `gte`: there are at least `total`."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (same filters and sort) for the next page; `null` on the last page. "
+        'The same URL is in the `Link` header with `rel="next"`.'
+    )
 
 
 class BookSort(StrEnum):

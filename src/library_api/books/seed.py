@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from library_api.books.models import Book, BookAuthor, BookTag
+from library_api.books.models import Book, BookAuthor, BookTag, author_rows
 from library_api.books.repository import search_text
 from library_api.books.schemas import BookCreate
 
@@ -73,11 +73,7 @@ async def seed_catalogue(connection: AsyncConnection, books: list[BookCreate]) -
     await connection.execute(insert(Book), rows)
     found = await connection.execute(select(Book.isbn, Book.id).where(Book.isbn.in_(list(fresh))))
     ids: dict[str, int] = {row[0]: row[1] for row in found}
-    authors = [
-        {"book_id": ids[isbn], "position": position, "name_key": name.lower()}
-        for isbn, book in fresh.items()
-        for position, name in enumerate(book.authors)
-    ]
+    authors = [row for isbn, book in fresh.items() for row in author_rows(ids[isbn], book.title, book.authors)]
     tags = [{"book_id": ids[isbn], "tag": tag} for isbn, book in fresh.items() for tag in book.tags]
     await connection.execute(insert(BookAuthor), authors)
     if tags:

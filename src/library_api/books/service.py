@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from library_api.bookings.periods import peak_overlap
 from library_api.books.covers import CoverStore, ImageKind
 from library_api.books.models import Book
-from library_api.books.repository import BookFilters, BookRepository, search_text
+from library_api.books.repository import BookFilters, BookRepository, Window, search_text
 from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, BookUpdate
 from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
@@ -57,18 +57,17 @@ class BookService:
         )
 
     async def page(
-        self,
-        session: AsyncSession,
-        filters: BookFilters,
-        sort: BookSort,
-        limit: int,
-        offset: int,
-        now: datetime | None = None,
+        self, session: AsyncSession, filters: BookFilters, sort: BookSort, window: Window, now: datetime | None = None
     ) -> BookPage:
         """A page of the catalogue, with the copies available at ``now`` (the present by default)."""
-        rows, total = await self._repository.page(session, filters, sort, limit, offset, now or utcnow())
+        found = await self._repository.page(session, filters, sort, window, now or utcnow())
         return BookPage(
-            items=[self.present(book, used) for book, used in rows], total=total, limit=limit, offset=offset
+            items=[self.present(book, used) for book, used in found.rows],
+            total=found.total,
+            limit=window.limit,
+            offset=window.offset,
+            total_relation=found.total_relation,
+            next_cursor=found.next_cursor,
         )
 
     async def get(self, session: AsyncSession, book_id: int, now: datetime | None = None) -> BookOut:
@@ -140,7 +139,7 @@ class BookService:
         try:
             # The flush, not only the commit, may meet the unique ISBN: rewriting the index rows flushes first.
             await session.flush()
-            if fields & {"authors", "tags"}:
+            if fields & {"authors", "tags", "title"}:
                 await self._repository.replace_index_rows(session, book)
             await session.commit()
         except IntegrityError:

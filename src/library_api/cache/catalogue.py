@@ -41,7 +41,7 @@ from typing import TypeVar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.books.repository import BookFilters
+from library_api.books.repository import BookFilters, Window
 from library_api.books.schemas import BookSort
 from library_api.books.service import BookService
 from library_api.cache.backends import CacheBackend, Lookup
@@ -123,25 +123,25 @@ class CatalogueCache:
     async def book(self, book_id: int) -> Answer | None:
         """The details of a book, or ``None`` when there is no such book."""
 
-        async def load(session: AsyncSession) -> tuple[bytes, datetime | None] | None:
+        async def load(session: AsyncSession, kept: bool) -> tuple[bytes, datetime | None] | None:
             now = datetime.fromtimestamp(self.clock(), UTC)
             try:
                 view = await self.books.get(session, book_id, now)
             except NotFound:
                 return None
-            change = await self.books.next_availability_change(session, now, book_id)
+            change = await self.books.next_availability_change(session, now, book_id) if kept else None
             return view.model_dump_json().encode(), change
 
         return await self._answer(f"book:{book_id}", "detail", "book", load)
 
-    async def page(self, filters: BookFilters, sort: BookSort, limit: int, offset: int) -> Answer:
-        """A page of the catalogue for these filters, sort order and window."""
-        name = hashlib.blake2b(repr((filters, sort.value, limit, offset)).encode(), digest_size=16).hexdigest()
+    async def page(self, filters: BookFilters, sort: BookSort, window: Window) -> Answer:
+        """A page of the catalogue for these filters, sort order and window (offset or cursor)."""
+        name = hashlib.blake2b(repr((filters, sort.value, window)).encode(), digest_size=16).hexdigest()
 
-        async def load(session: AsyncSession) -> tuple[bytes, datetime | None]:
+        async def load(session: AsyncSession, kept: bool) -> tuple[bytes, datetime | None]:
             now = datetime.fromtimestamp(self.clock(), UTC)
-            page = await self.books.page(session, filters, sort, limit, offset, now)
-            change = await self.books.next_availability_change(session, now)
+            page = await self.books.page(session, filters, sort, window, now)
+            change = await self.books.next_availability_change(session, now) if kept else None
             return page.model_dump_json().encode(), change
 
         answer = await self._answer(LISTS, name, "list", load)
@@ -153,8 +153,13 @@ class CatalogueCache:
         scope: str,
         name: str,
         kind: str,
-        load: Callable[[AsyncSession], Awaitable[tuple[bytes, datetime | None] | None]],
+        load: Callable[[AsyncSession, bool], Awaitable[tuple[bytes, datetime | None] | None]],
     ) -> Answer | None:
+        """The answer from the cache, or loaded (and kept, when the cache is on and reachable).
+
+        ``load`` is told whether the answer will be kept: only then does it also read how long it stays true
+        (the next availability change), a query an answer that is not kept has no use for.
+        """
         lookup = await self._lookup(scope, name)
         if lookup is not None and lookup.value is not None:
             if self.metrics is not None:
@@ -162,12 +167,13 @@ class CatalogueCache:
             return Answer.unpack(lookup.value)
         if self.metrics is not None and self.enabled:
             self.metrics.cache_misses.labels(kind).inc()
-        loaded = await self._read(load, None if lookup is None else lookup.watermark)
+        kept = lookup is not None and self.enabled
+        loaded = await self._read(lambda session: load(session, kept), None if lookup is None else lookup.watermark)
         if loaded is None:
             return None
         body, change = loaded
         answer = Answer.of(body)
-        if lookup is not None and self.enabled:
+        if kept and lookup is not None:
             ttl = float(self.ttl)
             if change is not None:
                 ttl = min(ttl, change.timestamp() - self.clock())

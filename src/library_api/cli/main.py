@@ -163,6 +163,59 @@ def seed(
     typer.echo(f"added {added} of {len(books)} books ({len(books) - added} already catalogued)")
 
 
+@app.command("import")
+def import_command(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A CSV (with a header) or JSON Lines file of books.")],
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="csv or jsonl (default: from the file name).")
+    ] = None,
+) -> None:
+    """Add the books of a CSV or JSON Lines file, validating every row; re-running skips what is catalogued.
+
+    Rejected rows are listed on stderr with their line numbers (exit 1 when there are any; the valid rows are
+    imported all the same).
+    """
+    from library_api.books.importer import ImportFileError, count_lines, detect_format, import_books, read_rows
+    from library_api.db.engine import create_engine
+
+    settings = settings_from(ctx)
+    if file_format not in (None, "csv", "jsonl"):
+        raise fail([f"unknown format {file_format!r}: use csv or jsonl"], EXIT_CONFIG)
+    try:
+        kind = detect_format(file, file_format)  # type: ignore[arg-type]
+        lines = count_lines(file)
+    except (ImportFileError, OSError) as exc:
+        raise fail([str(exc)]) from None
+
+    async def run() -> Any:
+        engine = create_engine(settings)
+        try:
+            with typer.progressbar(length=lines, label="importing", file=sys.stderr) as bar:
+                done = 0
+
+                def advance(line: int) -> None:
+                    nonlocal done
+                    bar.update(line - done)
+                    done = line
+
+                return await import_books(engine, read_rows(file, kind), advance)
+        finally:
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except ImportFileError as exc:
+        raise fail([str(exc)]) from None
+    for rejected in report.rejected:
+        typer.echo(f"line {rejected.line}: {rejected.reason}", err=True)
+    typer.echo(
+        f"imported {report.imported} books, {report.already} already catalogued, {len(report.rejected)} rejected"
+    )
+    if report.rejected:
+        raise typer.Exit(EXIT_FAILURE)
+
+
 @app.command("check-config")
 def check_config(
     ctx: typer.Context,
