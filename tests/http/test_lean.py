@@ -103,7 +103,7 @@ async def test_the_hot_reads_skip_fastapis_dependency_solver(
     app: FastAPI, reader_data: dict[str, Any], solver_calls: list[str]
 ) -> None:
     async with client_for(app) as http:
-        for path in ("/api/v1/auth/me", "/api/v1/bookings?limit=20", f"/api/v1/bookings/{reader_data['own']}"):
+        for path in ("/api/v1/auth/me", f"/api/v1/bookings/{reader_data['own']}"):
             assert (await http.get(path, headers=reader_data["reader"])).status_code == 200
         assert solver_calls == []
         assert (await http.get("/api/v1/users", headers=reader_data["reader"])).status_code == 403
@@ -116,7 +116,8 @@ async def test_the_lean_routes_answer_as_fastapi_does(app: FastAPI, reader_data:
         for route in _included_routes(app.routes)
         if isinstance(route, LeanRoute) and refusal(route) is None
     )
-    assert lean == ["GET /auth/me", "GET /auth/principal", "GET /bookings", "GET /bookings/{booking_id}"]
+    # the booking list sets a Link header (keyset pages), so it takes the Response and keeps FastAPI's handler
+    assert lean == ["GET /auth/me", "GET /auth/principal", "GET /bookings/{booking_id}"]
     credentials: list[dict[str, str]] = [
         {},
         reader_data["reader"],
