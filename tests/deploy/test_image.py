@@ -88,6 +88,8 @@ def environment(database: str) -> Iterator[dict[str, str]]:
         "REDIS_URL": REDIS_URL,
         "SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
         "HOST": "127.0.0.1",
+        # the names the tests reach the container by (production refuses '*')
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "WEB_CONCURRENCY": "2",
         "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
         "SHUTDOWN_PROGRESS_INTERVAL": "1",
