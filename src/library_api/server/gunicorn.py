@@ -6,7 +6,7 @@ applies), the protocol classes that put the ASGI TLS extension into every scope,
 :class:`~library_api.server.uvicorn.DrainingServer`, so the SIGTERM Gunicorn sends a stopping worker first
 drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds this class by itself and sets
 ``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server gunicorn``) does the
-same from the service's settings.
+same from the service's settings, binding ``fd://N`` for a socket handed down with ``serve --fd N``.
 
 Uvicorn's own forwarded-header handling is off (``proxy_headers=False``), as under ``serve --server uvicorn``:
 Uvicorn's worker would otherwise believe ``X-Forwarded-For``/``-Proto`` from Gunicorn's ``forwarded_allow_ips``
@@ -21,6 +21,7 @@ in ``LIBRARY_API_OVERRIDES``), exactly as the application factory in :mod:`libra
 from __future__ import annotations
 
 import math
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -103,11 +104,15 @@ class GunicornService(BaseApplication):  # type: ignore[misc]
         return self._load()
 
 
-def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    """Gunicorn's settings for the service; the graceful timeout always exceeds the WebSocket drain."""
+def gunicorn_options(settings: Settings, fd: int | None = None) -> dict[str, Any]:
+    """Gunicorn's settings for the service; the graceful timeout always exceeds the WebSocket drain.
+
+    ``fd`` is a listening socket handed down by the parent (``serve --fd``): Gunicorn serves on it
+    (``fd://N``) instead of binding ``HOST:PORT``.
+    """
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     return {
-        "bind": [f"{host}:{settings.port}"],
+        "bind": [f"fd://{fd}"] if fd is not None else [f"{host}:{settings.port}"],
         "workers": settings.workers,
         "worker_class": WORKER_CLASS,
         "graceful_timeout": math.ceil(settings.shutdown_timeout) + GRACEFUL_MARGIN_SECONDS,
@@ -119,10 +124,15 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_gunicorn(settings: Settings, overrides: Mapping[str, Any]) -> None:
-    """Serve with Gunicorn and ``WORKERS`` Uvicorn workers."""
+def run_gunicorn(settings: Settings, overrides: Mapping[str, Any], listener: socket.socket | None = None) -> None:
+    """Serve with Gunicorn and ``WORKERS`` Uvicorn workers (on ``listener`` when the parent handed one down).
+
+    Gunicorn takes over a handed-down descriptor and closes it once it has its own copy, so the socket object is
+    detached first: nothing else may close that descriptor number later.
+    """
     from library_api.server.asgi import create_app_from_environment  # noqa: PLC0415 - loaded in the workers
 
     hand_down_overrides(overrides)
     prepare_worker_metrics(settings)
-    GunicornService(gunicorn_options(settings), create_app_from_environment).run()
+    fd = listener.detach() if listener is not None else None
+    GunicornService(gunicorn_options(settings, fd), create_app_from_environment).run()
