@@ -57,6 +57,7 @@ async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
 @pytest.fixture
 def server(committed_url: str, tmp_path: Path, redis_prefix: str) -> Iterator[ServerProcess]:
     env = {"REDIS_URL": REDIS_URL, "REALTIME_REDIS_PREFIX": redis_prefix, "BROADCAST_INTERVAL": "0"}
+    env["CACHE_KEY_PREFIX"] = f"{{{redis_prefix}}}cache:"  # its catalogue answers too are its own on the shared Redis
     process = start_server(committed_url, tmp_path, args=("--workers", "2"), env=env)
     try:
         process.wait_ready(timeout=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -30,7 +31,7 @@ from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_book, create_user, token_for
 from tests.support.live import wait_until
-from tests.support.services import free_port
+from tests.support.ports import port_of, reserved_socket
 
 
 @dataclass
@@ -55,25 +56,44 @@ class Inbox:
         return "250 2.0.0 accepted"
 
 
+class SocketController(Controller):  # type: ignore[misc]
+    """aiosmtpd's threaded controller serving on a socket bound in advance (through its ``_create_server`` hook)."""
+
+    def __init__(self, handler: Inbox, sock: socket.socket) -> None:
+        self.sock = sock
+        super().__init__(handler, hostname="127.0.0.1", port=sock.getsockname()[1])
+
+    def _create_server(self) -> Any:
+        return self.loop.create_server(self._factory_invoker, sock=self.sock, ssl=self.ssl_context)
+
+
 @dataclass
 class SmtpServer:
-    port: int
+    """An SMTP server on a port reserved from the start: refused until :meth:`start`, and no one else's meanwhile."""
+
     inbox: Inbox
+    listener: socket.socket = field(default_factory=reserved_socket)
     controller: Controller | None = None
 
+    @property
+    def port(self) -> int:
+        return port_of(self.listener)
+
     def start(self) -> None:
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.listener.listen()
+        self.controller = SocketController(self.inbox, self.listener)
         self.controller.start()
 
     def stop(self) -> None:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+        self.listener.close()
 
 
 @pytest.fixture
 def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(port=free_port(), inbox=Inbox())
+    server = SmtpServer(inbox=Inbox())
     server.start()
     yield server
     server.stop()
@@ -180,7 +200,7 @@ async def test_a_permanent_refusal_is_not_retried(smtp: SmtpServer, start_app: S
 
 
 async def test_mail_waits_for_an_smtp_server_that_is_down(start_app: StartApp) -> None:
-    down = SmtpServer(port=free_port(), inbox=Inbox())
+    down = SmtpServer(inbox=Inbox())
     ctx = await start_app(down.port)
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx)
