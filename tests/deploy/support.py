@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from library_api.config import Settings
+from tests.support.measure import unmeasured
 from tests.support.services import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,7 +156,9 @@ json.dump({"paths": paths, "serve": sorted(inspect.signature(serve).parameters)}
 @functools.cache
 def capabilities() -> Capabilities:
     """Ask the code, in a separate process: the application's routes, ``serve``'s options, the Gunicorn worker."""
-    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True, env=unmeasured()
+    )
     found = json.loads(result.stdout)
     paths = set(found["paths"])
     return Capabilities(
@@ -202,6 +205,7 @@ def resolve_gunicorn_configs(cases: list[dict[str, str]], cwd: Path) -> list[dic
         cwd=cwd,
         timeout=120,
         check=True,
+        env=unmeasured(),  # it only reads configuration; the code it imports is measured in process
     )
     results: list[dict[str, Any]] = json.loads(result.stdout)
     return results
@@ -230,9 +234,18 @@ def tool(name: str) -> str:
 
 
 def run(*command: str | Path, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a command, capturing its output as text (never raising on a non-zero exit)."""
+    """Run a tool (a linter, a validator, nginx -t), capturing its output as text (never raising on a non-zero exit).
+
+    Tools run none of the service's code, so coverage does not measure them (``tests.support.measure``).
+    """
     return subprocess.run(
-        [str(part) for part in command], capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+        env=unmeasured(),
     )
 
 
