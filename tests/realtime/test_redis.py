@@ -176,7 +176,15 @@ async def test_a_redis_outage_degrades_live_events_and_they_recover_by_themselve
         private_redis.start()  # empty: the outage also lost Redis' data
         after = await receive_until(client, lambda m: m["type"] == "book.created", within=20)
         assert after["data"]["title"] == "during the outage"
-        sent = await http.post("/api/v1/broadcast", json={"message": "back"})
+        # The first publish after the restart may still meet the outage (a pooled connection from before it):
+        # the answer is then the documented 503 with Retry-After, and a client that retries gets through.
+        deadline = asyncio.get_running_loop().time() + 20
+        while (sent := await http.post("/api/v1/broadcast", json={"message": "back"})).status_code == 503:
+            assert sent.headers["retry-after"], sent.text
+            assert asyncio.get_running_loop().time() < deadline, (
+                "broadcasts were still refused 20 s after Redis returned"
+            )
+            await asyncio.sleep(0.1)
         assert sent.status_code == 202
     assert (await receive_until(client, lambda m: m["type"] == "broadcast"))["data"]["message"] == "back"
 
