@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from library_api.books.models import Book, BookAuthor, BookTag, author_rows
-from library_api.books.repository import search_text
+from library_api.books.models import Book
 from library_api.books.schemas import BookCreate
+from library_api.books.seed import insert_books
 
 Format = Literal["csv", "jsonl"]
 """The file formats an import reads."""
@@ -177,26 +177,6 @@ async def _insert_once(engine: AsyncEngine, batch: dict[str, BookCreate], report
         if not fresh:
             report.already += len(batch)
             return
-        rows = [
-            {
-                "isbn": book.isbn,
-                "title": book.title,
-                "authors": book.authors,
-                "tags": book.tags,
-                "year": book.year,
-                "description": book.description,
-                "copies": book.copies,
-                "search_text": search_text(book.title, book.authors),
-            }
-            for book in fresh
-        ]
-        await connection.execute(insert(Book), rows)
-        added = await connection.execute(select(Book.isbn, Book.id).where(Book.isbn.in_([b.isbn for b in fresh])))
-        ids = {row[0]: row[1] for row in added}
-        authors = [row for book in fresh for row in author_rows(ids[book.isbn], book.title, book.authors)]
-        tags = [{"book_id": ids[book.isbn], "tag": tag} for book in fresh for tag in book.tags]
-        await connection.execute(insert(BookAuthor), authors)
-        if tags:
-            await connection.execute(insert(BookTag), tags)
+        await insert_books(connection, fresh)
     report.already += len(batch) - len(fresh)
     report.imported += len(fresh)

@@ -57,6 +57,15 @@ async def seed_catalogue(connection: AsyncConnection, books: list[BookCreate]) -
             fresh.setdefault(book.isbn, book)
     if not fresh:
         return 0
+    await insert_books(connection, list(fresh.values()))
+    return len(fresh)
+
+
+async def insert_books(connection: AsyncConnection, books: list[BookCreate]) -> None:
+    """Insert ``books`` (ISBNs not catalogued yet) with their author and tag rows, in bulk on ``connection``.
+
+    The bulk path of the seed and of ``library-api import``: no per-book ORM objects, no events.
+    """
     rows = [
         {
             "isbn": book.isbn,
@@ -68,14 +77,13 @@ async def seed_catalogue(connection: AsyncConnection, books: list[BookCreate]) -
             "copies": book.copies,
             "search_text": search_text(book.title, book.authors),
         }
-        for book in fresh.values()
+        for book in books
     ]
     await connection.execute(insert(Book), rows)
-    found = await connection.execute(select(Book.isbn, Book.id).where(Book.isbn.in_(list(fresh))))
+    found = await connection.execute(select(Book.isbn, Book.id).where(Book.isbn.in_([book.isbn for book in books])))
     ids: dict[str, int] = {row[0]: row[1] for row in found}
-    authors = [row for isbn, book in fresh.items() for row in author_rows(ids[isbn], book.title, book.authors)]
-    tags = [{"book_id": ids[isbn], "tag": tag} for isbn, book in fresh.items() for tag in book.tags]
+    authors = [row for book in books for row in author_rows(ids[book.isbn], book.title, book.authors)]
+    tags = [{"book_id": ids[book.isbn], "tag": tag} for book in books for tag in book.tags]
     await connection.execute(insert(BookAuthor), authors)
     if tags:
         await connection.execute(insert(BookTag), tags)
-    return len(fresh)
