@@ -358,48 +358,36 @@ def test_a_client_certificate_verified_by_nginx_reaches_the_service(stack: Stack
     }
 
 
-def test_deploy_health_passes_against_the_stack(stack: Stack) -> None:
+def deploy_script(stack: Stack, command: str, *, path: str = "", **settings: str) -> subprocess.CompletedProcess[str]:
+    """``deploy/deploy.sh COMMAND`` against the stack's entry point (``path`` appended), as an operator runs it."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_"))}
     env.update(
-        HEALTH_BASE_URL=f"https://localhost:{stack.site.https_port}",
+        HEALTH_BASE_URL=f"https://localhost:{stack.site.https_port}{path}",
         HEALTH_CA_FILE=str(stack.site.ca_file),
-        HEALTH_TOKEN=stack.admin_token,
-        HEALTH_TIMEOUT="30",
+        **settings,
     )
-    result = subprocess.run(
-        [str(DEPLOY / "deploy.sh"), "health"], env=env, capture_output=True, text=True, timeout=120, check=False
+    return subprocess.run(
+        [str(DEPLOY / "deploy.sh"), command], env=env, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def test_deploy_health_passes_against_the_stack(stack: Stack) -> None:
+    result = deploy_script(stack, "health", HEALTH_TOKEN=stack.admin_token, HEALTH_TIMEOUT="30")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all health checks passed" in result.stdout
 
 
 def test_the_release_check_passes_against_the_stack(stack: Stack) -> None:
     """``deploy.sh e2e``, the check the workflow runs on staging before production, against the real stack."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_"))}
-    env.update(
-        HEALTH_BASE_URL=f"https://localhost:{stack.site.https_port}",
-        HEALTH_CA_FILE=str(stack.site.ca_file),
-        HEALTH_TIMEOUT="30",
-    )
-    result = subprocess.run(
-        [str(DEPLOY / "deploy.sh"), "e2e"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    result = deploy_script(stack, "e2e", HEALTH_TIMEOUT="30")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "/api/v1/auth/me names the new reader" in result.stdout
     assert "end-to-end check passed" in result.stdout
 
 
-def test_the_release_check_fails_when_the_service_refuses_readers(stack: Stack) -> None:
+def test_the_release_check_fails_where_no_service_answers(stack: Stack) -> None:
     """The same check against an entry point where no service answers fails, says why, and reports no success."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_"))}
-    env.update(
-        HEALTH_BASE_URL=f"https://localhost:{stack.site.https_port}/nowhere",
-        HEALTH_CA_FILE=str(stack.site.ca_file),
-        HEALTH_TIMEOUT="1",
-    )
-    result = subprocess.run(
-        [str(DEPLOY / "deploy.sh"), "e2e"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    result = deploy_script(stack, "e2e", path="/nowhere", HEALTH_TIMEOUT="1")
     assert result.returncode != 0
     assert "end-to-end check passed" not in result.stdout
     assert "/health/ready did not answer 200" in result.stderr
