@@ -19,6 +19,7 @@ from argon2 import PasswordHasher
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from library_api.auth.resets import PasswordResets
 from library_api.auth.router import LINKS as AUTH_LINKS
 from library_api.auth.router import router as auth_router
 from library_api.auth.service import AuthService
@@ -263,6 +264,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         admission=Admission(settings, rate_limiter, lambda reason: refusals.labels(reason.value).inc()),
         notifier=notifier,
         credentials=credentials,
+        password_resets=PasswordResets(settings, database, users, passwords, rate_limiter, notifier),
     )
 
 
@@ -298,6 +300,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
         await context.hub.start()
         context.credentials.start()
         await context.notifier.start()
+        context.password_resets.start()
         # Everything built so far (modules, routes, compiled schemas) lives as long as the process; moving it out
         # of the collector's generations spares every later full collection from walking it again.
         gc.freeze()
@@ -306,6 +309,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
         finally:
             await context.credentials.stop()
             await context.hub.stop()
+            await context.password_resets.stop()
             await context.notifier.stop()
             await context.health.stop()
             context.metrics.release(*database.engines)

@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         description="Seconds a password check waits for a hashing slot before it is answered 503 "
         "password-check-busy with Retry-After.",
     )
+    password_reset_expire_minutes: int = Field(
+        default=30,
+        ge=1,
+        le=24 * 60,
+        description="Minutes a password-reset link stays usable (once, and only the account's newest).",
+    )
 
     # ----- HTTP -----
     max_request_body_size: int = Field(default=1024 * 1024, ge=1024)
@@ -215,6 +221,11 @@ class Settings(BaseSettings):
         le=365,
         description="Days after a successful sign-in during which its address keeps its own attempts at an "
         "account under attack (0: off).",
+    )
+    rate_limit_password_reset_account: str = Field(
+        default="3/hour;10/day",
+        description="Password-reset requests for one e-mail address from all client addresses together "
+        "(counted alike whether or not an account has that address); once spent, 429.",
     )
 
     # ----- cache / broker -----
@@ -320,6 +331,11 @@ class Settings(BaseSettings):
     email_poll_interval: float = Field(default=30.0, gt=0, le=3600)
     email_retry_delay: float = Field(default=30.0, gt=0, le=3600)
     booking_reminder_hours: float = Field(default=24.0, ge=0, le=24 * 30)
+    password_reset_url: str | None = Field(
+        default=None,
+        description="The page of the front end that takes a password-reset link: the mail links to it with "
+        "'#token=...' appended. Password reset by e-mail is off until it and SMTP_HOST are set.",
+    )
 
     # ----- server -----
     shutdown_timeout: float = Field(default=1800.0, ge=0, le=86_400)
@@ -444,6 +460,11 @@ class Settings(BaseSettings):
     def email_enabled(self) -> bool:
         """Whether e-mail notifications are on: only when an SMTP server is configured."""
         return bool(self.smtp_host)
+
+    @property
+    def password_reset_enabled(self) -> bool:
+        """Whether forgotten passwords can be reset by e-mail: an SMTP server and the link's page are known."""
+        return self.email_enabled and self.password_reset_url is not None
 
     @property
     def should_auto_migrate(self) -> bool:
@@ -654,6 +675,7 @@ def validate_settings(settings: Settings) -> list[str]:
     problems.extend(_hardening_problems(settings))
     problems.extend(_realtime_problems(settings))
     problems.extend(_email_problems(settings))
+    problems.extend(_password_reset_problems(settings))
     problems.extend(security_problems(settings))
     return problems
 
@@ -689,6 +711,19 @@ def _email_problems(settings: Settings) -> list[str]:
     if settings.smtp_ca_file is not None:
         problems.extend(_ca_bundle_problems("SMTP_CA_FILE", settings.smtp_ca_file))
     return problems
+
+
+def _password_reset_problems(settings: Settings) -> list[str]:
+    """``PASSWORD_RESET_URL`` is an absolute http(s) URL without a fragment; https outside development."""
+    url = settings.password_reset_url
+    if url is None:
+        return []
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment or any(c.isspace() for c in url):
+        return [f"PASSWORD_RESET_URL: must be an absolute http(s) URL without a '#fragment' (got {url!r})"]
+    if parts.scheme != "https" and settings.environment is not Environment.DEVELOPMENT:
+        return [f"PASSWORD_RESET_URL: must be https outside development (a reset link is a credential; got {url!r})"]
+    return []
 
 
 def _ca_bundle_problems(key: str, path: Path) -> list[str]:
@@ -738,6 +773,7 @@ def _rate_limit_problems(settings: Settings) -> list[str]:
         ("RATE_LIMIT_DEFAULT", settings.rate_limit_default),
         ("RATE_LIMIT_LOGIN_ACCOUNT", settings.rate_limit_login_account),
         ("RATE_LIMIT_LOGIN_ACCOUNT_ADDRESS", settings.rate_limit_login_account_address),
+        ("RATE_LIMIT_PASSWORD_RESET_ACCOUNT", settings.rate_limit_password_reset_account),
     ]
     for route, limit in settings.rate_limit_routes.items():
         method, _, path = str(route).partition(" ")

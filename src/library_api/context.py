@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 from starlette.requests import HTTPConnection
 
+from library_api.auth.resets import PasswordResets
 from library_api.auth.service import AuthService
 from library_api.bookings.service import BookingService
 from library_api.books.service import BookService
@@ -70,6 +71,7 @@ class AppContext:
     admission: Admission
     notifier: Notifier
     credentials: CredentialGuard
+    password_resets: PasswordResets
 
 
 def get_context(connection: HTTPConnection) -> AppContext:

@@ -34,3 +34,21 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PasswordReset(Base):
+    """One password-reset link sent to an account: its token's SHA-256 only, its expiry, and how it ended.
+
+    A link is usable while ``used_at`` and ``revoked_at`` are both empty and ``expires_at`` is ahead.
+    ``revoked_at`` is set when a newer link is issued for the account or its password is reset by other means.
+    """
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)

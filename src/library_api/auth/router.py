@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, status
 
-from library_api.auth.schemas import PrincipalOut, RefreshRequest, TokenPair
+from library_api.auth.schemas import (
+    PasswordResetAccepted,
+    PasswordResetConfirm,
+    PasswordResetRequest,
+    PrincipalOut,
+    RefreshRequest,
+    TokenPair,
+)
 from library_api.deps import ContextDep, SessionDep
 from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
@@ -125,6 +132,46 @@ async def update_me(
     """
     user = await ctx.users.update_self(session, _user_id(principal), body, client_address(request.scope))
     return UserOut.model_validate(user)
+
+
+@router.post(
+    "/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[public()],
+    responses=problems(422, 429, 503),
+    summary="Ask for a password-reset link by e-mail",
+)
+async def request_password_reset(body: PasswordResetRequest, ctx: ContextDep) -> PasswordResetAccepted:
+    """Mail a single-use link to the account with this address, if there is one; the answer never says.
+
+    Every address gets the same answer, headers and timing: the account is looked up after the response. A
+    new link ends the account's older ones. 429 comes from the per-address limit of this route or from
+    ``RATE_LIMIT_PASSWORD_RESET_ACCOUNT``, counted per e-mail address whether or not it has an account; 503
+    when reset by e-mail is not configured (``SMTP_HOST`` and ``PASSWORD_RESET_URL``).
+    """
+    await ctx.password_resets.request(body.email)
+    return PasswordResetAccepted(
+        detail="If an account has this address, a link to choose a new password is on its way to it.",
+        expires_in=int(ctx.password_resets.lifetime.total_seconds()),
+    )
+
+
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[public()],
+    responses=problems(400, 403, 404, 410, 422, 429),
+    summary="Set a new password with a reset link's token",
+)
+async def confirm_password_reset(body: PasswordResetConfirm, session: SessionDep, ctx: ContextDep) -> None:
+    """Spend the link's token to set a new password, and end every session of the account everywhere.
+
+    400 ``invalid-reset-token`` for a token never issued; 410 ``reset-token-used``, ``reset-token-expired`` or
+    ``reset-token-revoked`` (a newer link was asked for, or the account's sessions ended) for one that can no
+    longer be used; 422 for a password the registration policy refuses (the token is then still usable); 403
+    for a deactivated account.
+    """
+    await ctx.password_resets.confirm(session, body.token, body.password)
 
 
 @router.get("/principal", dependencies=[public()], summary="Who the service takes the caller to be")

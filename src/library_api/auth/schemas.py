@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from library_api.users.schemas import EmailAddress, Password
+
 
 class TokenPair(BaseModel):
     """An access token for API calls and a refresh token to get the next pair (OAuth2 token response)."""
@@ -32,3 +34,27 @@ class PrincipalOut(BaseModel):
     name: str | None
     credential: str
     roles: list[str]
+
+
+class PasswordResetRequest(BaseModel):
+    """The address of the account whose password was forgotten."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailAddress
+
+
+class PasswordResetAccepted(BaseModel):
+    """The answer to every accepted reset request, whether or not an account has the address."""
+
+    detail: str = Field(description="What happens next; the same text for every address.")
+    expires_in: int = Field(description="Seconds a link sent now stays usable.")
+
+
+class PasswordResetConfirm(BaseModel):
+    """The token of a reset link and the new password (the registration policy applies)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=512, description="The `token` of the link's fragment.")
+    password: Password

@@ -602,8 +602,9 @@ def client_ws(
 
 # Command groups kept in modules of their own register themselves on ``app`` when imported.
 from library_api.cli import mail as _mail  # noqa: E402
+from library_api.cli import passwords as _passwords  # noqa: E402
 
-__all__ = ["_mail", "app", "main"]
+__all__ = ["_mail", "_passwords", "app", "main"]
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Every model module imported in one place, so that the metadata Alembic compares against is complete."""
 
-from library_api.auth.models import RefreshFamily, RefreshToken
+from library_api.auth.models import PasswordReset, RefreshFamily, RefreshToken
 from library_api.bookings.models import Booking
 from library_api.books.models import Book, BookAuthor, BookTag
 from library_api.db.base import Base
@@ -19,6 +19,7 @@ __all__ = [
     "Booking",
     "IdempotencyRecord",
     "OutboxEmail",
+    "PasswordReset",
     "RefreshFamily",
     "RefreshToken",
     "User",

@@ -209,6 +209,8 @@ def builtin_route_limits(api_prefix: str) -> dict[str, str]:
         f"POST {api_prefix}/auth/login": "10/minute;100/hour",
         f"POST {api_prefix}/auth/register": "20/hour",
         f"POST {api_prefix}/auth/refresh": "60/minute",
+        f"POST {api_prefix}/auth/password-reset": "5/minute;20/hour",
+        f"POST {api_prefix}/auth/password-reset/confirm": "10/minute;50/hour",
     }
 
 

@@ -12,10 +12,14 @@ from library_api.db.base import Base, TimestampMixin
 
 
 class EmailKind(StrEnum):
-    """Why a mail is sent; with the booking it concerns, at most one mail of each kind exists."""
+    """Why a mail is sent; with the booking it concerns, at most one mail of each kind exists.
+
+    Mails about no booking (``booking_id`` empty, a password reset) are not limited by that constraint.
+    """
 
     BOOKING_CONFIRMATION = "booking_confirmation"
     BOOKING_REMINDER = "booking_reminder"
+    PASSWORD_RESET = "password_reset"  # noqa: S105 - a kind of mail, not a secret
 
 
 class EmailStatus(StrEnum):

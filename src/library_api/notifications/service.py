@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from library_api.bookings.models import Booking, BookingStatus
 from library_api.books.models import Book
@@ -45,7 +46,7 @@ from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.events import DomainEvent
 from library_api.notifications.mailer import DeliveryError, Failure, Mailer, message_id_for
-from library_api.notifications.messages import render
+from library_api.notifications.messages import redact_reset_token, render
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail
 from library_api.users.models import User
 
@@ -216,6 +217,31 @@ class Notifier:
             and_(Booking.status == BookingStatus.ACTIVE, Booking.created_at >= now - CATCH_UP),
         )
 
+    def add_mail(self, session: AsyncSession, kind: EmailKind, recipient: str, subject: str, body: str) -> None:
+        """Queue a mail about no booking in the caller's transaction: it exists if and when that commits.
+
+        Call :meth:`wake` after the commit, so the mail leaves at once rather than at the next poll.
+        """
+        now = self.clock()
+        session.add(
+            OutboxEmail(
+                kind=kind.value,
+                recipient=recipient,
+                subject=subject[:200],
+                body=body,
+                status=EmailStatus.PENDING.value,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    def wake(self) -> None:
+        """Have the delivery loop look for due mail now (a mail was just queued)."""
+        self.queued += 1
+        self._wake.set()
+
     # ----- delivery -----
 
     async def _deliver_loop(self) -> None:
@@ -262,8 +288,11 @@ class Notifier:
         assert email.message_id is not None
         message = self._mailer.compose(email.recipient, email.subject, email.body, message_id=email.message_id)
 
+        # A password-reset link is a credential: once the server has the mail, the outbox keeps no usable copy.
+        scrub = {"body": redact_reset_token(email.body)} if email.kind == EmailKind.PASSWORD_RESET else {}
+
         async def accepted() -> None:
-            await self._record(email.id, status=EmailStatus.SENT, sent_at=self.clock(), last_error=None)
+            await self._record(email.id, status=EmailStatus.SENT, sent_at=self.clock(), last_error=None, **scrub)
             self.sent += 1
 
         try:

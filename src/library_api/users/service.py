@@ -1,7 +1,8 @@
 """Accounts: creation, lookup, self-service changes and administration.
 
 Role and activity changes bump ``token_version`` (invalidating issued access tokens) and revoke refresh
-families, so a demoted or deactivated user loses access at once rather than when their tokens expire.
+families, so a demoted or deactivated user loses access at once rather than when their tokens expire. Every
+such end of an account's sessions also ends its unused password-reset links.
 
 Password hashing never runs inside a transaction: a password change reads the account's credentials, ends that
 read, checks and hashes, and only then writes, in a short transaction that first makes sure the account did
@@ -16,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.auth.models import RefreshFamily
+from library_api.auth.models import PasswordReset, RefreshFamily
 from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
 from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
@@ -76,6 +77,23 @@ class UserService:
     def _check_password(self, password: str) -> None:
         if len(password) < self._min_length:
             raise InvalidInput(f"The password needs at least {self._min_length} characters.", field="body.password")
+
+    def check_new_password(self, password: str) -> None:
+        """Apply the password policy of registration and password change (422 ``body.password`` otherwise)."""
+        self._check_password(password)
+
+    async def set_password(self, session: AsyncSession, user: User, password_hash: str, *, reason: str) -> None:
+        """Give an account locked by the caller's write transaction a new password and end all its sessions.
+
+        The caller commits, then calls :meth:`remember`; every worker sees the new ``token_version`` within
+        ``PRINCIPAL_CACHE_TTL``, and live sockets are closed by their credential checks.
+        """
+        user.password_hash = password_hash
+        await self._end_sessions(session, user, reason=reason)
+
+    def remember(self, user: User) -> None:
+        """Refresh this worker's cached state of an account just written."""
+        self._remember(user)
 
     async def create(
         self, session: AsyncSession, *, email: str, password: str, full_name: str, role: Role = Role.READER
@@ -240,6 +258,12 @@ class UserService:
             update(RefreshFamily)
             .where(RefreshFamily.user_id == user.id, RefreshFamily.revoked_at.is_(None))
             .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+        await session.execute(
+            update(PasswordReset)
+            .where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
+            .where(PasswordReset.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
         )
 
     def _remember(self, user: User) -> None:
