@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,6 +51,10 @@ from library_api.users.models import User
 from library_api.users.service import UserService, normalize_email
 
 logger = logging.getLogger("library_api.auth")
+
+_STATE = select(
+    PasswordReset.id, PasswordReset.user_id, PasswordReset.used_at, PasswordReset.revoked_at, PasswordReset.expires_at
+)
 
 ACCOUNT_POLICY = "password-reset-account"
 QUEUE_SIZE = 1000
@@ -234,10 +238,8 @@ class PasswordResets:
     async def confirm(self, session: AsyncSession, token: str, password: str) -> None:
         """Spend ``token`` to set ``password`` and end every session of its account; refused if not usable."""
         self._users.check_new_password(password)
-        digest = digest_token(token)
-        reset = (
-            await session.execute(select(PasswordReset).where(PasswordReset.token_hash == digest))
-        ).scalar_one_or_none()
+        by_digest = _STATE.where(PasswordReset.token_hash == digest_token(token))
+        reset = (await session.execute(by_digest)).one_or_none()
         await session.rollback()
         if reset is None:
             raise InvalidResetToken("This password-reset link is not one the service issued; ask for a new one.")
@@ -258,14 +260,11 @@ class PasswordResets:
         )
         if spent.rowcount != 1:  # type: ignore[attr-defined]
             await session.rollback()
-            current = await session.get(PasswordReset, reset.id, populate_existing=True)
-            await session.rollback()
-            assert current is not None, "a reset row is deleted only with its account"
-            self._refuse_unusable(current)
+            self._refuse_unusable((await session.execute(by_digest)).one())
             raise ResetTokenUsed("This password-reset link has just been used by another request.")
         await self.set_password_in(session, reset.user_id, password_hash, reason="password_reset")
 
-    def _refuse_unusable(self, reset: PasswordReset) -> None:
+    def _refuse_unusable(self, reset: Row[int, int, datetime | None, datetime | None, datetime]) -> None:
         if reset.used_at is not None:
             raise ResetTokenUsed("This password-reset link has been used already; a link works once.")
         if reset.revoked_at is not None:
