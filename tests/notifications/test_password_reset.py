@@ -15,10 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from click.testing import Result
 from fastapi import FastAPI
 from sqlalchemy import select
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from library_api.app import create_app
 from library_api.auth.models import PasswordReset

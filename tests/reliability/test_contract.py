@@ -27,11 +27,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
 from tests.reliability import budget
 from tests.reliability.conftest import Record
 from tests.support.factories import PASSWORD
 from tests.support.live_server import LiveServer
+from tests.support.services import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,9 +47,27 @@ def account(role: str) -> str:
     return f"contract-{role}@example.org"
 
 
+class AcceptEverything:
+    """An SMTP handler that takes every mail (the password-reset operation sends some)."""
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        return "250 2.0.0 accepted"
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    live = LiveServer({"RATE_LIMIT_ENABLED": "false"})
+    mail = Controller(AcceptEverything(), hostname="127.0.0.1", port=free_port())
+    mail.start()
+    live = LiveServer(
+        {
+            "RATE_LIMIT_ENABLED": "false",
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(mail.port),
+            "SMTP_SECURITY": "none",
+            "EMAIL_FROM": "noreply@library.example.com",
+            "PASSWORD_RESET_URL": "http://127.0.0.1/reset-password",
+        }
+    )
     live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'contract.db'}"
     assert live.run_cli("migrate").returncode == 0
     for role in (*ROLES, "revoked-reader"):
@@ -57,9 +77,16 @@ def server() -> Iterator[LiveServer]:
     live.start(wait="/health/ready")
     yield live
     assert live.stop(), live.log_text()[-3000:]
+    mail.stop()
 
 
 OPERATION_RULES = """
+# A reset token is opaque: a schema-valid one the service never issued is a documented 400 problem, and one
+# already spent (the stateful phase may confirm twice) a documented 410.
+[[operations]]
+include-path = "/api/v1/auth/password-reset/confirm"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "410", "429"]
+
 # A list's cursor is opaque (any string is schema-valid, only the ones the list handed out are accepted), and the
 # deepest offset is a setting (MAX_LIST_OFFSET): both are documented 400 problems. (First: the first block that
 # matches an operation is the one that applies.)
