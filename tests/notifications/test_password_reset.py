@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 from library_api.app import create_app
 from library_api.auth.models import PasswordReset
 from library_api.cli.main import app as cli_app
+from library_api.config import ConfigError, load_settings
 from library_api.context import AppContext
 from library_api.db.base import utcnow
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail
@@ -347,3 +348,28 @@ async def test_operator_command_refusals(committed_url: str) -> None:
     assert nobody.exit_code == 1 and "no active account" in nobody.stderr
     assert weak.exit_code == 1 and "at least 8 characters" in weak.stderr
     assert unknown.exit_code == 1 and "No account has this e-mail address" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"PASSWORD_RESET_URL": "library.example.com/reset"}, "PASSWORD_RESET_URL: must be an absolute http(s) URL"),
+        ({"PASSWORD_RESET_URL": "ftp://library.example.com/reset"}, "PASSWORD_RESET_URL: must be an absolute"),
+        ({"PASSWORD_RESET_URL": "https://library.example.com/#reset"}, "PASSWORD_RESET_URL: must be an absolute"),
+        (
+            {"PASSWORD_RESET_URL": "http://library.example.com/reset", "ENVIRONMENT": "production"},
+            "PASSWORD_RESET_URL: must be https outside development",
+        ),
+        ({"RATE_LIMIT_PASSWORD_RESET_ACCOUNT": "often"}, "RATE_LIMIT_PASSWORD_RESET_ACCOUNT"),
+    ],
+)
+def test_reset_settings_are_checked_before_start(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(env=env, env_file=None)
+    assert any(line.startswith(problem) for line in error.value.problems), error.value.problems
+
+
+def test_a_development_link_may_be_plain_http() -> None:
+    settings = load_settings(env={"PASSWORD_RESET_URL": "http://127.0.0.1:5173/reset"}, env_file=None)
+    assert settings.password_reset_url == "http://127.0.0.1:5173/reset"
+    assert not settings.password_reset_enabled  # no SMTP_HOST yet
