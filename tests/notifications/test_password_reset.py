@@ -6,9 +6,10 @@ Every test runs on SQLite and PostgreSQL. The mail is read from the SMTP server'
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from email.message import Message
 from pathlib import Path
@@ -31,6 +32,7 @@ from library_api.server.uvicorn import TLSWebSocketsProtocol
 from library_api.users.models import User
 from tests.conftest import fast_settings
 from tests.notifications.test_email import SmtpServer, StartApp, Tls, apps, wait_until_async
+from tests.support.cli import SETTING_PREFIXES
 from tests.support.factories import PASSWORD, bearer, create_user, token_for, unique_email
 from tests.support.http import client_for
 from tests.support.live import closed_with, open_client, serve_in_loop, subscribe, wait_until
@@ -284,12 +286,15 @@ async def test_a_reset_closes_the_accounts_live_socket(
     assert (code, reason) == (4401, "The access token has been revoked.")
 
 
-def run_cli(arguments: list[str], env: dict[str, str], stdin: str | None = None) -> Result:
-    """``library-api`` in this process, on a thread of its own (the command runs its own event loop)."""
-    with ThreadPoolExecutor(max_workers=1) as executor:
-        return executor.submit(
-            CliRunner().invoke, cli_app, arguments, input=stdin, env=env, catch_exceptions=False
-        ).result()
+async def run_cli(arguments: list[str], env: dict[str, str], stdin: str | None = None) -> Result:
+    """``library-api`` in this process, on a thread of its own (the command runs its own event loop), while
+    this loop goes on serving the application (whose mail sender may hold SQLite's write lock for a moment)."""
+    environment: dict[str, str | None] = {key: None for key in os.environ if key.startswith(SETTING_PREFIXES)}
+    environment.update(env)
+    runner = CliRunner()
+    return await asyncio.to_thread(
+        runner.invoke, cli_app, arguments, input=stdin, env=environment, catch_exceptions=False
+    )
 
 
 async def test_operators_mail_print_or_set(smtp: SmtpServer, start_app: StartApp, tls: Tls, committed_url: str) -> None:
@@ -304,12 +309,12 @@ async def test_operators_mail_print_or_set(smtp: SmtpServer, start_app: StartApp
         "EMAIL_FROM": "noreply@library.example.com",
     }
 
-    mailed = run_cli(["users", "reset-password", user.email], mail_env)
+    mailed = await run_cli(["users", "reset-password", user.email], mail_env)
     assert mailed.exit_code == 0, mailed.output
     assert f"queued a reset link for {user.email}" in mailed.stdout
     mailed_token = token_in(await mail_to(smtp, user.email))  # the running service delivers what the command queued
 
-    printed = run_cli(["users", "reset-password", "--print-link", user.email], env)
+    printed = await run_cli(["users", "reset-password", "--print-link", user.email], env)
     assert printed.exit_code == 0, printed.output
     link = printed.stdout.strip()
     assert link.startswith(f"{RESET_URL}#token=")
@@ -320,7 +325,8 @@ async def test_operators_mail_print_or_set(smtp: SmtpServer, start_app: StartApp
         assert fresh.status_code == 204, fresh.text
         access = (await login(http, user.email, NEW_PASSWORD)).json()["access_token"]
 
-        chosen = run_cli(["users", "reset-password", "--password-stdin", user.email], env, stdin="set-by-operator-7\n")
+        stdin = "set-by-operator-7\n"
+        chosen = await run_cli(["users", "reset-password", "--password-stdin", user.email], env, stdin=stdin)
         assert chosen.exit_code == 0, chosen.output
         assert "every session of the account has ended" in chosen.stdout
 
@@ -333,14 +339,16 @@ async def test_operators_mail_print_or_set(smtp: SmtpServer, start_app: StartApp
 
 async def test_operator_command_refusals(committed_url: str) -> None:
     env = {"DATABASE_URL": committed_url}
-    both = run_cli(["users", "reset-password", "--print-link", "--password-stdin", "a@example.org"], env)
-    no_url = run_cli(["users", "reset-password", "--print-link", "a@example.org"], env)
-    no_mail = run_cli(["users", "reset-password", "a@example.org"], {**env, "PASSWORD_RESET_URL": RESET_URL})
-    nobody = run_cli(
+    both = await run_cli(["users", "reset-password", "--print-link", "--password-stdin", "a@example.org"], env)
+    no_url = await run_cli(["users", "reset-password", "--print-link", "a@example.org"], env)
+    no_mail = await run_cli(["users", "reset-password", "a@example.org"], {**env, "PASSWORD_RESET_URL": RESET_URL})
+    nobody = await run_cli(
         ["users", "reset-password", "--print-link", "nobody@example.org"], {**env, "PASSWORD_RESET_URL": RESET_URL}
     )
-    weak = run_cli(["users", "reset-password", "--password-stdin", "nobody@example.org"], env, stdin="short\n")
-    unknown = run_cli(["users", "reset-password", "--password-stdin", "nobody@example.org"], env, stdin=NEW_PASSWORD)
+    weak = await run_cli(["users", "reset-password", "--password-stdin", "nobody@example.org"], env, stdin="short\n")
+    unknown = await run_cli(
+        ["users", "reset-password", "--password-stdin", "nobody@example.org"], env, stdin=NEW_PASSWORD
+    )
     assert (both.exit_code, no_url.exit_code, no_mail.exit_code) == (2, 2, 2)
     assert "choose one of --print-link and --password-stdin" in both.stderr
     assert "PASSWORD_RESET_URL" in no_url.stderr
