@@ -381,3 +381,21 @@ def test_a_development_link_may_be_plain_http() -> None:
     settings = load_settings(env={"PASSWORD_RESET_URL": "http://127.0.0.1:5173/reset"}, env_file=None)
     assert settings.password_reset_url == "http://127.0.0.1:5173/reset"
     assert not settings.password_reset_enabled  # no SMTP_HOST yet
+
+
+async def test_two_concurrent_uses_of_one_link_set_one_password(smtp: SmtpServer, start_app: StartApp) -> None:
+    ctx, app = await start(start_app, smtp)
+    user = await create_user(ctx, Role.READER)
+    async with client_for(app) as http:
+        assert (await ask(http, user.email)).status_code == 202
+        token = token_in(await mail_to(smtp, user.email))
+        answers = await asyncio.gather(
+            *(http.post(CONFIRM, json={"token": token, "password": f"{NEW_PASSWORD}-{n}"}) for n in range(2))
+        )
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [204, 410], [answer.text for answer in answers]
+        loser = next(answer for answer in answers if answer.status_code == 410)
+        assert loser.json()["type"] == "urn:library-api:problem:reset-token-used"
+        winner = answers.index(next(answer for answer in answers if answer.status_code == 204))
+        assert (await login(http, user.email, f"{NEW_PASSWORD}-{winner}")).status_code == 200
+        assert (await login(http, user.email, f"{NEW_PASSWORD}-{1 - winner}")).status_code == 401
