@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import uuid
 from datetime import timedelta
 from email.message import Message
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.notifications.test_email import SmtpServer, StartApp, Tls, apps
 from tests.support.factories import PASSWORD, bearer, create_user, token_for, unique_email
 from tests.support.http import client_for
 from tests.support.live import closed_with, open_client, serve_in_loop, subscribe, wait_until
+from tests.support.services import REDIS_URL, require_redis
 
 RESET_URL = "https://library.example.com/reset-password"
 NEW_PASSWORD = "a-brand-new-passphrase-42"
@@ -297,3 +299,22 @@ async def test_two_concurrent_uses_of_one_link_set_one_password(smtp: SmtpServer
         winner = answers.index(next(answer for answer in answers if answer.status_code == 204))
         assert (await login(http, user.email, f"{NEW_PASSWORD}-{winner}")).status_code == 200
         assert (await login(http, user.email, f"{NEW_PASSWORD}-{1 - winner}")).status_code == 401
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_the_per_address_count_is_shared_by_workers_through_redis(smtp: SmtpServer, start_app: StartApp) -> None:
+    """Two applications on one database and one Redis, as two workers: the third request is refused by either."""
+    require_redis()
+    shared = {
+        "redis_url": REDIS_URL,
+        "cache_key_prefix": f"t{uuid.uuid4().hex[:10]}_",
+        "rate_limit_enabled": True,
+        "rate_limit_password_reset_account": "2/hour",
+    }
+    first, first_app = await start(start_app, smtp, **shared)
+    second, second_app = await start(start_app, smtp, **shared)
+    address = unique_email("nobody")
+    async with client_for(first_app, "198.51.100.1") as one, client_for(second_app, "198.51.100.2") as two:
+        statuses = [(await ask(http, address)).status_code for http in (one, two, one, two)]
+    assert statuses == [202, 202, 429, 429]
+    assert first is not second
