@@ -8,7 +8,9 @@ a row published twice (a relay that died before deleting it) is not numbered twi
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -20,6 +22,7 @@ import pytest
 import pytest_asyncio
 from redis import Redis
 from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from library_api.app import build_context
 from library_api.books.schemas import BookCreate
@@ -34,6 +37,7 @@ from library_api.realtime.outbox import LiveEventRow, record
 from library_api.realtime.redis_broker import RedisBroker
 from library_api.realtime.relay import Backlog, Relay
 from tests.conftest import fast_settings
+from tests.realtime.conftest import SQLITE_ONLY
 from tests.support.factories import unique_isbn
 from tests.support.live import wait_until
 from tests.support.private_services import PrivateRedis
@@ -78,6 +82,14 @@ async def write(database: Database, events: list[DomainEvent]) -> None:
 async def rows(database: Database) -> list[Any]:
     async with database.reader() as session:
         return list((await session.execute(select(LiveEventRow.__table__).order_by(LiveEventRow.id))).all())
+
+
+async def emptied(database: Database, within: float = 10) -> None:
+    """Wait until the outbox is empty (a round deletes its rows just after publishing the last of them)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while await rows(database):
+        assert asyncio.get_running_loop().time() < deadline, "the outbox was not emptied"
+        await asyncio.sleep(0.02)
 
 
 def titles(messages: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -203,7 +215,8 @@ async def test_the_running_relay_publishes_a_commit_before_the_request_returns(d
     broker = MemoryBroker(100)
     hub = Hub(fast_settings(broadcast_interval=0), broker)
     measured: list[Backlog] = []
-    relay = Relay(database, hub.publish, poll_interval=0.05, on_backlog=measured.append)
+    # A generous bound on the wait, so that only the end of the round (never the bound) releases the request.
+    relay = Relay(database, hub.publish, poll_interval=0.05, on_backlog=measured.append, publish_wait=60)
     await relay.start()
     await relay.start()  # idempotent
     try:
@@ -211,8 +224,9 @@ async def test_the_running_relay_publishes_a_commit_before_the_request_returns(d
         await write(database, [event])
         await relay.on_domain_event(event)  # what the event bus does after the commit
         assert titles((await broker.history("book:3", 0, broker.epoch)).messages) == [(1, "now")]
-        await wait_until(lambda: bool(measured), within=10, what="a look at the backlog")
-        assert measured[-1] == Backlog(0, 0.0)
+        await wait_until(
+            lambda: bool(measured) and measured[-1] == Backlog(0, 0.0), within=10, what="an empty backlog measured"
+        )
     finally:
         await relay.stop()
         await relay.stop()  # idempotent
@@ -276,3 +290,89 @@ async def test_the_backlog_is_its_depth_and_the_age_of_its_oldest_row(database: 
     assert await relay.backlog() == Backlog(0, 0.0)
     async with database.reader() as session:
         assert (await session.execute(select(func.count()).select_from(LiveEventRow))).scalar_one() == 0
+
+
+async def test_with_a_bound_database_rows_are_published_inline_or_kept(
+    shared_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tests that roll back every change share one connection: the request itself publishes, no task runs."""
+    async with shared_engine.connect() as connection:
+        transaction = await connection.begin()
+        sessionmaker = async_sessionmaker(
+            bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
+        bound = Database(engine=shared_engine, sessionmaker=sessionmaker, owned=False, bound=connection)
+        broker = MemoryBroker(10)
+        relay = Relay(bound, Hub(fast_settings(broadcast_interval=0), broker).publish, poll_interval=1)
+        await relay.start()  # nothing to start
+        event = book_event(7, "inline")
+        await write(bound, [event])
+        await relay.on_domain_event(event)
+        assert titles((await broker.history("book:7", 0, broker.epoch)).messages) == [(1, "inline")]
+
+        unreachable = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", "nowhere", 10, block_ms=100)
+        failing = Relay(bound, Hub(fast_settings(broadcast_interval=0), unreachable).publish, poll_interval=1)
+        await write(bound, [event])
+        caplog.set_level(logging.WARNING, logger="library_api.realtime.relay")
+        await failing.on_domain_event(event)
+        await unreachable.close()
+        assert len(await rows(bound)) == 1
+        assert any(r.getMessage().startswith("live events left in the outbox") for r in caplog.records)
+        await relay.stop()  # never started: nothing to do
+        await transaction.rollback()
+
+
+async def test_the_loop_retries_until_redis_returns_and_says_so(
+    database: Database, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="library_api.realtime.relay")
+    broker = RedisBroker(private_redis.url, "loop", 100, block_ms=100)
+    hub = Hub(fast_settings(broadcast_interval=0), broker)
+    relay = Relay(database, hub.publish, poll_interval=0.05)
+    await relay.start()
+    try:
+        await asyncio.to_thread(private_redis.stop)
+        event = book_event(8, "retried")
+        await write(database, [event])
+        await relay.on_domain_event(event)
+        await wait_until(lambda: relay.failures >= 1, within=10, what="a failed round")
+        await asyncio.to_thread(private_redis.start)
+        await wait_until(lambda: relay.published == 1, within=30, what="the row published once Redis is back")
+        await emptied(database)
+    finally:
+        await relay.stop()
+        await broker.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert "live events: publishing from the outbox again" in messages
+
+
+@pytest.mark.parametrize(**SQLITE_ONLY)
+async def test_a_sqlite_relay_waits_its_turn_while_another_process_holds_the_lock(database: Database) -> None:
+    path = Path(f"{database.engine.url.database}-relay.lock")
+    broker = MemoryBroker(10)
+    relay = Relay(database, Hub(fast_settings(broadcast_interval=0), broker).publish, poll_interval=0.05)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's relay at work
+        await relay.start()
+        await write(database, [book_event(9, "after my turn")])
+        await wait_until(lambda: relay.waited >= 2, within=10, what="rounds that found the lock held")
+        assert relay.published == 0
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        await wait_until(lambda: relay.published == 1, within=10, what="the row published once the lock is free")
+    finally:
+        os.close(descriptor)
+        await relay.stop()
+
+
+async def test_only_a_sqlite_file_gets_a_lock_file(tmp_path: Path) -> None:
+    urls = {
+        "sqlite+aiosqlite:///:memory:": None,
+        f"sqlite+aiosqlite:///{tmp_path}/library.db": tmp_path / "library.db-relay.lock",
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/library": None,
+    }
+    for url, expected in urls.items():
+        engine = create_async_engine(url)
+        database = Database(engine=engine, sessionmaker=async_sessionmaker(engine))
+        assert Relay(database, MemoryBroker(1).publish, poll_interval=1).lock_path == expected, url
+        await engine.dispose()

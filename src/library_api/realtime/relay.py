@@ -109,6 +109,7 @@ class Relay:
         batch: int = BATCH,
         on_backlog: Callable[[Backlog], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        publish_wait: float = PUBLISH_WAIT,
     ) -> None:
         self._database = database
         self._publish = publish
@@ -116,6 +117,7 @@ class Relay:
         self._batch = batch
         self._on_backlog = on_backlog
         self._clock = clock
+        self._publish_wait = publish_wait
         self._inline = database.bound is not None
         self._turn = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -125,13 +127,16 @@ class Relay:
         self._begun = 0
         self._ended = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._lock_path = _lock_path(database)
+        self.lock_path = _lock_path(database)
+        """Where SQLite relays of several processes take turns (``None``: PostgreSQL, or one process only)."""
         self.published = 0
         """Rows this process published (the broker numbered them)."""
         self.recognised = 0
         """Rows this process published again and the broker recognised (not numbered twice)."""
         self.failures = 0
         """Rounds that ended early because the broker or the database could not be reached."""
+        self.waited = 0
+        """Rounds that found another process's relay at work (SQLite) and tried again shortly after."""
 
     # ----- lifecycle -----
 
@@ -179,7 +184,7 @@ class Relay:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append((self._begun + 1, waiter))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), timeout=PUBLISH_WAIT)
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=self._publish_wait)
             return
         try:
             while await self.relay_once() == self._batch:
@@ -198,7 +203,7 @@ class Relay:
         async with self._turn:
             if self._database.dialect == "postgresql":
                 return await self._round_postgresql()
-            with _exclusive(self._lock_path) as held:
+            with _exclusive(self.lock_path) as held:
                 return await self._round_sqlite() if held else None
 
     async def _round_postgresql(self) -> int:
@@ -281,6 +286,7 @@ class Relay:
                 self._failing = False
                 delay = BASE_DELAY
             if outcome is None:
+                self.waited += 1
                 await self._pause(LOCK_RETRY)
             elif outcome < self._batch:
                 if time.monotonic() - measured >= self._poll_interval:
