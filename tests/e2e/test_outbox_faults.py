@@ -96,8 +96,9 @@ class Follower:
         """Follow one message; whether it was the ``subscribed`` reply."""
         data = message["data"]
         if message["type"] == "resync":
-            self.resyncs.append(data)
-            self.last_id, self.epoch = data["latest"], data["epoch"]
+            if data["topic"] == "books":  # the automatic topics (broadcast) are told too
+                self.resyncs.append(data)
+                self.last_id, self.epoch = data["latest"], data.get("epoch")
         elif message["type"] == "subscribed":
             if data["last_event_id"] is not None:  # where the subscription starts (replayed messages follow)
                 self.last_id, self.epoch = data["last_event_id"], data["epoch"]
@@ -189,12 +190,22 @@ async def run_scenario(
         first.run_cli, "users", "create", "--email", LIBRARIAN, "--password", PASSWORD, "--role", "librarian"
     )
     assert made.returncode == 0, made.stderr
-    await asyncio.to_thread(first.start, wait="/health/ready", timeout=120)
+    # Another host of the same deployment, which stays up throughout; its clients never disconnect.
+    bystander = LiveServer(env, workers=1)
+    started.append(bystander)
+    await asyncio.gather(
+        asyncio.to_thread(first.start, wait="/health/ready", timeout=120),
+        asyncio.to_thread(bystander.start, wait="/health/ready", timeout=120),
+    )
     token = await librarian_token(first)
     followers = [Follower(f"follower-{n}") for n in range(CLIENTS)]
-    await asyncio.gather(*(follower.connect(first, token) for follower in followers))
+    watchers = [Follower(f"watcher-{n}") for n in range(2)]
+    await asyncio.gather(
+        *(follower.connect(first, token) for follower in followers),
+        *(watcher.connect(bystander, token) for watcher in watchers),
+    )
     await create_books(first, token, ["before the outage"])
-    await asyncio.gather(*(follower.read_until("before the outage") for follower in followers))
+    await asyncio.gather(*(follower.read_until("before the outage") for follower in [*followers, *watchers]))
 
     await asyncio.to_thread(redis.stop)  # SIGKILL
     during = [f"during the outage {n}" for n in range(DURING)]
@@ -207,16 +218,18 @@ async def run_scenario(
     await asyncio.gather(*(follower.close() for follower in followers))
 
     await asyncio.to_thread(redis.start)
+    # No worker of the killed service runs yet: the other host's relay publishes what they left in the outbox.
+    await asyncio.gather(*(watcher.read_until(during[-1]) for watcher in watchers))
     second = LiveServer(env, workers=2)
     started.append(second)
     await asyncio.to_thread(second.start, wait="/health/ready", timeout=120)
     token = await librarian_token(second)
     await asyncio.gather(*(follower.connect(second, token) for follower in followers))
     await create_books(second, token, ["after the restart"])
-    await asyncio.gather(*(follower.read_until("after the restart") for follower in followers))
-    await asyncio.gather(*(follower.close() for follower in followers))
+    await asyncio.gather(*(follower.read_until("after the restart") for follower in [*followers, *watchers]))
+    await asyncio.gather(*(follower.close() for follower in [*followers, *watchers]))
 
-    for follower in followers:
+    for follower in [*followers, *watchers]:
         received = Counter(follower.titles)
         assert all(count == 1 for count in received.values()), f"{follower.name} got duplicates: {received}"
         missed = [title for title in during if title not in received]
