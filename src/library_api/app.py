@@ -209,9 +209,10 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         metrics.outbox_oldest_age.set(backlog.oldest_age)
 
     relay = Relay(database, hub.publish, poll_interval=settings.live_outbox_poll_interval, on_backlog=observe_backlog)
-    events.subscribe(relay.on_domain_event)
     notifier = Notifier(settings, database)
     events.subscribe(notifier.on_domain_event)
+    # Last: the relay holds the request until its event is published (bounded), after every other handler ran.
+    events.subscribe(relay.on_domain_event)
     rate_limiter = RateLimiter(
         redis=redis if settings.effective_rate_limit_storage == "redis" else None,
         key_prefix=settings.cache_key_prefix,
