@@ -57,6 +57,7 @@ from library_api.realtime.admission import Admission
 from library_api.realtime.broker import Broker, MemoryBroker
 from library_api.realtime.credentials import CredentialGuard
 from library_api.realtime.hub import Hub
+from library_api.realtime.relay import Backlog, Relay
 from library_api.realtime.router import api_router as realtime_router
 from library_api.realtime.router import router as websocket_router
 from library_api.resilience.breaker import CircuitBreaker, CircuitState
@@ -203,9 +204,16 @@ def build_context(settings: Settings, database: Database) -> AppContext:
     shutdown = ShutdownCoordinator(settings.shutdown_timeout, settings.shutdown_progress_interval)
     hub = Hub(settings, build_broker(settings), shutdown)
     shutdown.add_drainer(hub)
-    events.subscribe(hub.on_domain_event)
+
+    def observe_backlog(backlog: Backlog) -> None:
+        metrics.outbox_depth.set(backlog.depth)
+        metrics.outbox_oldest_age.set(backlog.oldest_age)
+
+    relay = Relay(database, hub.publish, poll_interval=settings.live_outbox_poll_interval, on_backlog=observe_backlog)
     notifier = Notifier(settings, database)
     events.subscribe(notifier.on_domain_event)
+    # Last: the relay holds the request until its event is published (bounded), after every other handler ran.
+    events.subscribe(relay.on_domain_event)
     rate_limiter = RateLimiter(
         redis=redis if settings.effective_rate_limit_storage == "redis" else None,
         key_prefix=settings.cache_key_prefix,
@@ -261,6 +269,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
             settings, database, redis, shutdown, backoff, metrics.health_ready, schema=SchemaWatch(database.engine)
         ),
         hub=hub,
+        relay=relay,
         admission=Admission(settings, rate_limiter, lambda reason: refusals.labels(reason.value).inc()),
         notifier=notifier,
         credentials=credentials,
@@ -298,6 +307,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
             context.metrics.instrument(*database.engines)
         await context.health.begin_startup()
         await context.hub.start()
+        await context.relay.start()
         context.credentials.start()
         await context.notifier.start()
         context.password_resets.start()
@@ -308,6 +318,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
             yield
         finally:
             await context.credentials.stop()
+            await context.relay.stop()
             await context.hub.stop()
             await context.password_resets.stop()
             await context.notifier.stop()

@@ -289,6 +289,9 @@ class Settings(BaseSettings):
     ws_auth_timeout: float = Field(default=10.0, gt=0, le=300)
     ws_send_queue_size: int = Field(default=256, ge=1, le=100_000)
     ws_history_size: int = Field(default=1000, ge=0, le=1_000_000)
+    live_outbox_poll_interval: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between two looks at the live event outbox by each worker's relay when nothing woke it: how soon
+    events a dead worker left behind are published by another (a worker's own commits wake its relay at once)."""
     ws_max_subscriptions: int = Field(default=100, ge=1, le=10_000)
     ws_per_message_deflate: bool = False
     ws_max_size: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024 * 1024)

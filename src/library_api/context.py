@@ -26,6 +26,7 @@ from library_api.observability.metrics import Metrics
 from library_api.realtime.admission import Admission
 from library_api.realtime.credentials import CredentialGuard
 from library_api.realtime.hub import Hub
+from library_api.realtime.relay import Relay
 from library_api.resilience.redis import GuardedRedis
 from library_api.security.accounts import AccountStateCache
 from library_api.security.authentication import Authenticator
@@ -68,6 +69,7 @@ class AppContext:
     monitoring_networks: Networks
     health: HealthMonitor
     hub: Hub
+    relay: Relay
     admission: Admission
     notifier: Notifier
     credentials: CredentialGuard

@@ -86,6 +86,8 @@ DESCRIBED_METRICS: dict[str, str] = {
     "cache_hits_total": "catalogue answers from the cache (docs/operations.md, Metrics)",
     "cache_misses_total": "catalogue answers from the database (docs/operations.md, Metrics)",
     "health_ready": "the latest readiness check (docs/operations.md, Metrics)",
+    "live_event_outbox_depth": "live events waiting to be published (docs/operations.md, Metrics)",
+    "live_event_outbox_oldest_age_seconds": "how long live events have waited to be published (docs/operations.md)",
 }
 """Metrics the dashboard and alerts read that the seed's contract describes without naming, with where the service
 documents each; the service exports every one (``test_alerts_and_dashboard_read_metrics_the_service_exports``)."""

@@ -161,13 +161,18 @@ def _private_directory() -> Path:
 
 
 class PrivateRedis:
-    """A ``redis-server`` process on a free port, without persistence; stop and start it at will."""
+    """A ``redis-server`` process on a free port; stop and start it at will.
 
-    def __init__(self, password: str | None = None) -> None:
+    Without persistence by default (a restart is empty, as after a crash); ``durable`` keeps an append-only file
+    written with ``appendfsync always``, so a killed server restarts with every write it acknowledged.
+    """
+
+    def __init__(self, password: str | None = None, *, durable: bool = False) -> None:
         if shutil.which("redis-server") is None:
             unavailable("redis-server is not on PATH")
         self.port = free_port()
         self.password = password
+        self.directory = Path(tempfile.mkdtemp(prefix="library-redis-")) if durable else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -178,7 +183,11 @@ class PrivateRedis:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.directory is None:
+            command += ["--appendonly", "no"]
+        else:
+            command += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)]
         if self.password:
             command += ["--requirepass", self.password]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,6 +4,9 @@ The check and the insert happen under a lock on the book: ``SELECT ... FOR UPDAT
 PostgreSQL, ``BEGIN IMMEDIATE`` (the database write lock) on SQLite. Concurrent requests for the same book,
 from any connection or server process, therefore decide one after another, each seeing the bookings
 committed before it.
+
+Every change writes its live event into the outbox in the same transaction
+(:func:`~library_api.realtime.outbox.record`), and hands it to the in-process event bus once committed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from library_api.db.reads import HotRead
 from library_api.events import DomainEvent, EventBus
 from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
 from library_api.idempotency.store import Claim, IdempotencyStore, StoredAnswer
+from library_api.realtime.outbox import record
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 
@@ -162,13 +166,11 @@ class BookingService:
             raise Conflict("No copy of this book is free for the whole period.")
         booking = Booking(book_id=book.id, user_id=user_id, start_at=start, end_at=end, status=BookingStatus.ACTIVE)
         session.add(booking)
-        if claim is not None:
-            await session.flush()
-            await self._idempotency.answer(session, claim, 201, present(booking).model_dump_json())
-        await session.commit()
+        await session.flush()
         view = present(booking)
-        await self._publish("booking.created", view)
-        return view
+        if claim is not None:
+            await self._idempotency.answer(session, claim, 201, view.model_dump_json())
+        return await self._commit("booking.created", session, view)
 
     async def page(
         self, database: Database, principal: Principal, filters: BookingFilters, window: Window
@@ -266,10 +268,7 @@ class BookingService:
             raise Conflict(f"The booking is already {booking.status}.")
         booking.status = status
         booking.closed_at = utcnow()
-        await session.commit()
-        view = present(booking)
-        await self._publish(event_type, view)
-        return view
+        return await self._commit(event_type, session, present(booking))
 
     async def _visible(
         self, session: AsyncSession, principal: Principal, booking_id: int, *, lock: bool = False
@@ -290,12 +289,15 @@ class BookingService:
             raise Forbidden("Bookings belong to user accounts; this credential does not belong to one.")
         return principal.user_id
 
-    async def _publish(self, event_type: str, view: BookingOut) -> None:
-        await self._events.publish(
-            DomainEvent(
-                type=event_type,
-                topics=("bookings", f"book:{view.book_id}"),
-                data=view.model_dump(mode="json"),
-                owner_id=view.user_id,
-            )
+    async def _commit(self, event_type: str, session: AsyncSession, view: BookingOut) -> BookingOut:
+        """Write the booking's event in the transaction, commit it, then tell the in-process bus."""
+        event = DomainEvent(
+            type=event_type,
+            topics=("bookings", f"book:{view.book_id}"),
+            data=view.model_dump(mode="json"),
+            owner_id=view.user_id,
         )
+        await record(session, [event])
+        await session.commit()
+        await self._events.publish(event)
+        return view

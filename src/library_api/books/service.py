@@ -1,4 +1,8 @@
-"""Catalogue operations: reads for everyone, changes for librarians, events after every committed change."""
+"""Catalogue operations: reads for everyone, changes for librarians, events with every committed change.
+
+Each change writes its live event into the outbox in its own transaction (:func:`~library_api.realtime.outbox.record`)
+and hands it to the in-process event bus after the commit (cache invalidation, metrics, waking the relay).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
 from library_api.events import DomainEvent, EventBus
 from library_api.http.problems import Conflict, NotFound
+from library_api.realtime.outbox import record
 
 
 def book_topics(book_id: int) -> tuple[str, ...]:
@@ -110,12 +115,14 @@ class BookService:
         try:
             await session.flush()
             self._repository.add_index_rows(session, book)
+            view = self.present(book, 0)
+            event = self._event("book.created", view)
+            await record(session, [event])
             await session.commit()
         except IntegrityError:
             await session.rollback()
             raise Conflict(f"A book with ISBN {data.isbn} is already in the catalogue.") from None
-        view = self.present(book, 0)
-        await self._publish("book.created", view)
+        await self._events.publish(event)
         return view
 
     async def update(self, session: AsyncSession, book_id: int, changes: BookUpdate) -> BookOut:
@@ -141,13 +148,10 @@ class BookService:
             await session.flush()
             if fields & {"authors", "tags", "title"}:
                 await self._repository.replace_index_rows(session, book)
-            await session.commit()
         except IntegrityError:
             await session.rollback()
             raise Conflict(f"A book with ISBN {changes.isbn} is already in the catalogue.") from None
-        view = await self.get(session, book_id)
-        await self._publish("book.updated", view)
-        return view
+        return await self._commit_update(session, book_id)
 
     async def delete(self, session: AsyncSession, book_id: int) -> None:
         """Remove a book; refused with 409 while any of its bookings is active."""
@@ -157,9 +161,11 @@ class BookService:
             raise Conflict("The book has active bookings; return or cancel them first.")
         cover = book.cover_file
         await self._repository.delete(session, book)
+        event = DomainEvent(type="book.deleted", topics=book_topics(book_id), data={"id": book_id})
+        await record(session, [event])
         await session.commit()
         await self._covers.delete(cover)
-        await self._events.publish(DomainEvent(type="book.deleted", topics=book_topics(book_id), data={"id": book_id}))
+        await self._events.publish(event)
 
     async def set_cover(self, session: AsyncSession, book_id: int, data: bytes, kind: ImageKind) -> BookOut:
         """Store a new cover image and replace the old one."""
@@ -170,13 +176,11 @@ class BookService:
             previous = book.cover_file
             book.cover_file = name
             book.cover_content_type = kind.content_type
-            await session.commit()
+            view = await self._commit_update(session, book_id)
         except BaseException:
             await self._covers.delete(name)
             raise
         await self._covers.delete(previous)
-        view = await self.get(session, book_id)
-        await self._publish("book.updated", view)
         return view
 
     async def remove_cover(self, session: AsyncSession, book_id: int) -> None:
@@ -186,9 +190,8 @@ class BookService:
         previous = book.cover_file
         book.cover_file = None
         book.cover_content_type = None
-        await session.commit()
+        await self._commit_update(session, book_id)
         await self._covers.delete(previous)
-        await self._publish("book.updated", await self.get(session, book_id))
 
     def cover_path(self, book: Book) -> Path:
         """The file of a book's cover; the caller checks that there is one."""
@@ -201,7 +204,16 @@ class BookService:
             raise NotFound(f"No book with id {book_id}.")
         return book
 
-    async def _publish(self, event_type: str, view: BookOut) -> None:
-        await self._events.publish(
-            DomainEvent(type=event_type, topics=book_topics(view.id), data=view.model_dump(mode="json"))
-        )
+    async def _commit_update(self, session: AsyncSession, book_id: int) -> BookOut:
+        """Write ``book.updated`` with the book as the transaction leaves it, commit, then tell the bus."""
+        await session.flush()
+        view = await self.get(session, book_id)
+        event = self._event("book.updated", view)
+        await record(session, [event])
+        await session.commit()
+        await self._events.publish(event)
+        return view
+
+    @staticmethod
+    def _event(event_type: str, view: BookOut) -> DomainEvent:
+        return DomainEvent(type=event_type, topics=book_topics(view.id), data=view.model_dump(mode="json"))

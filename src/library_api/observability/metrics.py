@@ -123,6 +123,18 @@ class Metrics:
             ["reason"],
             registry=owned,
         )
+        self.outbox_depth = Gauge(
+            "live_event_outbox_depth",
+            "Live events committed and not yet published to the broker (counted up to 100000; latest look)",
+            multiprocess_mode="livemostrecent",
+            registry=owned,
+        )
+        self.outbox_oldest_age = Gauge(
+            "live_event_outbox_oldest_age_seconds",
+            "How long the oldest live event not yet published has waited, in seconds (0 when none waits)",
+            multiprocess_mode="livemostrecent",
+            registry=owned,
+        )
         self.cache_hits = Counter("cache_hits", "Catalogue answers served from the cache", ["cache"], registry=owned)
         self.cache_misses = Counter(
             "cache_misses", "Catalogue answers that had to be read from the database", ["cache"], registry=owned

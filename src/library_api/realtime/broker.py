@@ -32,6 +32,10 @@ ControlHandler = Callable[[dict[str, Any]], None]
 """Called with every control notice one worker announces to all (such as "this client id reconnected")."""
 
 
+PUBLISHED_KEYS = 10_000
+"""How many outbox row keys a broker remembers to recognise a row published twice (see :meth:`Broker.publish`)."""
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot be reached right now (Redis down); the caller degrades instead of failing."""
 
@@ -97,8 +101,14 @@ class Broker(Protocol):
         """Begin handing messages (and control notices) to this worker's hub."""
         ...
 
-    async def publish(self, message_type: str, routes: Sequence[Subscription], data: Any) -> list[int]:
-        """Append one message to each route's stream; returns the id it got in each, in ``routes`` order."""
+    async def publish(
+        self, message_type: str, routes: Sequence[Subscription], data: Any, key: str | None = None
+    ) -> list[int]:
+        """Append one message to each route's stream; returns the id it got in each, in ``routes`` order.
+
+        ``key`` names an outbox row: a message whose key the broker still remembers (of the last
+        :data:`PUBLISHED_KEYS`) was published already and is not appended again (the answer is then empty).
+        """
         ...
 
     async def latest(self, stream: str) -> int:
@@ -140,14 +150,24 @@ class MemoryBroker:
         self._on_control: ControlHandler | None = None
         self.epoch = new_epoch()
         """The epoch of every stream of this broker: they all began with it."""
+        self._published: dict[str, None] = {}
+        """Keys of the last published outbox rows, oldest first (a dict as an ordered set)."""
 
     async def start(self, deliver: Deliver, on_control: ControlHandler) -> None:
         """Deliver from now on to ``deliver``."""
         self._deliver = deliver
         self._on_control = on_control
 
-    async def publish(self, message_type: str, routes: Sequence[Subscription], data: Any) -> list[int]:
-        """Number, keep and deliver one message per route."""
+    async def publish(
+        self, message_type: str, routes: Sequence[Subscription], data: Any, key: str | None = None
+    ) -> list[int]:
+        """Number, keep and deliver one message per route (nothing when ``key`` was published already)."""
+        if key is not None:
+            if key in self._published:
+                return []
+            self._published[key] = None
+            if len(self._published) > PUBLISHED_KEYS:
+                del self._published[next(iter(self._published))]
         ts = now_iso()
         ids = []
         for route in routes:

@@ -1,9 +1,9 @@
 """The connection hub of one worker: registry, subscriptions, delivery, heartbeats and graceful drain.
 
 The registry (client key -> connection) changes only under the hub's lock; delivery reads it without
-awaiting, so a message reaches every subscriber in one pass of the event loop. Domain events are queued by
-:meth:`Hub.on_domain_event` (never blocking the request that committed them) and published in order by one
-background task, which retries while the broker is unreachable.
+awaiting, so a message reaches every subscriber in one pass of the event loop. Domain events reach the broker
+through :meth:`Hub.publish`, called by the outbox relay (:mod:`library_api.realtime.relay`) for the rows a
+committed change wrote, and by the broadcast route.
 
 The hub is a :class:`~library_api.server.shutdown.Drainer`: on shutdown it refuses new connections (they are
 accepted and closed at once with 1001, so that browsers see a close code and a reason), tells every client the
@@ -19,12 +19,10 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from library_api.config import Settings
-from library_api.events import DomainEvent
 from library_api.realtime.broker import Broker, BrokerUnavailable
 from library_api.realtime.connection import Connection
 from library_api.realtime.topics import (
@@ -35,7 +33,6 @@ from library_api.realtime.topics import (
     envelope_tail,
     now_iso,
     resolve,
-    routes_for,
     with_id,
 )
 from library_api.security.permissions import Permission
@@ -51,19 +48,6 @@ REASON_REPLACED = "replaced by a newer connection with the same client id"
 REASON_OVERFLOW = "send queue full: the client reads too slowly"
 REASON_SHUTDOWN = "server shutting down; reconnect later"
 
-PUBLISH_QUEUE_SIZE = 10_000
-"""Domain events waiting to be published; beyond this (a long broker outage) the oldest are dropped."""
-
-FLUSH_TIMEOUT = 5.0
-"""How long stopping waits for queued domain events to reach the broker."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
-    message_type: str
-    routes: Sequence[Subscription]
-    data: Any
-
 
 class Hub:
     """Connections of this worker, their subscriptions, and the tasks that feed them."""
@@ -75,9 +59,6 @@ class Hub:
         settings: Settings,
         broker: Broker,
         shutdown: ShutdownCoordinator | None = None,
-        *,
-        publish_queue_size: int = PUBLISH_QUEUE_SIZE,
-        flush_timeout: float = FLUSH_TIMEOUT,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -87,9 +68,6 @@ class Hub:
         self._connections: dict[tuple[str, str], Connection] = {}
         self._subscribers: dict[str, dict[Connection, None]] = {}
         """Stream -> its local subscribers, in subscription order (a dict as an ordered set)."""
-        self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=publish_queue_size)
-        self._flush_timeout = flush_timeout
-        self._unpublished = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._heartbeat_id = 0
@@ -103,31 +81,25 @@ class Hub:
         self.messages_sent = 0
         self.messages_published = 0
         self.publish_failures = 0
-        self.events_dropped = 0
         self.resyncs = 0
 
     # ----- lifecycle -----
 
     async def start(self) -> None:
-        """Connect the broker and start publishing and heartbeats."""
+        """Connect the broker and start the heartbeats."""
         if self._started:
             return
         self._started = True
         await self.broker.start(self.deliver, self.on_control)
-        self._tasks.append(asyncio.create_task(self._publish_loop(), name="realtime-publisher"))
         if self.settings.broadcast_interval > 0:
             self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="realtime-heartbeat"))
 
     async def stop(self) -> None:
-        """Close what is left (1001), publish what is queued (bounded), stop the tasks, close the broker."""
+        """Close what is left (1001), stop the tasks, close the broker."""
         if not self._started:
             return
         self._started = False
         await self.close_remaining()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._outgoing.join(), timeout=self._flush_timeout)
-        if self._unpublished:
-            logger.warning("%d live event(s) were not published before shutdown", self._unpublished)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -150,55 +122,26 @@ class Hub:
             "messages_sent": self.messages_sent,
             "messages_published": self.messages_published,
             "publish_failures": self.publish_failures,
-            "events_dropped": self.events_dropped,
             "resyncs": self.resyncs,
         }
 
     # ----- publishing -----
 
-    async def on_domain_event(self, event: DomainEvent) -> None:
-        """The event bus handler: queue the event for publishing and return at once."""
-        routes = routes_for(event)
-        if not routes:
-            return
-        outgoing = _Outgoing(event.type, routes, event.data)
-        self._unpublished += 1
-        try:
-            self._outgoing.put_nowait(outgoing)
-        except asyncio.QueueFull:
-            self._outgoing.get_nowait()
-            self._outgoing.task_done()
-            self._outgoing.put_nowait(outgoing)
-            self.events_dropped += 1
-            self._unpublished -= 1
-            logger.warning("live event queue full (broker unreachable?): dropped the oldest event")
+    async def publish(
+        self, message_type: str, routes: Sequence[Subscription], data: Any, key: str | None = None
+    ) -> list[int]:
+        """Publish now and return the message's id in each route's stream (raises :class:`BrokerUnavailable`).
 
-    async def publish(self, message_type: str, routes: Sequence[Subscription], data: Any) -> list[int]:
-        """Publish now and return the message's id in each route's stream (raises :class:`BrokerUnavailable`)."""
+        ``key`` names the outbox row the message comes from: the broker does not number a row twice (the answer
+        is then empty).
+        """
         try:
-            ids = await self.broker.publish(message_type, routes, data)
+            ids = await self.broker.publish(message_type, routes, data, key)
         except BrokerUnavailable:
             self.publish_failures += 1
             raise
         self.messages_published += len(ids)
         return ids
-
-    async def _publish_loop(self) -> None:
-        delay = 0.1
-        while True:
-            outgoing = await self._outgoing.get()
-            while True:
-                try:
-                    await self.publish(outgoing.message_type, outgoing.routes, outgoing.data)
-                    self._unpublished -= 1
-                    delay = 0.1
-                    break
-                except BrokerUnavailable as exc:
-                    if delay == 0.1:
-                        logger.warning("cannot publish live events (%s); retrying", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-            self._outgoing.task_done()
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.broadcast_interval

@@ -12,6 +12,9 @@ Keys (all under one hash tag, so that the publishing script touches a single Red
   stream itself is gone. An epoch made by a subscription to a stream nobody has published on yet (``u = 0``)
   is kept by the first publish (position 0 of it is still exact) and expires after ``EMPTY_EPOCH_TTL`` if
   nothing is published, so that subscribing to arbitrary topics leaves nothing behind for long.
+* ``{prefix}:published`` -- the keys of the last ``PUBLISHED_KEYS`` outbox rows published (a sorted set scored
+  by ``{prefix}:published:n``, a counter): a row published again (its relay died before deleting it) is
+  recognised and not numbered a second time.
 * ``{prefix}:fanout`` -- one entry per (message, stream), ``MAXLEN ~ 10000``, read by every worker with a
   blocking ``XREAD`` from the last id it saw. Unlike Pub/Sub, a worker whose connection drops resumes where it
   stopped, so no message is lost to a reconnect; and because each worker reads the stream itself (no consumer
@@ -32,7 +35,15 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from library_api.realtime.broker import BrokerUnavailable, ControlHandler, Deliver, Replay, new_epoch, replay_from
+from library_api.realtime.broker import (
+    PUBLISHED_KEYS,
+    BrokerUnavailable,
+    ControlHandler,
+    Deliver,
+    Replay,
+    new_epoch,
+    replay_from,
+)
 from library_api.realtime.topics import Subscription, envelope_tail, now_iso, with_id
 
 logger = logging.getLogger("library_api.realtime.redis")
@@ -69,6 +80,15 @@ _PUBLISH = (
     _EPOCH
     + """
 local n = tonumber(ARGV[3])
+local key = ARGV[4 + 3 * n]
+if key ~= '' then
+  local seen = KEYS[2 + 2 * n]
+  if redis.call('ZSCORE', seen, key) then
+    return {{}, {}}
+  end
+  redis.call('ZADD', seen, redis.call('INCR', KEYS[3 + 2 * n]), key)
+  redis.call('ZREMRANGEBYRANK', seen, 0, -(tonumber(ARGV[5 + 3 * n]) + 1))
+end
 local ids = {}
 local epochs = {}
 for i = 1, n do
@@ -153,8 +173,10 @@ class RedisBroker:
             last = None
         self._reader = asyncio.create_task(self._read(last), name="realtime-redis-reader")
 
-    async def publish(self, message_type: str, routes: Sequence[Subscription], data: Any) -> list[int]:
-        """Append to each route's stream and to the fanout in one atomic script."""
+    async def publish(
+        self, message_type: str, routes: Sequence[Subscription], data: Any, key: str | None = None
+    ) -> list[int]:
+        """Append to each route's stream and to the fanout in one atomic script (nothing for a known ``key``)."""
         if not routes:
             return []
         ts = now_iso()
@@ -162,6 +184,8 @@ class RedisBroker:
             self._fanout,
             *(self.key(route.stream) for route in routes),
             *(self.epoch_key(route.stream) for route in routes),
+            f"{self._prefix}:published",
+            f"{self._prefix}:published:n",
         ]
         tails = [envelope_tail(message_type, route.topic, ts, data) for route in routes]
         args: list[str | int] = [
@@ -171,6 +195,8 @@ class RedisBroker:
             *tails,
             *(route.stream for route in routes),
             *(new_epoch() for _ in routes),
+            key or "",
+            PUBLISHED_KEYS,
         ]
         try:
             ids, _epochs = await self._publish(keys=keys, args=args)
