@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,14 +17,26 @@ from sqlalchemy import (
     literal_column,
     select,
     true,
+    tuple_,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from library_api.bookings.models import Booking, BookingStatus
 from library_api.books.models import Book, BookAuthor, BookTag, author_rows
 from library_api.books.ordering import AUTHOR_ORDERINGS, ORDERINGS
-from library_api.books.paging import TotalRelation, capped_count, total_of
+from library_api.books.paging import TotalRelation, capped_count, decode_cursor, encode_cursor, total_of
 from library_api.books.schemas import BookSort
+from library_api.books.search import (
+    FTS,
+    SearchQuery,
+    fallback_match,
+    fallback_relevance,
+    full_text_match,
+    full_text_relevance,
+    parse_query,
+    prepare,
+)
 from library_api.db.base import UTCDateTime
 
 
@@ -118,6 +130,12 @@ class BookRepository:
         of matches capped at ``total_cap + 1``; then the copies in use of the page's books only.
         """
         postgresql = session.get_bind().dialect.name == "postgresql"
+        if filters.q and postgresql:
+            await prepare(session, parse_query(filters.q))
+        if sort is BookSort.RELEVANCE:
+            if filters.q:
+                return await self._by_relevance(session, filters, parse_query(filters.q), window, now, postgresql)
+            sort = BookSort.TITLE  # nothing to rank: the default order
         matches = self._filtered(select(literal_column("1")), filters, postgresql, counting=True)
         counted = capped_count(matches, window.total_cap + 1)
         by_author = filters.author is not None and sort in AUTHOR_ORDERINGS
@@ -141,6 +159,66 @@ class BookRepository:
         total, relation = total_of(count, window.total_cap)
         next_cursor = ordering.cursor_of(books[-1]) if more else None
         return BookRows([(book, in_use.get(book.id, 0)) for book in books], total, relation, next_cursor)
+
+    async def _by_relevance(
+        self,
+        session: AsyncSession,
+        filters: BookFilters,
+        query: SearchQuery,
+        window: Window,
+        now: datetime,
+        postgresql: bool,
+    ) -> BookRows:
+        """A page of the matches of ``query`` (and of the other filters), best first.
+
+        The candidates are at most ``total_cap + 1`` full-text matches (the oldest ones: an index read that stops
+        there, whatever the table holds), then, only when these are fewer than that, as many fallback matches.
+        They are ranked together (see :mod:`library_api.books.search`) and the page is the ``limit`` after the
+        cursor, which carries the relevance and the id of the previous page's last book. When more books match
+        than the cap (``total_relation`` ``gte``), the ranking covers those candidates and the pages end with
+        them: a narrower query, or an explicit ``sort``, reaches the others.
+        """
+        rest = replace(filters, q=None)
+        cap = window.total_cap + 1
+        scored = select(Book.id.label("id"), full_text_relevance(query, postgresql).label("relevance"))
+        if not postgresql:
+            scored = scored.select_from(FTS).join(Book, Book.id == FTS.c.rowid)
+        full_text = (
+            self._filtered(scored, rest, postgresql)
+            .where(full_text_match(query, postgresql))
+            .order_by(Book.id)
+            .limit(cap)
+            .cte("full_text")
+        )
+        branches = [select(full_text.c.id, full_text.c.relevance)]
+        if query.plain is not None:
+            found = select(func.count()).select_from(full_text).scalar_subquery()
+            similar = select(Book.id.label("id"), fallback_relevance(query.plain, postgresql).label("relevance"))
+            fallback = (
+                self._filtered(similar, rest, postgresql)
+                .where(found < cap, fallback_match(query.plain, postgresql), Book.id.not_in(select(full_text.c.id)))
+                .order_by(Book.id)
+                .limit(cap)
+                .cte("fallback")
+            )
+            branches.append(select(fallback.c.id, fallback.c.relevance))
+        candidates = union_all(*branches).cte("candidates")
+        counted = select(func.count()).select_from(candidates).scalar_subquery()
+        relevance = candidates.c.relevance
+        statement = select(Book, relevance, counted).join_from(candidates, Book, Book.id == candidates.c.id)
+        if window.cursor is not None:
+            after = decode_cursor(window.cursor, BookSort.RELEVANCE.value, (float, int))
+            # best first, then the oldest: (relevance, -id) descending
+            statement = statement.where(tuple_(relevance, -Book.id) < tuple_(after[0], -after[1]))
+        statement = statement.order_by(relevance.desc(), Book.id.asc()).limit(window.limit + 1).offset(window.offset)
+        found_rows = (await session.execute(statement, {"now": now})).all()
+        count = found_rows[0][2] if found_rows else (await session.execute(select(counted), {"now": now})).scalar_one()
+        page = found_rows[: window.limit]
+        in_use = await self._in_use(session, [row[0].id for row in page], now)
+        total, relation = total_of(count, window.total_cap)
+        last = page[-1] if len(found_rows) > window.limit else None
+        next_cursor = None if last is None else encode_cursor(BookSort.RELEVANCE.value, (last[1], last[0].id))
+        return BookRows([(row[0], in_use.get(row[0].id, 0)) for row in page], total, relation, next_cursor)
 
     async def _in_use(self, session: AsyncSession, book_ids: list[int], now: datetime) -> dict[int, int]:
         """The copies in use at ``now`` of each of these books (absent: none), read for them alone."""
@@ -196,7 +274,7 @@ class BookRepository:
         else:
             statement = statement.select_from(Book)
         if filters.q:
-            statement = statement.where(Book.search_text.contains(filters.q.lower(), autoescape=True))
+            statement = statement.where(self._matching(parse_query(filters.q), postgresql))
         if author is not None:
             statement = statement.where(Book.id.in_(select(BookAuthor.book_id).where(BookAuthor.name_key == author)))
         for tag in tags:
@@ -215,6 +293,14 @@ class BookRepository:
         else:
             in_use = IN_USE_NOW
         return statement.where(in_use < Book.copies if filters.available else in_use >= Book.copies)
+
+    @staticmethod
+    def _matching(query: SearchQuery, postgresql: bool) -> ColumnElement[bool]:
+        """Whether a book matches ``q``: in full text, or (a plain query) as a substring or a similar word."""
+        full_text = full_text_match(query, postgresql)
+        if not postgresql:
+            full_text = Book.id.in_(select(FTS.c.rowid).where(full_text))
+        return full_text if query.plain is None else full_text | fallback_match(query.plain, postgresql)
 
     async def replace_index_rows(self, session: AsyncSession, book: Book) -> None:
         """Rewrite the author and tag rows the filters use so they match the book's lists."""
