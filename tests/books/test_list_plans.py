@@ -52,6 +52,10 @@ CATALOGUE = {
     "available": BookFilters(available=True),
     "not available": BookFilters(available=False),
     "years": BookFilters(year_from=1990, year_to=1999),
+    "search": BookFilters(q="history"),
+    "search partial word": BookFilters(q="histo"),
+    "search typo": BookFilters(q="histroy"),
+    "search and tag": BookFilters(q="river", tags=("poetry",)),
 }
 
 
@@ -150,6 +154,34 @@ async def test_catalogue_pages_read_a_bounded_part_of_the_table(
             later = Window(limit=20, cursor=first.next_cursor)
             await repository.page(session, CATALOGUE[label], sort, later, now)
             await repository.page(session, CATALOGUE[label], sort, Window(limit=20, offset=40), now)
+    for statement, found in await explain(medium, captured.statements):
+        assert found == [], statement
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        BookFilters(q="river night"),
+        BookFilters(q='"history river" -fiction'),
+        BookFilters(q="river light -night"),
+        BookFilters(q="garden or orchard", available=True),
+    ],
+    ids=repr,
+)
+async def test_ranked_search_pages_read_a_bounded_part_of_the_table(medium: AsyncEngine, filters: BookFilters) -> None:
+    """Rarer queries in the default order of ``q``: their full-text matches are read from the GIN index.
+
+    (An explicit sort with such a query walks that sort's index, which the planner chooses from its estimate of
+    the matches; for a phrase it counts the words, not their adjacency, and may walk far: docs/benchmarks.md.)
+    """
+    repository = BookRepository()
+    now = datetime.now(UTC)
+    sessions = async_sessionmaker(medium, expire_on_commit=False)
+    async with sessions() as session:
+        first = await repository.page(session, filters, BookSort.RELEVANCE, Window(limit=20), now)
+        assert first.rows and first.next_cursor is not None
+        with Captured(medium) as captured:
+            await repository.page(session, filters, BookSort.RELEVANCE, Window(limit=20, cursor=first.next_cursor), now)
     for statement, found in await explain(medium, captured.statements):
         assert found == [], statement
 

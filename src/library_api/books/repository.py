@@ -171,8 +171,11 @@ class BookRepository:
     ) -> BookRows:
         """A page of the matches of ``query`` (and of the other filters), best first.
 
-        The candidates are at most ``total_cap + 1`` full-text matches (the oldest ones: an index read that stops
-        there, whatever the table holds), then, only when these are fewer than that, as many fallback matches.
+        The candidates are the full-text matches, read from the GIN index, or, when a first capped count finds
+        more than ``total_cap``, the oldest ``total_cap + 1`` of them (a walk of the primary key that stops there:
+        the same books for every page), then, only when these are fewer than that, as many fallback matches (in
+        the order the trigram index yields them: a read that stops at the cap, since the planner cannot tell how
+        many books a similarity matches).
         They are ranked together (see :mod:`library_api.books.search`) and the page is the ``limit`` after the
         cursor, which carries the relevance and the id of the previous page's last book. When more books match
         than the cap (``total_relation`` ``gte``), the ranking covers those candidates and the pages end with
@@ -183,34 +186,39 @@ class BookRepository:
         scored = select(Book.id.label("id"), full_text_relevance(query, postgresql).label("relevance"))
         if not postgresql:
             scored = scored.select_from(FTS).join(Book, Book.id == FTS.c.rowid)
-        full_text = (
-            self._filtered(scored, rest, postgresql)
-            .where(full_text_match(query, postgresql))
-            .order_by(Book.id)
-            .limit(cap)
-            .cte("full_text")
-        )
+        matched = self._filtered(scored, rest, postgresql).where(full_text_match(query, postgresql))
+        many = await session.execute(select(capped_count(matched, cap)), {"now": now})
+        if many.scalar_one() >= cap:
+            matched = matched.order_by(Book.id).limit(cap)
+        full_text = matched.cte("full_text")
         branches = [select(full_text.c.id, full_text.c.relevance)]
         if query.plain is not None:
             found = select(func.count()).select_from(full_text).scalar_subquery()
             similar = select(Book.id.label("id"), fallback_relevance(query.plain, postgresql).label("relevance"))
+            already = exists().where(full_text.c.id == Book.id)
             fallback = (
                 self._filtered(similar, rest, postgresql)
-                .where(found < cap, fallback_match(query.plain, postgresql), Book.id.not_in(select(full_text.c.id)))
-                .order_by(Book.id)
+                .where(found < cap, fallback_match(query.plain, postgresql), ~already)
                 .limit(cap)
                 .cte("fallback")
             )
             branches.append(select(fallback.c.id, fallback.c.relevance))
         candidates = union_all(*branches).cte("candidates")
         counted = select(func.count()).select_from(candidates).scalar_subquery()
+        # The page is chosen among the candidates alone, then joined to its books: a join of ``limit`` rows.
         relevance = candidates.c.relevance
-        statement = select(Book, relevance, counted).join_from(candidates, Book, Book.id == candidates.c.id)
+        chosen = select(candidates.c.id, relevance, counted.label("total"))
         if window.cursor is not None:
             after = decode_cursor(window.cursor, BookSort.RELEVANCE.value, (float, int))
             # best first, then the oldest: (relevance, -id) descending
-            statement = statement.where(tuple_(relevance, -Book.id) < tuple_(after[0], -after[1]))
-        statement = statement.order_by(relevance.desc(), Book.id.asc()).limit(window.limit + 1).offset(window.offset)
+            chosen = chosen.where(tuple_(relevance, -candidates.c.id) < tuple_(after[0], -after[1]))
+        best = chosen.order_by(relevance.desc(), candidates.c.id).limit(window.limit + 1).offset(window.offset)
+        page_rows = best.subquery("page")
+        statement = (
+            select(Book, page_rows.c.relevance, page_rows.c.total)
+            .join_from(page_rows, Book, Book.id == page_rows.c.id)
+            .order_by(page_rows.c.relevance.desc(), Book.id)
+        )
         found_rows = (await session.execute(statement, {"now": now})).all()
         count = found_rows[0][2] if found_rows else (await session.execute(select(counted), {"now": now})).scalar_one()
         page = found_rows[: window.limit]
