@@ -89,6 +89,7 @@ async def test_a_typo_still_finds_the_book_through_trigram_similarity(
     assert await titles(client, q="gibsen") == ["Neuromancer", "Count Zero"]
     assert await titles(client, q="new name") == []  # one similar word is not enough
     assert await titles(client, q='"neuromacner"') == []  # a query with operators is taken as typed
+    assert await titles(client, q="neuromacner", sort="title") == []  # typos are for the ranked search only
 
 
 async def test_relevance_pages_follow_the_cursor_without_gaps_or_repeats(

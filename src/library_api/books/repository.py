@@ -29,13 +29,15 @@ from library_api.books.paging import TotalRelation, capped_count, decode_cursor,
 from library_api.books.schemas import BookSort
 from library_api.books.search import (
     FTS,
+    SUBSTRING_BASE,
     SearchQuery,
-    fallback_match,
-    fallback_relevance,
     full_text_match,
     full_text_relevance,
     parse_query,
     prepare,
+    similar_match,
+    similarity,
+    substring_match,
 )
 from library_api.db.base import UTCDateTime
 
@@ -130,10 +132,10 @@ class BookRepository:
         of matches capped at ``total_cap + 1``; then the copies in use of the page's books only.
         """
         postgresql = session.get_bind().dialect.name == "postgresql"
-        if filters.q and postgresql:
-            await prepare(session, parse_query(filters.q))
         if sort is BookSort.RELEVANCE:
             if filters.q:
+                if postgresql:
+                    await prepare(session, parse_query(filters.q))
                 return await self._by_relevance(session, filters, parse_query(filters.q), window, now, postgresql)
             sort = BookSort.TITLE  # nothing to rank: the default order
         matches = self._filtered(select(literal_column("1")), filters, postgresql, counting=True)
@@ -173,9 +175,9 @@ class BookRepository:
 
         The candidates are the full-text matches, read from the GIN index, or, when a first capped count finds
         more than ``total_cap``, the oldest ``total_cap + 1`` of them (a walk of the primary key that stops there:
-        the same books for every page), then, only when these are fewer than that, as many fallback matches (in
-        the order the trigram index yields them: a read that stops at the cap, since the planner cannot tell how
-        many books a similarity matches).
+        the same books for every page); then, for a plain query and only while fewer than that have been found,
+        substring matches, then similar words (each read stops at the cap, in the order the trigram index yields
+        them, since the planner cannot tell how many books a substring or a similarity matches).
         They are ranked together (see :mod:`library_api.books.search`) and the page is the ``limit`` after the
         cursor, which carries the relevance and the id of the previous page's last book. When more books match
         than the cap (``total_relation`` ``gte``), the ranking covers those candidates and the pages end with
@@ -191,18 +193,23 @@ class BookRepository:
         if many.scalar_one() >= cap:
             matched = matched.order_by(Book.id).limit(cap)
         full_text = matched.cte("full_text")
-        branches = [select(full_text.c.id, full_text.c.relevance)]
+        branches: list[AnySelect] = [select(full_text.c.id, full_text.c.relevance)]
         if query.plain is not None:
-            found = select(func.count()).select_from(full_text).scalar_subquery()
-            similar = select(Book.id.label("id"), fallback_relevance(query.plain, postgresql).label("relevance"))
-            already = exists().where(full_text.c.id == Book.id)
-            fallback = (
-                self._filtered(similar, rest, postgresql)
-                .where(found < cap, fallback_match(query.plain, postgresql), ~already)
-                .limit(cap)
-                .cte("fallback")
-            )
-            branches.append(select(fallback.c.id, fallback.c.relevance))
+            tiers = [(substring_match(query.plain), similarity(query.plain, postgresql) + SUBSTRING_BASE)]
+            if postgresql:
+                tiers.append((similar_match(query.plain), similarity(query.plain, postgresql)))
+            for number, (condition, score) in enumerate(tiers):
+                # read only while the kinds before have found fewer books than the cap
+                earlier = union_all(*branches).subquery()
+                found = select(func.count()).select_from(earlier).scalar_subquery()
+                taken = exists().where(earlier.c.id == Book.id)
+                fallback = (
+                    self._filtered(select(Book.id.label("id"), score.label("relevance")), rest, postgresql)
+                    .where(found < cap, condition, ~taken)
+                    .limit(cap)
+                    .cte(f"fallback_{number}")
+                )
+                branches.append(select(fallback.c.id, fallback.c.relevance))
         candidates = union_all(*branches).cte("candidates")
         counted = select(func.count()).select_from(candidates).scalar_subquery()
         # The page is chosen among the candidates alone, then joined to its books: a join of ``limit`` rows.
@@ -304,11 +311,11 @@ class BookRepository:
 
     @staticmethod
     def _matching(query: SearchQuery, postgresql: bool) -> ColumnElement[bool]:
-        """Whether a book matches ``q``: in full text, or (a plain query) as a substring or a similar word."""
+        """Whether a book matches ``q`` in an explicit order: in full text, or (a plain query) as substrings."""
         full_text = full_text_match(query, postgresql)
         if not postgresql:
             full_text = Book.id.in_(select(FTS.c.rowid).where(full_text))
-        return full_text if query.plain is None else full_text | fallback_match(query.plain, postgresql)
+        return full_text if query.plain is None else full_text | substring_match(query.plain)
 
     async def replace_index_rows(self, session: AsyncSession, book: Book) -> None:
         """Rewrite the author and tag rows the filters use so they match the book's lists."""

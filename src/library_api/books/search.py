@@ -9,17 +9,20 @@ stop words: titles and names come in many languages). A book matches when ``sear
 websearch_to_tsquery('simple', q)`` (the GIN index ``ix_books_search_vector``); its score is ``ts_rank_cd``
 (cover density, weights 1.0/0.4/0.2 for A/B/C, normalised to ``rank / (rank + 1)``), so a word in the title
 outranks the same word in the description. A plain query (no quotes, ``-`` or ``or``) also matches, with lower
-relevance, books whose title and authors (``search_text``) contain each of its words as a substring or as a
-similar word (``pg_trgm``'s word similarity of at least :data:`WORD_SIMILARITY_THRESHOLD`, through the trigram
-index ``ix_books_search_text_trgm``): a partial word (``hist``) or a typo (``histroy``) still finds its book.
-A query with operators is taken as meant.
+relevance, books whose title and authors (``search_text``) contain each of its words as a substring or (in the
+relevance order) as a similar word (``pg_trgm``'s word similarity of at least
+:data:`WORD_SIMILARITY_THRESHOLD`, through the trigram index ``ix_books_search_text_trgm``): a partial word
+(``hist``) or a typo (``histroy``) still finds its book. A query with operators is taken as meant.
 
 **SQLite.** The same through FTS5 (``books_fts``, revision 0008): ``q`` is translated to FTS5's syntax, scored
 by ``bm25`` with column weights in the same proportions; the fallback is the substring alone (SQLite has no
 trigram similarity, so a typo finds nothing there).
 
-**Relevance.** One number per match: full-text matches score in [2, 3), fallback matches in [0, 1], so every
-full-text match comes before every fallback one; ties go to the oldest book (lower id first).
+**Relevance.** One number per match: full-text matches score in [4, 5), substring matches in [2, 3) and similar
+words in [0, 1] (their mean word similarity), so every full-text match comes before every substring match, and
+these before every typo; ties go to the oldest book (lower id first). Each kind is read only while the ones
+before it have found fewer books than the cap. An explicit ``sort`` orders the full-text and substring matches;
+similar words (typos) are a ranked search's last resort.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ WORD_SIMILARITY_THRESHOLD = 0.5
 (``histroy`` against ``history``: 0.5), a different word of the same length does not. PostgreSQL's default is 0.6."""
 
 FALLBACK_SUBSTRING_SCORE = 1.0
-"""The relevance of a fallback match on SQLite, where only the substring test exists."""
+"""The word similarity a substring match is given on SQLite, which cannot measure it."""
 
-_FULL_TEXT_BASE = 2.0
+_FULL_TEXT_BASE = 4.0
+SUBSTRING_BASE = 2.0
+"""What a substring match's similarity is raised by, to rank between full-text and similar-word matches."""
 
 _TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
 
@@ -129,7 +134,7 @@ def full_text_match(query: SearchQuery, postgresql: bool) -> ColumnElement[bool]
 
 
 def full_text_relevance(query: SearchQuery, postgresql: bool) -> ColumnElement[float]:
-    """The relevance of a full-text match, in [2, 3)."""
+    """The relevance of a full-text match, in [4, 5)."""
     if postgresql:
         rank = cast(func.ts_rank_cd(SEARCH_VECTOR, _ts_query(query), 32), Double)
         return rank + _FULL_TEXT_BASE
@@ -138,24 +143,25 @@ def full_text_relevance(query: SearchQuery, postgresql: bool) -> ColumnElement[f
     return cast(score / (score + 1.0) + _FULL_TEXT_BASE, Double)
 
 
-def fallback_match(plain: str, postgresql: bool) -> ColumnElement[bool]:
-    """Every word of ``plain`` is in ``search_text``: as a substring or, on PostgreSQL, as a similar word."""
-    conditions = []
-    for word in plain.split():
-        substring = Book.search_text.contains(word, autoescape=True)
-        conditions.append(substring | literal(word).bool_op("<%")(Book.search_text) if postgresql else substring)
-    return and_(*conditions)
+def substring_match(plain: str) -> ColumnElement[bool]:
+    """Every word of ``plain`` is a substring of ``search_text`` (a partial word; the trigram index on PostgreSQL)."""
+    return and_(*(Book.search_text.contains(word, autoescape=True) for word in plain.split()))
 
 
-def fallback_relevance(plain: str, postgresql: bool) -> ColumnElement[float]:
-    """The relevance of a fallback match, in [0, 1]: the mean word similarity of its words (PostgreSQL)."""
+def similar_match(plain: str) -> ColumnElement[bool]:
+    """Every word of ``plain`` is similar to a word of ``search_text`` (a typo; PostgreSQL's pg_trgm only)."""
+    return and_(*(literal(word).bool_op("<%")(Book.search_text) for word in plain.split()))
+
+
+def similarity(plain: str, postgresql: bool) -> ColumnElement[float]:
+    """The mean word similarity of the words of ``plain`` to ``search_text``, in [0, 1] (a constant on SQLite)."""
     if not postgresql:
         return literal(FALLBACK_SUBSTRING_SCORE, Double)
     words = plain.split()
-    similarities = [cast(func.word_similarity(literal(word), Book.search_text), Double) for word in words]
-    total: ColumnElement[float] = similarities[0]
-    for similarity in similarities[1:]:
-        total = total + similarity
+    scores = [cast(func.word_similarity(literal(word), Book.search_text), Double) for word in words]
+    total: ColumnElement[float] = scores[0]
+    for score in scores[1:]:
+        total = total + score
     return total / len(words)
 
 
