@@ -17,8 +17,6 @@ from sqlalchemy import (
     literal_column,
     select,
     true,
-    tuple_,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -134,8 +132,6 @@ class BookRepository:
         postgresql = session.get_bind().dialect.name == "postgresql"
         if sort is BookSort.RELEVANCE:
             if filters.q:
-                if postgresql:
-                    await prepare(session, parse_query(filters.q))
                 return await self._by_relevance(session, filters, parse_query(filters.q), window, now, postgresql)
             sort = BookSort.TITLE  # nothing to rank: the default order
         matches = self._filtered(select(literal_column("1")), filters, postgresql, counting=True)
@@ -173,67 +169,63 @@ class BookRepository:
     ) -> BookRows:
         """A page of the matches of ``query`` (and of the other filters), best first.
 
-        The candidates are the full-text matches, read from the GIN index, or, when a first capped count finds
-        more than ``total_cap``, the oldest ``total_cap + 1`` of them (a walk of the primary key that stops there:
-        the same books for every page); then, for a plain query and only while fewer than that have been found,
-        substring matches, then similar words (each read stops at the cap, in the order the trigram index yields
-        them, since the planner cannot tell how many books a substring or a similarity matches).
-        They are ranked together (see :mod:`library_api.books.search`) and the page is the ``limit`` after the
-        cursor, which carries the relevance and the id of the previous page's last book. When more books match
-        than the cap (``total_relation`` ``gte``), the ranking covers those candidates and the pages end with
-        them: a narrower query, or an explicit ``sort``, reaches the others.
+        The candidates are read as ``(id, relevance)`` pairs, at most ``total_cap + 1`` of them: the full-text
+        matches from the GIN index or, when there are more than that, the oldest ``total_cap + 1`` (a walk of the
+        primary key that stops there: the same books for every page); then, for a plain query and only while
+        fewer have been found, substring matches, then similar words (each read stops at what is missing, in the
+        order the trigram index yields them). They are ranked here (see :mod:`library_api.books.search`); the
+        page is the ``limit`` after the cursor, which carries the relevance and the id of the previous page's
+        last book, and only its books are loaded. When more books match than the cap (``total_relation``
+        ``gte``), the ranking covers those candidates and the pages end with them: a narrower query, or an
+        explicit ``sort``, reaches the others.
         """
         rest = replace(filters, q=None)
         cap = window.total_cap + 1
-        scored = select(Book.id.label("id"), full_text_relevance(query, postgresql).label("relevance"))
+        scored = select(Book.id, full_text_relevance(query, postgresql))
         if not postgresql:
             scored = scored.select_from(FTS).join(Book, Book.id == FTS.c.rowid)
         matched = self._filtered(scored, rest, postgresql).where(full_text_match(query, postgresql))
-        many = await session.execute(select(capped_count(matched, cap)), {"now": now})
-        if many.scalar_one() >= cap:
-            matched = matched.order_by(Book.id).limit(cap)
-        full_text = matched.cte("full_text")
-        branches: list[AnySelect] = [select(full_text.c.id, full_text.c.relevance)]
+        found = await self._first(session, matched, cap, now)
         if query.plain is not None:
             tiers = [(substring_match(query.plain), similarity(query.plain, postgresql) + SUBSTRING_BASE)]
             if postgresql:
                 tiers.append((similar_match(query.plain), similarity(query.plain, postgresql)))
-            for number, (condition, score) in enumerate(tiers):
-                # read only while the kinds before have found fewer books than the cap
-                earlier = union_all(*branches).subquery()
-                found = select(func.count()).select_from(earlier).scalar_subquery()
-                taken = exists().where(earlier.c.id == Book.id)
-                fallback = (
-                    self._filtered(select(Book.id.label("id"), score.label("relevance")), rest, postgresql)
-                    .where(found < cap, condition, ~taken)
-                    .limit(cap)
-                    .cte(f"fallback_{number}")
-                )
-                branches.append(select(fallback.c.id, fallback.c.relevance))
-        candidates = union_all(*branches).cte("candidates")
-        counted = select(func.count()).select_from(candidates).scalar_subquery()
-        # The page is chosen among the candidates alone, then joined to its books: a join of ``limit`` rows.
-        relevance = candidates.c.relevance
-        chosen = select(candidates.c.id, relevance, counted.label("total"))
+                await prepare(session, query)
+            for condition, score in tiers:
+                if len(found) >= cap:
+                    break
+                more = self._filtered(select(Book.id, score), rest, postgresql).where(condition)
+                if found:
+                    more = more.where(Book.id.not_in(list(found)))
+                found.update(await self._first(session, more, cap - len(found), now))
+        ranked = sorted(found.items(), key=lambda pair: (-pair[1], pair[0]))
         if window.cursor is not None:
-            after = decode_cursor(window.cursor, BookSort.RELEVANCE.value, (float, int))
-            # best first, then the oldest: (relevance, -id) descending
-            chosen = chosen.where(tuple_(relevance, -candidates.c.id) < tuple_(after[0], -after[1]))
-        best = chosen.order_by(relevance.desc(), candidates.c.id).limit(window.limit + 1).offset(window.offset)
-        page_rows = best.subquery("page")
-        statement = (
-            select(Book, page_rows.c.relevance, page_rows.c.total)
-            .join_from(page_rows, Book, Book.id == page_rows.c.id)
-            .order_by(page_rows.c.relevance.desc(), Book.id)
-        )
-        found_rows = (await session.execute(statement, {"now": now})).all()
-        count = found_rows[0][2] if found_rows else (await session.execute(select(counted), {"now": now})).scalar_one()
-        page = found_rows[: window.limit]
-        in_use = await self._in_use(session, [row[0].id for row in page], now)
-        total, relation = total_of(count, window.total_cap)
-        last = page[-1] if len(found_rows) > window.limit else None
-        next_cursor = None if last is None else encode_cursor(BookSort.RELEVANCE.value, (last[1], last[0].id))
-        return BookRows([(row[0], in_use.get(row[0].id, 0)) for row in page], total, relation, next_cursor)
+            after_relevance, after_id = decode_cursor(window.cursor, BookSort.RELEVANCE.value, (float, int))
+            ranked = [pair for pair in ranked if (-pair[1], pair[0]) > (-after_relevance, after_id)]
+        chosen = ranked[window.offset : window.offset + window.limit + 1]
+        page = chosen[: window.limit]
+        loaded = await session.execute(select(Book).where(Book.id.in_([book_id for book_id, _ in page])))
+        books = {book.id: book for book in loaded.scalars()}
+        in_use = await self._in_use(session, list(books), now)
+        total, relation = total_of(len(found), window.total_cap)
+        last = page[-1] if len(chosen) > window.limit else None
+        next_cursor = None if last is None else encode_cursor(BookSort.RELEVANCE.value, (last[1], last[0]))
+        rows = [(books[book_id], in_use.get(book_id, 0)) for book_id, _ in page if book_id in books]
+        return BookRows(rows, total, relation, next_cursor)
+
+    @staticmethod
+    async def _first(session: AsyncSession, statement: AnySelect, count: int, now: datetime) -> dict[int, float]:
+        """Up to ``count`` of the ``(id, relevance)`` pairs ``statement`` selects, by id.
+
+        All of them when there are fewer (in whatever order the index yields them), else the ``count`` oldest (the
+        same on every page).
+        """
+
+        async def read(limited: AnySelect) -> dict[int, float]:
+            return {row[0]: row[1] for row in await session.execute(limited, {"now": now})}
+
+        found = await read(statement.limit(count))
+        return found if len(found) < count else await read(statement.order_by(Book.id).limit(count))
 
     async def _in_use(self, session: AsyncSession, book_ids: list[int], now: datetime) -> dict[int, int]:
         """The copies in use at ``now`` of each of these books (absent: none), read for them alone."""
