@@ -196,6 +196,7 @@ async def test_ranked_search_pages_read_a_bounded_part_of_the_table(medium: Asyn
         BookingFilters(book_id=7),
         BookingFilters(user_id=3),
         BookingFilters(book_id=7, status=BookingStatus.ACTIVE),
+        BookingFilters(user_id=3, status=BookingStatus.CANCELLED),
     ],
     ids=repr,
 )

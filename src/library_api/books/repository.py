@@ -170,17 +170,17 @@ class BookRepository:
         """A page of the matches of ``query`` (and of the other filters), best first.
 
         The candidates are read as ``(id, relevance)`` pairs, at most ``total_cap + 1`` of them: the full-text
-        matches from the GIN index or, when there are more than that, the oldest ``total_cap + 1`` (a walk of the
-        primary key that stops there: the same books for every page); then, for a plain query and only while
-        fewer have been found, substring matches, then similar words (each read stops at what is missing, in the
-        order the trigram index yields them). They are ranked here (see :mod:`library_api.books.search`); the
-        page is the ``limit`` after the cursor, which carries the relevance and the id of the previous page's
-        last book, and only its books are loaded. When more books match than the cap (``total_relation``
-        ``gte``), the ranking covers those candidates and the pages end with them: a narrower query, or an
-        explicit ``sort``, reaches the others.
+        matches from the GIN index, stopping there; then, for a plain query and only while fewer have been found,
+        substring matches, then similar words (each read stops at what is missing). They are ranked here (see
+        :mod:`library_api.books.search`); the page is the ``limit`` after the cursor, which carries the relevance
+        and the id of the previous page's last book, and only its books are loaded. When more books match than
+        the cap (``total_relation`` ``gte``), the ranking covers those candidates and the pages end with them: a
+        narrower query, or an explicit ``sort``, reaches the others.
         """
         rest = replace(filters, q=None)
         cap = window.total_cap + 1
+        if postgresql:
+            await prepare(session)
         scored = select(Book.id, full_text_relevance(query, postgresql))
         if not postgresql:
             scored = scored.select_from(FTS).join(Book, Book.id == FTS.c.rowid)
@@ -190,7 +190,6 @@ class BookRepository:
             tiers = [(substring_match(query.plain), similarity(query.plain, postgresql) + SUBSTRING_BASE)]
             if postgresql:
                 tiers.append((similar_match(query.plain), similarity(query.plain, postgresql)))
-                await prepare(session, query)
             for condition, score in tiers:
                 if len(found) >= cap:
                     break
@@ -215,17 +214,13 @@ class BookRepository:
 
     @staticmethod
     async def _first(session: AsyncSession, statement: AnySelect, count: int, now: datetime) -> dict[int, float]:
-        """Up to ``count`` of the ``(id, relevance)`` pairs ``statement`` selects, by id.
+        """The first ``count`` ``(id, relevance)`` pairs ``statement`` selects, by id.
 
-        All of them when there are fewer (in whatever order the index yields them), else the ``count`` oldest (the
-        same on every page).
+        In the order an index read yields them, the same on every page (see :func:`library_api.books.search.prepare`):
+        all the matches when there are fewer, else the first ``count`` in the table's order (on a catalogue that
+        only grows, the oldest), read without visiting the others.
         """
-
-        async def read(limited: AnySelect) -> dict[int, float]:
-            return {row[0]: row[1] for row in await session.execute(limited, {"now": now})}
-
-        found = await read(statement.limit(count))
-        return found if len(found) < count else await read(statement.order_by(Book.id).limit(count))
+        return {row[0]: row[1] for row in await session.execute(statement.limit(count), {"now": now})}
 
     async def _in_use(self, session: AsyncSession, book_ids: list[int], now: datetime) -> dict[int, int]:
         """The copies in use at ``now`` of each of these books (absent: none), read for them alone."""

@@ -165,10 +165,19 @@ def similarity(plain: str, postgresql: bool) -> ColumnElement[float]:
     return total / len(words)
 
 
-async def prepare(session: AsyncSession, query: SearchQuery) -> None:
-    """Set this transaction's word similarity threshold before a query with a fallback runs (PostgreSQL)."""
-    if query.plain is not None:
-        await session.execute(
-            text("SELECT set_config('pg_trgm.word_similarity_threshold', :threshold, true)"),
-            {"threshold": str(WORD_SIMILARITY_THRESHOLD)},
-        )
+async def prepare(session: AsyncSession) -> None:
+    """Settle this transaction's reads of candidates for a ranked page (PostgreSQL).
+
+    The word similarity threshold of the fallback (:data:`WORD_SIMILARITY_THRESHOLD`); and reads through indexes
+    only, in one process: a read of the first matches then returns them in the same order on every page (a
+    bitmap scan visits the table's blocks in order, where a sequential scan may start where a concurrent one
+    is, and parallel workers interleave), so the candidates of the next page are those of the first.
+    """
+    await session.execute(
+        text(
+            "SELECT set_config('pg_trgm.word_similarity_threshold', :threshold, true), "
+            "set_config('enable_seqscan', 'off', true), "
+            "set_config('max_parallel_workers_per_gather', '0', true)"
+        ),
+        {"threshold": str(WORD_SIMILARITY_THRESHOLD)},
+    )

@@ -11,8 +11,10 @@ search configuration (lower-cased words, no stemming, no stop words: the catalog
 many languages, which an English stemmer would mangle, and a reader's exact word should find its book). The
 authors and tags are read from the book's own JSON lists (``json_to_tsvector``), not from their index tables, so
 the expression stays a function of the row. ``ix_books_search_vector`` is a GIN index on it. Adding the column
-is the backfill: PostgreSQL computes it for every existing row in one rewrite of the table (about half a minute
-at a million books here), far faster than updating the rows one batch at a time.
+is the backfill: PostgreSQL computes it for every existing row in one rewrite of the table, far faster than
+updating the rows batch by batch (which would also leave a dead version of every row). At a million books on the
+development machine (2 cores, load average 10) the column took 54 s and the GIN index 20 s; ``books`` is locked
+meanwhile, so a large catalogue is best migrated in a quiet window.
 
 SQLite: ``books_fts``, an FTS5 table over ``books`` (external content, so the text is not stored twice), kept in
 step by three triggers and filled once by FTS5's ``rebuild``. A later revision that rebuilds ``books`` with a
