@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 
 from library_api.books.search import parse_query
 from library_api.context import AppContext
+from library_api.db.base import utcnow
 from library_api.security.permissions import Role
 from tests.support.factories import create_book, user_headers
 
@@ -18,6 +20,12 @@ async def page(client: httpx.AsyncClient, **params: object) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def booking_for(book_id: int) -> dict[str, object]:
+    """A booking of ``book_id`` holding its copy from now for a day."""
+    start = utcnow().replace(microsecond=0)
+    return {"book_id": book_id, "start": start.isoformat(), "end": (start + timedelta(days=1)).isoformat()}
 
 
 async def titles(client: httpx.AsyncClient, **params: object) -> list[str]:
@@ -162,3 +170,17 @@ def test_queries_are_read_with_the_web_search_syntax(q: str, fts5: str | None, p
     query = parse_query(q)
     assert query.fts5() == fts5
     assert query.plain == plain
+
+
+async def test_ranked_search_keeps_every_other_filter(client: httpx.AsyncClient, ctx: AppContext) -> None:
+    _, reader = await user_headers(ctx, Role.READER)
+    await create_book(ctx, title="Atlas of Tides", tags=["maps"], year=1990)
+    held = await create_book(ctx, title="Atlas of Winds", tags=["maps"], year=1995)
+    await create_book(ctx, title="Atlas of Stars", tags=["sky"], year=1995)
+    booked = await client.post("/api/v1/bookings", json=booking_for(held.id), headers=reader)
+    assert booked.status_code == 201, booked.text
+
+    assert await titles(client, q="atlas", tag="maps") == ["Atlas of Tides", "Atlas of Winds"]
+    assert await titles(client, q="atlas", tag="maps", available=True) == ["Atlas of Tides"]
+    assert await titles(client, q="atlas", tag="maps", available=False) == ["Atlas of Winds"]
+    assert await titles(client, q="atla", year_from=1995) == ["Atlas of Winds", "Atlas of Stars"]
