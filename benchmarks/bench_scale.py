@@ -41,6 +41,12 @@ CATALOGUE = {
     "available=true": "available=true&limit=20",
     "available=false": "available=false&limit=20",
     "q=history": "q=history&limit=20",
+    "q=history cursor": "CURSOR q=history",
+    "q=history sort=title": "q=history&sort=title&limit=20",
+    "q=river night": "q=river%20night&limit=20",
+    'q="history river"': "q=%22history%20river%22&limit=20",
+    "q=histroy (typo)": "q=histroy&limit=20",
+    "q=histo (partial)": "q=histo&limit=20",
     "author": "author=greta%20adler&limit=20",
     "sort=title": "sort=title&limit=20",
     "sort=-title": "sort=-title&limit=20",
@@ -80,17 +86,13 @@ async def build(size: int, keep: bool, seed: int) -> str:
             finally:
                 await database.close()
             if count == size:
+                await migrate(name)  # a kept database gets the revisions added since it was built
                 return name
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    migrated = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "library_api", "migrate", env={**os.environ, "DATABASE_URL": url}
-    )
-    if await migrated.wait() != 0:
-        sys.exit("migrate failed")
+    await migrate(name)
     started = time.monotonic()
     database = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
     try:
@@ -99,6 +101,18 @@ async def build(size: int, keep: bool, seed: int) -> str:
         await database.close()
     print(f"built {name} in {time.monotonic() - started:.1f} s ({load()})", flush=True)
     return name
+
+
+async def migrate(name: str) -> None:
+    """Run ``library-api migrate`` on a scale database, printing how long it took."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    started = time.monotonic()
+    migrated = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "library_api", "migrate", env={**os.environ, "DATABASE_URL": url}
+    )
+    if await migrated.wait() != 0:
+        sys.exit("migrate failed")
+    print(f"migrated {name} in {time.monotonic() - started:.1f} s ({load()})", flush=True)
 
 
 async def drop(name: str) -> None:
@@ -123,10 +137,12 @@ def timings(client: httpx.Client, url: str, samples: int) -> tuple[float, float]
     return statistics.median(figures), deciles[8]
 
 
-def deep_cursor(client: httpx.Client, path: str) -> str:
-    """A ``next_cursor`` from the middle of the list (the page after ``offset=500``)."""
-    cursor = client.get(path, params={"limit": 20, "offset": 500}).json()["next_cursor"]
-    assert cursor, "the list is shorter than 520 rows"
+def deep_cursor(client: httpx.Client, path: str, query: str = "") -> str:
+    """A ``next_cursor`` from the middle of the list: the page after ``offset=500``, or after ``offset=100`` of a
+    search (``query``; some 160 books match ``q=history`` at 1,000)."""
+    offset = 100 if query else 500
+    cursor = client.get(f"{path}?{query}&limit=20&offset={offset}".replace("?&", "?")).json()["next_cursor"]
+    assert cursor, f"the list is shorter than {offset + 20} rows"
     return str(cursor)
 
 
@@ -165,7 +181,11 @@ def measure(size: int, name: str, samples: int, wrk_seconds: float | None) -> di
             token = login.json()["access_token"]
             print(f"\n{size:,} books, {2 * size:,} bookings ({load()})")
             for label, given in CATALOGUE.items():
-                query = "limit=20&cursor=" + deep_cursor(client, "/api/v1/books") if given == "CURSOR" else given
+                query = given
+                if given.startswith("CURSOR"):
+                    search = given.removeprefix("CURSOR").strip()
+                    cursor = deep_cursor(client, "/api/v1/books", search)
+                    query = f"{search}&limit=20&cursor={cursor}".lstrip("&")
                 p50, p90 = timings(client, f"/api/v1/books?{query}", samples)
                 figures[label] = p50
                 print(f"  GET /books {label:<22} p50 {p50:8.2f} ms  p90 {p90:8.2f} ms")

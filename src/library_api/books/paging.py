@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -92,6 +93,8 @@ def decode_cursor(token: str, sort: str, types: Sequence[type]) -> Key:
 def _typed(item: object, kind: type) -> Any:
     if kind is int and isinstance(item, int) and not isinstance(item, bool) and -(2**31) <= item < 2**31:
         return item
+    if kind is float and isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item):
+        return float(item)
     if kind is str and isinstance(item, str):
         return item
     if kind is datetime and isinstance(item, str):

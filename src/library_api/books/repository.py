@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +23,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from library_api.bookings.models import Booking, BookingStatus
 from library_api.books.models import Book, BookAuthor, BookTag, author_rows
 from library_api.books.ordering import AUTHOR_ORDERINGS, ORDERINGS
-from library_api.books.paging import TotalRelation, capped_count, total_of
+from library_api.books.paging import TotalRelation, capped_count, decode_cursor, encode_cursor, total_of
 from library_api.books.schemas import BookSort
+from library_api.books.search import (
+    FTS,
+    SUBSTRING_BASE,
+    SearchQuery,
+    full_text_match,
+    full_text_relevance,
+    parse_query,
+    prepare,
+    similar_match,
+    similarity,
+    substring_match,
+)
 from library_api.db.base import UTCDateTime
 
 
@@ -118,6 +130,10 @@ class BookRepository:
         of matches capped at ``total_cap + 1``; then the copies in use of the page's books only.
         """
         postgresql = session.get_bind().dialect.name == "postgresql"
+        if sort is BookSort.RELEVANCE:
+            if filters.q:
+                return await self._by_relevance(session, filters, parse_query(filters.q), window, now, postgresql)
+            sort = BookSort.TITLE  # nothing to rank: the default order
         matches = self._filtered(select(literal_column("1")), filters, postgresql, counting=True)
         counted = capped_count(matches, window.total_cap + 1)
         by_author = filters.author is not None and sort in AUTHOR_ORDERINGS
@@ -141,6 +157,70 @@ class BookRepository:
         total, relation = total_of(count, window.total_cap)
         next_cursor = ordering.cursor_of(books[-1]) if more else None
         return BookRows([(book, in_use.get(book.id, 0)) for book in books], total, relation, next_cursor)
+
+    async def _by_relevance(
+        self,
+        session: AsyncSession,
+        filters: BookFilters,
+        query: SearchQuery,
+        window: Window,
+        now: datetime,
+        postgresql: bool,
+    ) -> BookRows:
+        """A page of the matches of ``query`` (and of the other filters), best first.
+
+        The candidates are read as ``(id, relevance)`` pairs, at most ``total_cap + 1`` of them: the full-text
+        matches from the GIN index, stopping there; then, for a plain query and only while fewer have been found,
+        substring matches, then similar words (each read stops at what is missing). They are ranked here (see
+        :mod:`library_api.books.search`); the page is the ``limit`` after the cursor, which carries the relevance
+        and the id of the previous page's last book, and only its books are loaded. When more books match than
+        the cap (``total_relation`` ``gte``), the ranking covers those candidates and the pages end with them: a
+        narrower query, or an explicit ``sort``, reaches the others.
+        """
+        rest = replace(filters, q=None)
+        cap = window.total_cap + 1
+        if postgresql:
+            await prepare(session)
+        scored = select(Book.id, full_text_relevance(query, postgresql))
+        if not postgresql:
+            scored = scored.select_from(FTS).join(Book, Book.id == FTS.c.rowid)
+        matched = self._filtered(scored, rest, postgresql).where(full_text_match(query, postgresql))
+        found = await self._first(session, matched, cap, now)
+        if query.plain is not None:
+            tiers = [(substring_match(query.plain), similarity(query.plain, postgresql) + SUBSTRING_BASE)]
+            if postgresql:
+                tiers.append((similar_match(query.plain), similarity(query.plain, postgresql)))
+            for condition, score in tiers:
+                if len(found) >= cap:
+                    break
+                more = self._filtered(select(Book.id, score), rest, postgresql).where(condition)
+                if found:
+                    more = more.where(Book.id.not_in(list(found)))
+                found.update(await self._first(session, more, cap - len(found), now))
+        ranked = sorted(found.items(), key=lambda pair: (-pair[1], pair[0]))
+        if window.cursor is not None:
+            after_relevance, after_id = decode_cursor(window.cursor, BookSort.RELEVANCE.value, (float, int))
+            ranked = [pair for pair in ranked if (-pair[1], pair[0]) > (-after_relevance, after_id)]
+        chosen = ranked[window.offset : window.offset + window.limit + 1]
+        page = chosen[: window.limit]
+        loaded = await session.execute(select(Book).where(Book.id.in_([book_id for book_id, _ in page])))
+        books = {book.id: book for book in loaded.scalars()}
+        in_use = await self._in_use(session, list(books), now)
+        total, relation = total_of(len(found), window.total_cap)
+        last = page[-1] if len(chosen) > window.limit else None
+        next_cursor = None if last is None else encode_cursor(BookSort.RELEVANCE.value, (last[1], last[0]))
+        rows = [(books[book_id], in_use.get(book_id, 0)) for book_id, _ in page if book_id in books]
+        return BookRows(rows, total, relation, next_cursor)
+
+    @staticmethod
+    async def _first(session: AsyncSession, statement: AnySelect, count: int, now: datetime) -> dict[int, float]:
+        """The first ``count`` ``(id, relevance)`` pairs ``statement`` selects, by id.
+
+        In the order an index read yields them, the same on every page (see :func:`library_api.books.search.prepare`):
+        all the matches when there are fewer, else the first ``count`` in the table's order (on a catalogue that
+        only grows, the oldest), read without visiting the others.
+        """
+        return {row[0]: row[1] for row in await session.execute(statement.limit(count), {"now": now})}
 
     async def _in_use(self, session: AsyncSession, book_ids: list[int], now: datetime) -> dict[int, int]:
         """The copies in use at ``now`` of each of these books (absent: none), read for them alone."""
@@ -196,7 +276,7 @@ class BookRepository:
         else:
             statement = statement.select_from(Book)
         if filters.q:
-            statement = statement.where(Book.search_text.contains(filters.q.lower(), autoescape=True))
+            statement = statement.where(self._matching(parse_query(filters.q), postgresql))
         if author is not None:
             statement = statement.where(Book.id.in_(select(BookAuthor.book_id).where(BookAuthor.name_key == author)))
         for tag in tags:
@@ -215,6 +295,14 @@ class BookRepository:
         else:
             in_use = IN_USE_NOW
         return statement.where(in_use < Book.copies if filters.available else in_use >= Book.copies)
+
+    @staticmethod
+    def _matching(query: SearchQuery, postgresql: bool) -> ColumnElement[bool]:
+        """Whether a book matches ``q`` in an explicit order: in full text, or (a plain query) as substrings."""
+        full_text = full_text_match(query, postgresql)
+        if not postgresql:
+            full_text = Book.id.in_(select(FTS.c.rowid).where(full_text))
+        return full_text if query.plain is None else full_text | substring_match(query.plain)
 
     async def replace_index_rows(self, session: AsyncSession, book: Book) -> None:
         """Rewrite the author and tag rows the filters use so they match the book's lists."""

@@ -76,6 +76,16 @@ Offset = Annotated[
     ),
 ]
 
+SEARCH_HELP = (
+    "Words in the title, authors, description or tags, in web-search syntax: every word must appear, "
+    '`"a phrase"` in that order, `-word` must not appear, `or` between words lets either do. A plain query '
+    "also finds partial words and small typos in the title and authors, ranked after the full matches."
+)
+SORT_HELP = (
+    "The order, ties broken by id: `relevance` (the default when `q` is given: best matches first) or a "
+    "column, `-` for descending (`title` is the default without `q`)."
+)
+
 
 @router.get(
     "",
@@ -87,13 +97,13 @@ Offset = Annotated[
 async def list_books(
     request: Request,
     ctx: ContextDep,
-    q: Annotated[str | None, Query(min_length=1, max_length=200, description="Words in the title or authors")] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200, description=SEARCH_HELP)] = None,
     author: Annotated[str | None, Query(min_length=1, max_length=300, description="An author's full name")] = None,
     tag: Annotated[list[str] | None, Query(max_length=10, description="Books carrying every tag given")] = None,
     year_from: Annotated[int | None, Query(ge=-3000, le=2100)] = None,
     year_to: Annotated[int | None, Query(ge=-3000, le=2100)] = None,
     available: Annotated[bool | None, Query(description="Only books with (or without) a copy free now")] = None,
-    sort: BookSort = BookSort.TITLE,
+    sort: Annotated[BookSort | None, Query(description=SORT_HELP)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Offset = 0,
     cursor: Cursor = None,
@@ -110,7 +120,10 @@ async def list_books(
         q=q, author=author, tags=tuple(tag or ()), year_from=year_from, year_to=year_to, available=available
     )
     window = Window(limit=limit, offset=offset, cursor=cursor, total_cap=ctx.settings.list_total_cap)
-    answer = await ctx.catalogue.page(filters, sort, window)
+    order = sort or (BookSort.RELEVANCE if q else BookSort.TITLE)
+    answer = await ctx.catalogue.page(
+        filters, BookSort.TITLE if order is BookSort.RELEVANCE and not q else order, window
+    )
     response = conditional_response(answer.body, answer.etag, if_none_match)
     response.headers.update(link_header(request.url.path, request.url.query, next_cursor_in(answer.body)))
     return response

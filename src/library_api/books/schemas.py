@@ -109,7 +109,13 @@ class BookPage(BaseModel):
 
 
 class BookSort(StrEnum):
-    """Orderings the list offers; a leading ``-`` sorts descending. Ties are broken by id."""
+    """Orderings the list offers; a leading ``-`` sorts descending. Ties are broken by id.
+
+    ``relevance`` (the default when ``q`` is given) puts the best matches of ``q`` first, ties to the oldest book;
+    without ``q`` it is the title order.
+    """
+
+    RELEVANCE = "relevance"
 
     TITLE = "title"
     TITLE_DESC = "-title"

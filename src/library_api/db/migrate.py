@@ -27,14 +27,28 @@ _ADVISORY_LOCK_KEY = 7_262_021_604
 
 EXPRESSION_INDEXES = frozenset({"ix_books_year_first_id", "ix_books_year_last_id"})
 """Indexes on expressions, which SQLAlchemy's reflection skips (so a model comparison would always see them missing)."""
+FULL_TEXT_INDEXES = frozenset({"ix_books_search_vector"})
+"""The GIN index of ``books.search_vector`` (PostgreSQL only, revision 0008)."""
+FULL_TEXT_COLUMNS = frozenset({"search_vector"})
+"""The generated ``tsvector`` column of ``books`` (PostgreSQL only; queried by name, not mapped)."""
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Leave out of model comparisons what reflection cannot compare.
 
-    That is what migrations create for one dialect only (PostgreSQL trigram indexes) and indexes on expressions.
+    That is what migrations create for one dialect only (PostgreSQL trigram and full-text indexes, the generated
+    ``search_vector`` column; SQLite's FTS5 table and the shadow tables FTS5 keeps beside it) and indexes on
+    expressions.
     """
-    return not (type_ == "index" and name is not None and (name.endswith("_trgm") or name in EXPRESSION_INDEXES))
+    if name is None:
+        return True
+    if type_ == "index":
+        return not (name.endswith("_trgm") or name in EXPRESSION_INDEXES or name in FULL_TEXT_INDEXES)
+    if type_ == "column":
+        return name not in FULL_TEXT_COLUMNS
+    if type_ == "table":
+        return not name.startswith("books_fts")
+    return True
 
 
 def alembic_config() -> Config:
