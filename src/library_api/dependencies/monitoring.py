@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import Depends, Request
 
-from library_api.context import get_context
-from library_api.security.dependencies import PERMISSION_ATTRIBUTE, check, resolve_principal
+from library_api.dependencies.context import get_context
+from library_api.dependencies.permissions import PERMISSION_ATTRIBUTE, check, resolve_principal
 from library_api.security.permissions import Permission
 
 
