@@ -2,19 +2,18 @@
 
 Nothing else in the package reads ``os.environ``. The package is split by concern:
 
-* :mod:`~library_api.config.settings`: the :class:`Settings` model (every key, its default and its own checks);
+* :mod:`~library_api.config.settings`: the :class:`Settings` model (every key, its default and its own checks)
+  and its secret-free view (``check-config``);
 * :mod:`~library_api.config.loading`: the five layers merged (:func:`load_settings`), :class:`ConfigError`;
 * :mod:`~library_api.config.checks`: the cross-field checks (:func:`validate_settings`);
 * :mod:`~library_api.config.security_mode`: which security mode is in force and why;
 * :mod:`~library_api.config.tls_files`: the server's TLS files, really read, before any port opens;
 * :mod:`~library_api.config.aliases`: other stacks' keys, translated or refused;
-* :mod:`~library_api.config.display`: the effective configuration with secrets masked.
 
 The names the rest of the service uses are importable from here (``from library_api.config import Settings``).
 """
 
 from library_api.config.checks import security_problems, validate_settings
-from library_api.config.display import mask_url, public_view
 from library_api.config.loading import ConfigError, hand_down_overrides, load_settings, read_config_file
 from library_api.config.security_mode import SecurityDecision, decide_security_mode
 from library_api.config.settings import (
@@ -27,6 +26,8 @@ from library_api.config.settings import (
     Environment,
     Settings,
     canonical_origin,
+    mask_url,
+    public_view,
 )
 
 __all__ = [

@@ -1,8 +1,22 @@
-"""The settings model: every configuration key of the service, its default, and the checks one field makes alone.
+"""The settings model: every key of the service's configuration, its default, and the checks one field makes alone.
 
-Keys keep the names of the seed's production ``.env`` (``DATABASE_URL``, ``SECRET_KEY``, ...). How the values
-are gathered is :mod:`library_api.config.loading`; the checks that need several fields are
+Values come from five layers, highest precedence first (merged by :mod:`library_api.config.loading`):
+
+1. command-line flags (passed as ``overrides``),
+2. process environment variables,
+3. the ``.env`` file,
+4. an optional TOML or YAML configuration file (``--config`` or ``CONFIG_FILE``),
+5. the defaults below.
+
+The deploy environment beats files shipped with the release (the twelve-factor convention) and an explicit
+flag beats everything. Keys keep the names of the seed's production ``.env`` (``DATABASE_URL``,
+``SECRET_KEY``, ...). Nothing else in the package reads ``os.environ``: the loader is the single door.
+
+Every problem is reported as one readable line naming the key, what is wrong and where the value came from;
+:class:`~library_api.config.loading.ConfigError` carries the whole list so that start-up can print all of them
+at once and exit non-zero before any port is opened. The checks that need several fields are
 :mod:`library_api.config.checks`; which security mode is in force is :mod:`library_api.config.security_mode`.
+:func:`public_view` shows the model with every secret masked (``check-config``, start-up logs).
 
 The file is longer than most because :class:`Settings` is one cohesive class: every key is declared in one
 place, so that a reader (and ``check-config``) sees the whole configuration surface at once, and a new key is
@@ -456,3 +470,31 @@ def _is_secret(annotation: Any) -> bool:
 
 SECRET_FIELDS = frozenset(name for name, field in Settings.model_fields.items() if _is_secret(field.annotation))
 """Settings whose values are masked wherever configuration is shown (every ``SecretStr`` field)."""
+
+
+def _env_name(field: str) -> str:
+    return field.upper()
+
+
+def public_view(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with every secret masked, for ``check-config`` and logs."""
+    view: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS:
+            view[_env_name(name)] = None if value is None else "********"
+        elif name.endswith("_url") and isinstance(value, str):
+            view[_env_name(name)] = mask_url(value)
+        else:
+            view[_env_name(name)] = value.value if isinstance(value, StrEnum) else value
+    return view
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of a connection URL (``scheme://user:***@host/db``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
