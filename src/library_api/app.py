@@ -37,11 +37,11 @@ from library_api.db import migrate
 from library_api.db.engine import Database, attach_replica, create_database
 from library_api.dependencies.context import AppContext
 from library_api.events import EventBus
-from library_api.http.limiter import RateLimiter, RateLimitPolicies, builtin_route_limits
 from library_api.http.links import add_links
 from library_api.http.networks import Networks
 from library_api.http.problems import install_problem_handlers
 from library_api.http.query import single_valued_query
+from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies, builtin_route_limits
 from library_api.http.responses import add_problem_responses, use_problem_media_type
 from library_api.http.stack import install_middleware
 from library_api.idempotency.store import IdempotencyStore

@@ -12,7 +12,7 @@ from library_api.dependencies.permissions import CurrentPrincipal, public, requi
 from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.problems import Forbidden
-from library_api.http.request_context import client_address
+from library_api.http.request_origin import client_address
 from library_api.http.responses import problems
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal

@@ -18,8 +18,8 @@ from library_api.books.service import BookService
 from library_api.config import Settings
 from library_api.db.engine import Database
 from library_api.events import EventBus
-from library_api.http.limiter import RateLimiter, RateLimitPolicies
 from library_api.http.networks import Networks
+from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies
 from library_api.lifecycle.shutdown import ShutdownCoordinator
 from library_api.notifications.service import Notifier
 from library_api.observability.health import HealthMonitor

@@ -3,7 +3,7 @@
 A caller from one of ``MONITORING_ALLOWED_NETWORKS`` (loopback by default; a cluster's pod network in
 Kubernetes) is let in without credentials, as Prometheus scrapes without any; anyone else needs the route's
 permission (``metrics:read``, ``health:read``: the ``monitor`` role has both). The client address is the one
-:mod:`library_api.http.request_context` established, so a spoofed ``X-Forwarded-For`` cannot open the door.
+:mod:`library_api.http.request_origin` established, so a spoofed ``X-Forwarded-For`` cannot open the door.
 """
 
 from __future__ import annotations

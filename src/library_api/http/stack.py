@@ -2,7 +2,7 @@
 
 1. **Edge** (:mod:`library_api.http.edge`), three steps in one layer:
 
-   a. *request context*: the real client address and scheme (from trusted proxies only), a forwarded client
+   a. *request origin*: the real client address and scheme (from trusted proxies only), a forwarded client
       certificate (from certificate proxies only, verified in full), and the request id. First, so that
       everything after it, including every log line and the access line, sees them;
    b. *security headers*: on every response, even a 400 from trusted hosts, a 429, a 413 or the 500 of an
@@ -37,10 +37,10 @@ from library_api.config import Settings
 from library_api.http.body_limit import BodyLimitMiddleware, BodyLimitRule
 from library_api.http.edge import EdgeMiddleware
 from library_api.http.gzip import GZipMiddleware
-from library_api.http.limiter import RateLimiter, RateLimitPolicies
 from library_api.http.networks import Networks
-from library_api.http.rate_limit import RateLimitMiddleware
-from library_api.http.request_context import CertificateCheck, RequestContext
+from library_api.http.rate_limit_middleware import RateLimitMiddleware
+from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies
+from library_api.http.request_origin import CertificateCheck, RequestOrigin
 from library_api.http.routes import RouteTable
 from library_api.http.security_headers import SecurityHeaders
 from library_api.http.telemetry import Telemetry
@@ -147,7 +147,7 @@ def install_middleware(app: FastAPI, context: MiddlewareParts) -> None:
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, exempt_paths=quiet_paths)
     app.add_middleware(
         EdgeMiddleware,
-        context=RequestContext(
+        origin=RequestOrigin(
             Networks(settings.trusted_proxies),
             Networks(settings.forwarded_cert_proxies),
             forwarded_certificate_check(settings.tls_ca_file, settings.tls_crl_file, settings.forwarded_cert_proxies),

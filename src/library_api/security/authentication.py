@@ -5,7 +5,7 @@ cryptographically and then against the account's live state (:mod:`library_api.u
 token (``lib_...``, see :mod:`library_api.tokens.service`) is accepted as ``Authorization: Bearer`` or as
 ``X-API-Key`` and looked up by its digest. Without either, a verified client certificate (the ASGI TLS
 extension ``scope["extensions"]["tls"]``, set by the server adapters in :mod:`library_api.server` or, from a
-peer in ``FORWARDED_CERT_PROXIES`` and after full verification, by the request context) identifies the
+peer in ``FORWARDED_CERT_PROXIES`` and after full verification, by the request origin) identifies the
 caller: its CN is the identity and its roles are read by
 :class:`~library_api.security.certificates.CertificateReader`; roles the role table does not know grant
 nothing, so a certificate with no known role is authenticated but gets 403 everywhere. Every kind of caller

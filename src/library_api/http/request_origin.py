@@ -58,7 +58,7 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-class RequestContext:
+class RequestOrigin:
     """Establishes who is asking (address, scheme, certificate) and the request id, for HTTP and WebSocket."""
 
     def __init__(
