@@ -70,7 +70,7 @@ def load_settings(
 
     ``env`` replaces the process environment (tests pass their own); ``overrides`` are command-line flags.
     Overrides handed down by a parent process through ``LIBRARY_API_OVERRIDES`` sit just below ``overrides``.
-    Keys of other stacks are translated or refused (:mod:`library_api.config_aliases`); keys that look like
+    Keys of other stacks are translated or refused (:mod:`library_api.config.aliases`); keys that look like
     ours but are not are appended to ``warnings`` when the caller passes a list.
     """
     warnings = [] if warnings is None else warnings
