@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from library_api.app import create_app
 from library_api.config import Settings
-from library_api.context import AppContext
 from library_api.db.engine import Database, create_engine
+from library_api.dependencies.context import AppContext
 from tests.support.databases import DatabaseTemplate, build_template, drop_template
 from tests.support.services import require_postgres
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from library_api.config import ConfigError, Settings, load_settings
-from library_api.config_aliases import READ_ELSEWHERE, REFUSED, TRANSLATED, translate
+from library_api.config.aliases import READ_ELSEWHERE, REFUSED, TRANSLATED, translate
 
 SEED_ENV = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
 """The source documents beside the checkout (``../shared/seeds``), where development machines and CI keep them."""

@@ -18,8 +18,8 @@ import httpx
 from sqlalchemy import event
 
 from library_api.app import create_app
-from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.dependencies.context import AppContext
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_book, create_user, token_for
 

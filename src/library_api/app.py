@@ -26,31 +26,32 @@ from library_api.auth.service import AuthService
 from library_api.bookings.router import LINKS as BOOKING_LINKS
 from library_api.bookings.router import router as bookings_router
 from library_api.bookings.service import BookingService
+from library_api.books.catalogue_cache import CatalogueCache
 from library_api.books.covers import CoverStore
 from library_api.books.router import LINKS as BOOK_LINKS
 from library_api.books.router import router as books_router
 from library_api.books.seed import catalogue_is_empty, load_catalogue, seed_catalogue
 from library_api.books.service import BookService
 from library_api.cache.backends import CacheBackend, MemoryBackend, RedisBackend
-from library_api.cache.catalogue import CatalogueCache
 from library_api.config import Settings
-from library_api.context import AppContext
 from library_api.db import migrate
 from library_api.db.engine import Database, attach_replica, create_database
+from library_api.dependencies.context import AppContext
 from library_api.events import EventBus
-from library_api.http.limiter import RateLimiter, RateLimitPolicies, builtin_route_limits
 from library_api.http.links import add_links
 from library_api.http.networks import Networks
 from library_api.http.problems import install_problem_handlers
 from library_api.http.query import single_valued_query
+from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies, builtin_route_limits
 from library_api.http.responses import add_problem_responses, use_problem_media_type
 from library_api.http.stack import install_middleware
 from library_api.idempotency.store import IdempotencyStore
+from library_api.lifecycle.shutdown import ShutdownCoordinator
 from library_api.notifications.service import Notifier
 from library_api.observability import multiprocess
 from library_api.observability.health import HealthMonitor
-from library_api.observability.health import router as health_router
 from library_api.observability.metrics import Metrics
+from library_api.observability.router import router as health_router
 from library_api.observability.scrape import router as metrics_router
 from library_api.observability.sentry import init_sentry
 from library_api.realtime.admission import Admission
@@ -65,16 +66,15 @@ from library_api.resilience.database import install_database_unavailable_handler
 from library_api.resilience.redis import GuardedRedis
 from library_api.resilience.retry import Backoff
 from library_api.resilience.schema import SchemaWatch
-from library_api.security.accounts import AccountStateCache
 from library_api.security.authentication import Authenticator
 from library_api.security.certificates import CertificateReader, issuer_names
 from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
 from library_api.security.tokens import TokenService
-from library_api.server.shutdown import ShutdownCoordinator
 from library_api.tokens.router import router as tokens_router
 from library_api.tokens.service import ApiTokenService
+from library_api.users.accounts import AccountStateCache
 from library_api.users.router import LINKS as USER_LINKS
 from library_api.users.router import router as users_router
 from library_api.users.service import UserService

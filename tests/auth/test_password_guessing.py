@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from library_api.app import create_app
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import AppFactory, fast_settings
 from tests.support.factories import PASSWORD, bearer, create_user, token_for

@@ -12,8 +12,8 @@ from sqlalchemy import select, update
 
 from library_api.app import create_app
 from library_api.auth.models import RefreshFamily, RefreshToken
-from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.dependencies.context import AppContext
 from library_api.users.models import User
 from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, create_user

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import httpx
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from tests.support.factories import PASSWORD, create_user
 
 

@@ -13,8 +13,8 @@ from sqlalchemy import func, select, update
 
 from library_api.app import create_app
 from library_api.bookings.models import Booking
-from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.dependencies.context import AppContext
 from library_api.idempotency.models import IdempotencyRecord
 from library_api.idempotency.store import IdempotencyStore
 from tests.conftest import fast_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.support.factories import create_book, unique_isbn, user_headers
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from library_api.books.covers import PNG, CoverStore
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import AppFactory
 from tests.support.factories import create_book, user_headers

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from library_api.books.covers import detect_image
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.support.factories import create_book, user_headers
 from tests.support.images import JPEG_1X1, png

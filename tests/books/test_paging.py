@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from library_api.app import create_app
 from library_api.books.paging import InvalidCursor, decode_cursor, encode_cursor, next_cursor_in
 from library_api.config import Settings
-from library_api.context import AppContext
 from library_api.db.base import utcnow
 from library_api.db.engine import Database
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import create_book, user_headers

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from library_api.cache.backends import MemoryBackend
-from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import AppFactory
 from tests.support.factories import bearer, create_book, create_user, token_for, user_headers

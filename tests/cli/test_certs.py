@@ -11,7 +11,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from library_api.cli import app
-from library_api.security.certificates import check_tls_files
+from library_api.config.tls_files import check_tls_files
 
 runner = CliRunner()
 

@@ -13,9 +13,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from library_api.app import create_app
-from library_api.context import AppContext
 from library_api.db.engine import create_database
 from library_api.db.reads import HotRead
+from library_api.dependencies.context import AppContext
 from library_api.users.models import User
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for

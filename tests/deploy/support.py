@@ -217,7 +217,7 @@ def check_key(key: str) -> str | None:
     """Why ``key`` does not belong in a deployment file, or None when it is a setting or infrastructure."""
     if key in settings_keys() or key in INFRASTRUCTURE_KEYS:
         return None
-    return f"{key}: not a setting of the service (src/library_api/config.py) nor a documented infrastructure key"
+    return f"{key}: not a setting of the service (library_api/config/settings.py) nor a documented infrastructure key"
 
 
 _METRIC = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.observability.logging import JsonFormatter
 from library_api.security.permissions import Role
 from tests.deploy.support import (

@@ -19,8 +19,8 @@ from redis import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from library_api.app import build_context
-from library_api.context import AppContext
 from library_api.db.engine import create_database
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for, unique_isbn

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.support.factories import create_book, user_headers
 

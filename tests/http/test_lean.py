@@ -23,8 +23,8 @@ from pydantic import BaseModel, Json
 from starlette.requests import HTTPConnection
 
 from library_api.bookings.schemas import BookingCreate
-from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.dependencies.context import AppContext
 from library_api.http.lean import LeanRoute, refusal
 from library_api.http.query import single_valued_query
 from library_api.security.permissions import Role

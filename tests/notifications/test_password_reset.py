@@ -21,8 +21,8 @@ from sqlalchemy import select
 
 from library_api.app import create_app
 from library_api.auth.models import PasswordReset
-from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.dependencies.context import AppContext
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail
 from library_api.security.permissions import Role
 from library_api.server.uvicorn import TLSWebSocketsProtocol

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest_asyncio
 
 from library_api.app import create_app
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.server.uvicorn import TLSWebSocketsProtocol
 from tests.conftest import fast_settings
 from tests.support.live import Live, serve_in_loop

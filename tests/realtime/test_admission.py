@@ -22,8 +22,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 
 from library_api.config import Settings
-from library_api.context import AppContext
-from library_api.http.limiter import RateLimiter
+from library_api.dependencies.context import AppContext
+from library_api.http.rate_limit_policies import RateLimiter
 from library_api.realtime.admission import Admission, Denied, Refusal
 from library_api.realtime.router import _deny
 from library_api.security.permissions import Role

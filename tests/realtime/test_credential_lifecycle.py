@@ -19,9 +19,10 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.realtime.client import LiveClient, login_session
-from library_api.realtime.credentials import Credential, CredentialGuard, certificate_expiry, presented_token
+from library_api.realtime.credentials import CredentialGuard, certificate_expiry, presented_token
+from library_api.realtime.held_credential import Credential
 from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
 from library_api.security.principal import CredentialKind, Principal

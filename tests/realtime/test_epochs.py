@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from library_api.app import create_app
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.realtime.broker import RESYNC_EPOCH, MemoryBroker
 from library_api.realtime.client import LiveClient
 from library_api.realtime.redis_broker import EMPTY_EPOCH_TTL, RedisBroker

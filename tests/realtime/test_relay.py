@@ -26,14 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from library_api.app import build_context
 from library_api.books.schemas import BookCreate
-from library_api.context import AppContext
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, create_database
+from library_api.dependencies.context import AppContext
 from library_api.events import DomainEvent
 from library_api.http.problems import Conflict
 from library_api.realtime.broker import BrokerUnavailable, MemoryBroker
 from library_api.realtime.hub import Hub
-from library_api.realtime.outbox import LiveEventRow, record
+from library_api.realtime.models import LiveEventRow
+from library_api.realtime.outbox import record
 from library_api.realtime.redis_broker import RedisBroker
 from library_api.realtime.relay import Backlog, Relay
 from tests.conftest import fast_settings

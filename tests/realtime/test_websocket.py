@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
 from tests.realtime.conftest import SQLITE_ONLY, StartLive

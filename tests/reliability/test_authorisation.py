@@ -34,9 +34,9 @@ import pytest
 from fastapi import FastAPI
 
 from library_api.app import create_app
-from library_api.context import AppContext
 from library_api.db.base import utcnow
-from library_api.security.dependencies import PERMISSION_ATTRIBUTE, PUBLIC
+from library_api.dependencies.context import AppContext
+from library_api.dependencies.permissions import PERMISSION_ATTRIBUTE, PUBLIC
 from library_api.security.permissions import Role, grants
 from library_api.users.models import User
 from tests.conftest import AppFactory, fast_settings

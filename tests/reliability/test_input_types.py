@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.support.factories import PASSWORD, create_book, create_user, user_headers
 from tests.support.images import png

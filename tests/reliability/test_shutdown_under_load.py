@@ -39,8 +39,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from library_api.app import build_context
-from library_api.context import AppContext
 from library_api.db.engine import create_database
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.reliability.conftest import Record

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from library_api.app import create_app
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.resilience.database import BUSY_RETRY_AFTER
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for

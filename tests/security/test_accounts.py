@@ -10,8 +10,8 @@ import dataclasses
 
 from sqlalchemy import update
 
-from library_api.context import AppContext
-from library_api.security.accounts import AccountState, AccountStateCache
+from library_api.dependencies.context import AppContext
+from library_api.users.accounts import AccountState, AccountStateCache
 from library_api.users.models import User
 from tests.support.factories import create_user
 

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from library_api.http.networks import Networks
-from library_api.http.request_context import RequestContext
+from library_api.http.request_origin import RequestOrigin
 from library_api.http.stack import forwarded_certificate_check
 from library_api.security.forwarded_certificates import ForwardedCertificateVerifier
 from library_api.security.issuing import Authority
@@ -82,7 +82,7 @@ def test_the_parse_cache_is_bounded(pki: PKI) -> None:
 
 def test_certificate_proxies_without_a_verifier_cannot_be_built(pki: PKI) -> None:
     with pytest.raises(ValueError, match="verifier"):
-        RequestContext(Networks([]), Networks(["10.0.0.7"]))
+        RequestOrigin(Networks([]), Networks(["10.0.0.7"]))
     with pytest.raises(ValueError, match="TLS_CA_FILE"):
         forwarded_certificate_check(None, None, ["10.0.0.7"])
     assert forwarded_certificate_check(pki.ca, None, []) is None

@@ -22,8 +22,8 @@ from sqlalchemy import func, select, update
 
 from library_api.app import create_app
 from library_api.auth.models import RefreshFamily
-from library_api.context import AppContext
 from library_api.db.base import utcnow
+from library_api.dependencies.context import AppContext
 from library_api.users.models import User
 from tests.conftest import AppFactory, fast_settings
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_email

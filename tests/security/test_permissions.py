@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from library_api.app import create_app
 from library_api.config import load_settings
-from library_api.security.dependencies import PERMISSION_ATTRIBUTE, PUBLIC
+from library_api.dependencies.permissions import PERMISSION_ATTRIBUTE, PUBLIC
 from library_api.security.permissions import Permission, PermissionPolicy, grants
 from tests.support.routes import ApiRoute, api_routes
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from library_api.cli import app
 from library_api.config import load_settings
-from library_api.security.certificates import check_tls_files
+from library_api.config.tls_files import check_tls_files
 from library_api.security.issuing import Authority, write_certificate, write_key, write_revocation_list
 from tests.support.certs import PKI, make_pki
 from tests.support.processes import TEST_ENVIRONMENT

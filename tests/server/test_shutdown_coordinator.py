@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from library_api.server.shutdown import ShutdownCoordinator
+from library_api.lifecycle.shutdown import ShutdownCoordinator
 
 
 class Connections:

@@ -8,7 +8,7 @@ import uuid
 
 from library_api.books.isbn import isbn13_check_digit
 from library_api.books.schemas import BookCreate, BookOut
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from library_api.users.models import User
 

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.passwords import Hasher
 
 T = TypeVar("T")

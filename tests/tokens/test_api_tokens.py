@@ -10,10 +10,10 @@ import httpx
 from sqlalchemy import select
 
 from library_api.app import create_app
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
+from library_api.security.tokens import API_TOKEN_PREFIX, is_api_token
 from library_api.tokens.models import ApiToken
-from library_api.tokens.service import API_TOKEN_PREFIX, is_api_token
 from tests.conftest import fast_settings
 from tests.observability.test_health import MACHINE_INDEPENDENT
 from tests.support.factories import bearer, unique_isbn, user_headers

@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import DEFAULT_ROLE_TABLE, Permission, Role
 from library_api.tokens.models import ApiToken
 from tests.conftest import AppFactory

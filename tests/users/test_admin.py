@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.support.factories import PASSWORD, bearer, create_user, token_for, user_headers
 

@@ -14,7 +14,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from library_api.app import create_app
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, bearer, create_user, token_for, unique_isbn

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from playwright.async_api import WebSocket, async_playwright, expect
 
 from library_api.app import create_app
-from library_api.context import AppContext
+from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, create_book, create_user

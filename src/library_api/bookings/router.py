@@ -13,12 +13,12 @@ from library_api.bookings.service import BookingFilters
 from library_api.books.paging import check_window, link_header
 from library_api.books.repository import Window
 from library_api.books.router import LIST_OK, Cursor, Offset
-from library_api.deps import ContextDep, SessionDep
+from library_api.dependencies import ContextDep, SessionDep
+from library_api.dependencies.permissions import require
 from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.responses import problems
 from library_api.idempotency.store import KEY_PATTERN, StoredAnswer
-from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 

@@ -1,7 +1,7 @@
 """``/books``: the catalogue.
 
 Reads are open to anyone the role table lets read (anonymous by default); changes need ``books:write``. Reads
-go through the catalogue cache (:mod:`library_api.cache.catalogue`) and answer with an ``ETag``.
+go through the catalogue cache (:mod:`library_api.books.catalogue_cache`) and answer with an ``ETag``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from library_api.books.covers import detect_image
 from library_api.books.paging import CURSOR_MAX_LENGTH, check_window, link_header, next_cursor_in
 from library_api.books.repository import BookFilters, Window
 from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, BookUpdate
-from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.dependencies import ContextDep, ReadSessionDep, SessionDep
+from library_api.dependencies.permissions import require
 from library_api.http.conditional import conditional_response
 from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.problems import ContentTooLarge, NotFound, UnsupportedMediaType
 from library_api.http.responses import problems
-from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
 
 router = APIRouter(prefix="/books", tags=["books"], route_class=LeanRoute)

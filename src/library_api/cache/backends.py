@@ -8,7 +8,7 @@ between a slow reader and a writer cannot leave a stale answer behind. Increment
 everything (after Redis was unreachable while something changed).
 
 The stores also keep the catalogue's *watermark*: the database position (PostgreSQL WAL LSN) of the latest
-catalogue change, which replica reads must have caught up with (see :mod:`library_api.cache.catalogue`).
+catalogue change, which replica reads must have caught up with (see :mod:`library_api.books.catalogue_cache`).
 One lookup is one round trip to Redis (a Lua script reads epoch, generation, watermark and the answer).
 """
 

@@ -1,4 +1,4 @@
-"""The ``library-api`` command line: serve, migrate, seed, users, check-config."""
+"""The ``library-api`` command line: the root commands in :mod:`.main`, each command group in a module of its own."""
 
 from library_api.cli.main import app, main
 

@@ -6,34 +6,14 @@ sent again with ``library-api mail requeue --all-failed``; a running service pic
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-from library_api.cli.main import EXIT_CONFIG, EXIT_FAILURE, app, fail, settings_from
-from library_api.config import Settings
+from library_api.cli.common import EXIT_CONFIG, EXIT_FAILURE, fail, run_with_database, settings_from
 
 mail_app = typer.Typer(help="The e-mail outbox: list and requeue mails.", no_args_is_help=True)
-app.add_typer(mail_app, name="mail")
-
-T = TypeVar("T")
-
-
-def _with_database(settings: Settings, job: Callable[..., Awaitable[T]]) -> T:
-    """Run ``job(database)`` on a database of its own and return its result."""
-    from library_api.db.engine import create_database
-
-    async def run() -> T:
-        database = create_database(settings)
-        try:
-            return await job(database)
-        finally:
-            await database.dispose()
-
-    return asyncio.run(run())
 
 
 @mail_app.command("list")
@@ -52,7 +32,7 @@ def mail_list(
         raise fail(["choose one of --failed and --pending"], EXIT_CONFIG)
     status = EmailStatus.FAILED if failed else EmailStatus.PENDING if pending else None
     settings = settings_from(ctx)
-    rows = _with_database(settings, lambda database: list_emails(database, status=status, limit=limit))
+    rows = run_with_database(settings, lambda database: list_emails(database, status=status, limit=limit))
     if as_json:
         fields = ("id", "kind", "booking_id", "recipient", "status", "attempts", "refusals", "message_id")
         records = [
@@ -85,7 +65,7 @@ def mail_requeue(
     if bool(ids) == all_failed:
         raise fail(["give mail ids or --all-failed (not both)"], EXIT_CONFIG)
     settings = settings_from(ctx)
-    result = _with_database(settings, lambda database: requeue(database, None if all_failed else ids))
+    result = run_with_database(settings, lambda database: requeue(database, None if all_failed else ids))
     typer.echo(
         f"requeued {len(result.requeued)} mail(s){': ' if result.requeued else ''}"
         + " ".join(str(i) for i in result.requeued)

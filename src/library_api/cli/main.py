@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from library_api.config import ConfigError, Settings, load_settings, public_view
+from library_api.cli.certs import certs_app
+from library_api.cli.client_app import client_app
+from library_api.cli.common import EXIT_CONFIG, EXIT_FAILURE, CliState, fail, settings_from
+from library_api.cli.mail import mail_app
+from library_api.cli.tokens import tokens_app
+from library_api.cli.users import users_app
+from library_api.config import ConfigError, Settings, public_view
 
 app = typer.Typer(
     name="library-api",
@@ -24,38 +29,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXIT_CONFIG = 2
-EXIT_FAILURE = 1
-
-
-@dataclass(slots=True)
-class CliState:
-    """Options of the root command that every subcommand's settings depend on."""
-
-    config_file: Path | None
-    env_file: Path
-
-
-def fail(lines: list[str], code: int = EXIT_FAILURE) -> typer.Exit:
-    """Print each line to stderr as an error and return the exit to raise."""
-    for line in lines:
-        typer.echo(f"error: {line}", err=True)
-    return typer.Exit(code)
-
-
-def settings_from(ctx: typer.Context, **flags: Any) -> Settings:
-    """Load settings with this command's flags on top; exit 2 listing every problem when they are invalid."""
-    state: CliState = ctx.obj
-    overrides = {key: value for key, value in flags.items() if value is not None}
-    warnings: list[str] = []
-    try:
-        settings = load_settings(overrides, env_file=state.env_file, config_file=state.config_file, warnings=warnings)
-    except ConfigError as exc:
-        raise fail(exc.problems, EXIT_CONFIG) from None
-    for line in warnings:
-        typer.echo(f"warning: {line}", err=True)
-    return settings
 
 
 @app.callback()
@@ -250,7 +223,7 @@ def security_flags(**flags: Any) -> dict[str, Any]:
 
 def security_summary(settings: Settings) -> dict[str, Any]:
     """The decided security mode with its reason, and a summary and warnings of the TLS files."""
-    from library_api.security.certificates import check_tls_files
+    from library_api.config.tls_files import check_tls_files
 
     decision = settings.security
     report = check_tls_files(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_crl_file)
@@ -264,347 +237,17 @@ def security_summary(settings: Settings) -> dict[str, Any]:
     }
 
 
-certs_app = typer.Typer(help="A small certificate authority for mutual TLS.", no_args_is_help=True)
+# Each command group lives in a module of its own; the root application gathers them.
 app.add_typer(certs_app, name="certs")
-
-CertsDir = Annotated[Path, typer.Option("--dir", help="The authority's directory (ca.pem, ca-key.pem, crl.pem).")]
-
-
-def _authority(directory: Path) -> Any:
-    from library_api.security.issuing import Authority, IssuingError
-
-    try:
-        return Authority.load(directory)
-    except IssuingError as exc:
-        raise fail([str(exc)]) from None
-
-
-def _write_pair(directory: Path, name: str, pair: Any) -> None:
-    from library_api.security.issuing import write_certificate, write_key
-
-    certificate, key = pair
-    write_certificate(directory / f"{name}.pem", certificate)
-    write_key(directory / f"{name}-key.pem", key)
-    typer.echo(f"wrote {directory / f'{name}.pem'} and {directory / f'{name}-key.pem'} (0600)")
-
-
-@certs_app.command("init-ca")
-def certs_init_ca(
-    directory: CertsDir = Path("certs"),
-    cn: Annotated[str, typer.Option(help="The CA's common name.")] = "Library API CA",
-    days: Annotated[int, typer.Option(min=1, max=7300, help="Lifetime in days.")] = 3650,
-    key_type: Annotated[str, typer.Option(help="ec (P-256) or rsa (3072 bits).")] = "ec",
-    force: Annotated[bool, typer.Option(help="Replace an existing CA.")] = False,
-) -> None:
-    """Create a certificate authority and an empty revocation list."""
-    from library_api.security.issuing import Authority, write_revocation_list
-
-    if key_type not in {"ec", "rsa"}:
-        raise fail([f"--key-type must be ec or rsa (got {key_type!r})"], EXIT_CONFIG)
-    if (directory / "ca.pem").exists() and not force:
-        raise fail([f"{directory / 'ca.pem'} exists; pass --force to replace the authority"])
-    authority = Authority.create(cn, days, key_type)  # type: ignore[arg-type]
-    authority.save(directory)
-    write_revocation_list(authority, directory, [])
-    typer.echo(f"created CA {cn!r} in {directory} (ca.pem, ca-key.pem 0600, crl.pem)")
-
-
-@certs_app.command("server")
-def certs_server(
-    host: Annotated[list[str], typer.Option("--host", help="A DNS name or IP address (repeatable).")],
-    directory: CertsDir = Path("certs"),
-    days: Annotated[int, typer.Option(help="Lifetime in days, at most 366.")] = 365,
-    name: Annotated[str, typer.Option(help="File name stem.")] = "server",
-) -> None:
-    """Issue a server certificate (serverAuth) for the given hosts."""
-    from library_api.security.issuing import IssuingError
-
-    try:
-        pair = _authority(directory).issue_server(host, days)
-    except IssuingError as exc:
-        raise fail([str(exc)], EXIT_CONFIG) from None
-    _write_pair(directory, name, pair)
-
-
-@certs_app.command("client")
-def certs_client(
-    cn: Annotated[str, typer.Option(help="The client's identity (subject CN).")],
-    role: Annotated[
-        list[str] | None, typer.Option("--role", help="A role, written as an O attribute (repeatable).")
-    ] = None,
-    directory: CertsDir = Path("certs"),
-    days: Annotated[int, typer.Option(min=1, max=3650, help="Lifetime in days.")] = 365,
-    uri_roles: Annotated[bool, typer.Option(help="Also write the roles as urn:library-api:role: URI SANs.")] = False,
-    name: Annotated[str | None, typer.Option(help="File name stem (default: the CN).")] = None,
-) -> None:
-    """Issue a client certificate (clientAuth) carrying roles."""
-    from library_api.security.issuing import IssuingError
-
-    try:
-        pair = _authority(directory).issue_client(cn, role or [], days, uri_roles=uri_roles)
-    except IssuingError as exc:
-        raise fail([str(exc)], EXIT_CONFIG) from None
-    stem = name or "".join(char if char.isalnum() or char in "-_." else "-" for char in cn)
-    _write_pair(directory, stem, pair)
-
-
-@certs_app.command("revoke")
-def certs_revoke(
-    file: Annotated[Path, typer.Argument(help="The certificate to revoke.")],
-    directory: CertsDir = Path("certs"),
-) -> None:
-    """Revoke a certificate and rewrite crl.pem (running servers pick it up on their next handshake)."""
-    from cryptography import x509
-
-    from library_api.security.certificates import signed_by
-    from library_api.security.issuing import revoked_serials, write_revocation_list
-
-    authority = _authority(directory)
-    try:
-        certificate = x509.load_pem_x509_certificate(file.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise fail([f"{file} holds no PEM certificate: {exc}"]) from None
-    if not signed_by(certificate, authority.certificate):
-        raise fail([f"{file} was not issued by the CA in {directory}"])
-    path = write_revocation_list(authority, directory, [*revoked_serials(directory), certificate.serial_number])
-    typer.echo(f"revoked serial {certificate.serial_number:x}; wrote {path}")
-
-
-@certs_app.command("crl")
-def certs_crl(directory: CertsDir = Path("certs")) -> None:
-    """Sign a fresh crl.pem with the revocations so far (run it before the list's next update, weekly)."""
-    from library_api.security.issuing import revoked_serials, write_revocation_list
-
-    serials = revoked_serials(directory)
-    path = write_revocation_list(_authority(directory), directory, serials)
-    typer.echo(f"wrote {path} ({len(serials)} revoked)")
-
-
-@certs_app.command("show")
-def certs_show(file: Annotated[Path, typer.Argument(help="A PEM certificate.")]) -> None:
-    """Print a certificate's subject, issuer, validity, roles and usages."""
-    from library_api.security.issuing import IssuingError, describe
-
-    try:
-        lines = describe(file)
-    except IssuingError as exc:
-        raise fail([str(exc)]) from None
-    for line in lines:
-        typer.echo(line)
-
-
-users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
-
-
-@users_app.command("create")
-def users_create(
-    ctx: typer.Context,
-    email: Annotated[str, typer.Option(help="The account's e-mail address.")],
-    role: Annotated[str, typer.Option(help="reader, librarian or admin.")] = "reader",
-    full_name: Annotated[str | None, typer.Option(help="Display name (default: the e-mail's local part).")] = None,
-    password: Annotated[
-        str | None, typer.Option(help="The password; prompted for (hidden, twice) when omitted.")
-    ] = None,
-) -> None:
-    """Create an account with any role: how the first administrator comes to exist."""
-    from library_api.app import build_context
-    from library_api.db.engine import create_database
-    from library_api.http.problems import ProblemError
-    from library_api.security.permissions import USER_ROLES, Role
-    from library_api.users.schemas import normalise_email
-
-    settings = settings_from(ctx)
-    if role not in {r.value for r in USER_ROLES}:
-        raise fail([f"--role must be one of {', '.join(r.value for r in USER_ROLES)} (got {role!r})"])
-    try:
-        address = normalise_email(email)
-    except ValueError:
-        raise fail([f"--email is not a valid e-mail address: {email!r}"]) from None
-    if password is None:
-        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-
-    async def run() -> tuple[int, str]:
-        database = create_database(settings)
-        context = build_context(settings, database)
-        try:
-            async with database.sessionmaker() as session:
-                user = await context.users.create(
-                    session,
-                    email=address,
-                    password=password,
-                    full_name=full_name or address.split("@")[0],
-                    role=Role(role),
-                )
-                return user.id, user.email
-        finally:
-            await database.dispose()
-
-    try:
-        user_id, stored_email = asyncio.run(run())
-    except ProblemError as exc:
-        raise fail([exc.detail or exc.title]) from None
-    typer.echo(f"created {role} {stored_email} with id {user_id}")
-
-
-# ----- API tokens -----
-
-tokens_app = typer.Typer(help="Manage API tokens for services.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
-
-
-def _with_api_tokens(settings: Settings, job: Any) -> Any:
-    """Run ``job(context, session)`` on a fresh application context and return its result."""
-    from library_api.app import build_context
-    from library_api.db.engine import create_database
-
-    async def run() -> Any:
-        database = create_database(settings)
-        context = build_context(settings, database)
-        try:
-            async with database.sessionmaker() as session:
-                return await job(context, session)
-        finally:
-            await database.dispose()
-
-    return asyncio.run(run())
-
-
-@tokens_app.command("create")
-def tokens_create(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Option(help="What the token is for (shown in 'tokens list').")],
-    role: Annotated[list[str], typer.Option("--role", help="A role from the permission table (repeatable).")],
-    expires_in_days: Annotated[
-        int | None, typer.Option(min=1, max=3650, help="Lifetime in days (default: until revoked).")
-    ] = None,
-) -> None:
-    """Issue a token and print it once; only its SHA-256 digest is stored."""
-    from datetime import timedelta
-
-    from library_api.http.problems import ProblemError
-
-    settings = settings_from(ctx)
-    lifetime = None if expires_in_days is None else timedelta(days=expires_in_days)
-    if not name.strip() or len(name.strip()) > 100:
-        raise fail(["--name must be 1 to 100 characters"], EXIT_CONFIG)
-
-    async def job(context: Any, session: Any) -> tuple[Any, str]:
-        # An operator (database and configuration in hand) may issue any role: no issuer to stay within.
-        result: tuple[Any, str] = await context.api_tokens.create(
-            session, name=name.strip(), roles=role, issuer=None, lifetime=lifetime
-        )
-        return result
-
-    try:
-        row, token = _with_api_tokens(settings, job)
-    except ProblemError as exc:
-        raise fail([exc.detail or exc.title], EXIT_CONFIG) from None
-    typer.echo(f"created API token {row.id} ({row.name}) with roles {' '.join(row.role_list)}", err=True)
-    typer.echo("store it now: it is shown only this once", err=True)
-    typer.echo(token)
-
-
-@tokens_app.command("list")
-def tokens_list(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """List issued tokens (never their secrets), newest first."""
-    from library_api.tokens.router import describe
-
-    settings = settings_from(ctx)
-
-    async def job(context: Any, session: Any) -> list[Any]:
-        return [describe(row) for row in await context.api_tokens.list(session)]
-
-    rows = _with_api_tokens(settings, job)
-    if as_json:
-        typer.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
-        return
-    typer.echo(f"{'ID':>5}  {'PREFIX':<10}  {'STATE':<8}  {'ROLES':<24}  NAME")
-    for row in rows:
-        state = "revoked" if row.revoked_at else "active"
-        typer.echo(f"{row.id:>5}  {row.prefix:<10}  {state:<8}  {' '.join(row.roles):<24}  {row.name}")
-
-
-@tokens_app.command("revoke")
-def tokens_revoke(
-    ctx: typer.Context,
-    token_id: Annotated[int, typer.Argument(min=1, help="The id shown by 'tokens list'.")],
-) -> None:
-    """Revoke a token; running workers refuse it within PRINCIPAL_CACHE_TTL seconds."""
-    from library_api.http.problems import ProblemError
-
-    settings = settings_from(ctx)
-
-    async def job(context: Any, session: Any) -> Any:
-        return await context.api_tokens.revoke(session, token_id)
-
-    try:
-        row = _with_api_tokens(settings, job)
-    except ProblemError as exc:
-        raise fail([exc.detail or exc.title]) from None
-    typer.echo(f"revoked API token {row.id} ({row.name})")
-
-
-client_app = typer.Typer(help="Clients of a running service.", no_args_is_help=True)
+app.add_typer(mail_app, name="mail")
 app.add_typer(client_app, name="client")
 
-
-@client_app.command("ws")
-def client_ws(
-    url: Annotated[str, typer.Option(help="Base URL of the service (http(s)://host:port).")] = "http://127.0.0.1:8000",
-    token: Annotated[
-        str | None, typer.Option(envvar="LIBRARY_API_TOKEN", help="Access or API token [LIBRARY_API_TOKEN].")
-    ] = None,
-    email: Annotated[str | None, typer.Option(help="Log in with this account instead of --token.")] = None,
-    password: Annotated[
-        str | None, typer.Option(envvar="LIBRARY_API_PASSWORD", help="Password for --email (prompted if omitted).")
-    ] = None,
-    client_id: Annotated[str | None, typer.Option(help="Connection id (default: host and process id).")] = None,
-    topic: Annotated[list[str] | None, typer.Option("--topic", "-t", help="Topic to follow (repeatable).")] = None,
-    clients: Annotated[int, typer.Option(min=1, max=20_000, help="Number of concurrent connections.")] = 1,
-    stress: Annotated[bool, typer.Option(help="Load mode: 10 clients unless --clients says otherwise.")] = False,
-    duration: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds.")] = None,
-    rate: Annotated[float, typer.Option(min=0, help="Broadcasts per second to publish (needs broadcast:send).")] = 0,
-    report_every: Annotated[float, typer.Option(min=0.5, help="Seconds between summary lines.")] = 5.0,
-    quiet: Annotated[bool, typer.Option(help="Do not print messages or read commands.")] = False,
-    cafile: Annotated[str | None, typer.Option(help="CA certificate to trust for wss://.")] = None,
-    cert: Annotated[str | None, typer.Option(help="Client certificate (mutual TLS).")] = None,
-    key: Annotated[str | None, typer.Option(help="Private key of --cert.")] = None,
-) -> None:
-    """Watch live events, or load the server with many clients and measure delivery latency."""
-    from library_api.cli.client import ClientOptions, default_client_id
-    from library_api.cli.client import main as run_client
-
-    if stress and duration is None:
-        raise fail(["--stress needs --duration SECONDS"], EXIT_CONFIG)
-    if email is not None and password is None:
-        password = typer.prompt("Password", hide_input=True)
-    options = ClientOptions(
-        url=url.rstrip("/"),
-        token=token,
-        client_id=client_id or default_client_id(),
-        topics=topic or ["books"],
-        clients=10 if stress and clients == 1 else clients,
-        duration=duration,
-        rate=rate,
-        report_every=report_every,
-        stress=stress,
-        quiet=quiet,
-        cafile=cafile,
-        certfile=cert,
-        keyfile=key,
-    )
-    raise typer.Exit(run_client(options, email, password))
-
-
-# Command groups kept in modules of their own register themselves on ``app`` when imported.
-from library_api.cli import mail as _mail  # noqa: E402
+# ``users reset-password`` lives beside the flows it drives and registers itself on the users group.
 from library_api.cli import passwords as _passwords  # noqa: E402
 
-__all__ = ["_mail", "_passwords", "app", "main"]
+__all__ = ["_passwords", "app", "main"]
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
-from library_api.cli.main import EXIT_CONFIG, EXIT_FAILURE, fail, settings_from, users_app
+from library_api.cli.common import EXIT_CONFIG, EXIT_FAILURE, fail, settings_from
+from library_api.cli.users import users_app
 
 
 @users_app.command("reset-password")

@@ -1,7 +1,7 @@
 """Engine and session factory built from settings: SQLite in WAL mode, or PostgreSQL with a bounded pool.
 
 With ``DATABASE_REPLICA_URL`` a second engine reaches a streaming replica; only catalogue reads use it (see
-:mod:`library_api.cache.catalogue`, which also keeps them read-your-writes consistent). Statement parameters are
+:mod:`library_api.books.catalogue_cache`, which also keeps them read-your-writes consistent). Statement parameters are
 never put into error messages or logs (``hide_parameters``): they can hold password hashes and tokens.
 
 SQLite gets ``BEGIN`` statements from us rather than from the driver, so that a write transaction can ask for

@@ -6,7 +6,7 @@ from library_api.books.models import Book, BookAuthor, BookTag
 from library_api.db.base import Base
 from library_api.idempotency.models import IdempotencyRecord
 from library_api.notifications.models import OutboxEmail
-from library_api.realtime.outbox import LiveEventRow
+from library_api.realtime.models import LiveEventRow
 from library_api.tokens.models import ApiToken
 from library_api.users.models import User
 

@@ -1,6 +1,6 @@
 """The edge of the stack: one pure ASGI layer doing the first three steps of every request, in order.
 
-1. **Request context** (:mod:`library_api.http.request_context`): the real client address and scheme, from
+1. **Request origin** (:mod:`library_api.http.request_origin`): the real client address and scheme, from
    trusted proxies only, and the request id, bound to :data:`~library_api.observability.logging.request_id_var`
    for every log line of the request and returned as ``X-Request-ID``. A forwarded client certificate that
    fails verification is answered here with a 401 problem, whatever the route: a credential that is present
@@ -23,38 +23,36 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from library_api.http.problems import problem_response
-from library_api.http.request_context import REQUEST_ID_HEADER, RequestContext, forwarded_certificate_error
+from library_api.http.request_origin import REQUEST_ID_HEADER, RequestOrigin, forwarded_certificate_error
 from library_api.http.security_headers import SecurityHeaders
 from library_api.http.telemetry import Telemetry
 from library_api.observability.logging import request_id_var
 
 
 class EdgeMiddleware:
-    """Request context, then security headers, then telemetry, around everything inside."""
+    """Request origin, then security headers, then telemetry, around everything inside."""
 
-    def __init__(
-        self, app: ASGIApp, *, context: RequestContext, headers: SecurityHeaders, telemetry: Telemetry
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, origin: RequestOrigin, headers: SecurityHeaders, telemetry: Telemetry) -> None:
         self.app = app
-        self.context = context
+        self.origin = origin
         self.headers = headers
         self.telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one request or connection with its context, headers and bookkeeping."""
+        """Serve one request or connection with its origin, headers and bookkeeping."""
         scope_type = scope["type"]
         if scope_type != "http":
             if scope_type != "websocket":
                 await self.app(scope, receive, send)
                 return
-            token = request_id_var.set(self.context.enter(scope))
+            token = request_id_var.set(self.origin.enter(scope))
             try:
                 await self.app(scope, receive, send)
             finally:
                 request_id_var.reset(token)
             return
 
-        request_id = self.context.enter(scope)
+        request_id = self.origin.enter(scope)
         token = request_id_var.set(request_id)
         extra = (*self.headers.for_scope(scope), (REQUEST_ID_HEADER, request_id.encode()))
         merge = self.headers.merge

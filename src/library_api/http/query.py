@@ -19,17 +19,31 @@ import types
 import typing
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from library_api.context import get_context
 from library_api.http.problems import InvalidInput, ProblemError
 
 _SEQUENCES = (list, tuple, set, frozenset)
+
+
+class _QueryLimits(Protocol):
+    @property
+    def max_query_parameters(self) -> int: ...
+
+
+class _Configured(Protocol):
+    """What this guard reads from the application's container (``app.state.context``): one setting.
+
+    Naming only that keeps the middleware layer free of the container, which knows the whole domain.
+    """
+
+    @property
+    def settings(self) -> _QueryLimits: ...
 
 
 def _takes_many(annotation: Any) -> bool:
@@ -83,7 +97,7 @@ async def single_valued_query(request: Request) -> None:
     raw: bytes = request.scope.get("query_string", b"")
     if b"%" not in raw and b"&" not in raw:  # no escapes and at most one parameter: nothing to refuse
         return
-    limit = get_context(request).settings.max_query_parameters
+    limit = cast(_Configured, request.app.state.context).settings.max_query_parameters
     if raw.count(b"&") >= limit and parameter_count(raw) > limit:
         raise TooManyQueryParameters(
             f"The query string holds more than {limit} parameters; no operation takes that many."

@@ -3,7 +3,7 @@
 ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``, ``Referrer-Policy``, ``X-XSS-Protection: 0``
 (the old auditor caused more harm than it prevented; CSP is the protection) and the ``Content-Security-Policy``
 from ``CONTENT_SECURITY_POLICY``. ``Strict-Transport-Security`` is sent only on
-responses to HTTPS requests (``scope["scheme"]``, which :mod:`library_api.http.request_context` sets from a
+responses to HTTPS requests (``scope["scheme"]``, which :mod:`library_api.http.request_origin` sets from a
 trusted proxy's ``X-Forwarded-Proto``): over plain HTTP it would be ignored by browsers and is meaningless.
 The interactive API documentation loads its script and styles from a CDN, so its pages get a policy that
 allows exactly that. A header the application already set on a response is left as it is.

@@ -2,7 +2,7 @@
 
 1. **Edge** (:mod:`library_api.http.edge`), three steps in one layer:
 
-   a. *request context*: the real client address and scheme (from trusted proxies only), a forwarded client
+   a. *request origin*: the real client address and scheme (from trusted proxies only), a forwarded client
       certificate (from certificate proxies only, verified in full), and the request id. First, so that
       everything after it, including every log line and the access line, sees them;
    b. *security headers*: on every response, even a 400 from trusted hosts, a 429, a 413 or the 500 of an
@@ -27,23 +27,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Protocol
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from library_api.context import AppContext
+from library_api.config import Settings
 from library_api.http.body_limit import BodyLimitMiddleware, BodyLimitRule
 from library_api.http.edge import EdgeMiddleware
 from library_api.http.gzip import GZipMiddleware
 from library_api.http.networks import Networks
-from library_api.http.rate_limit import RateLimitMiddleware
-from library_api.http.request_context import CertificateCheck, RequestContext
+from library_api.http.rate_limit_middleware import RateLimitMiddleware
+from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies
+from library_api.http.request_origin import CertificateCheck, RequestOrigin
 from library_api.http.routes import RouteTable
 from library_api.http.security_headers import SecurityHeaders
 from library_api.http.telemetry import Telemetry
 from library_api.http.trusted_hosts import TrustedHostMiddleware
 from library_api.observability.health import PROBE_PATHS
+from library_api.observability.metrics import Metrics
+from library_api.security.authentication import Authenticator
 from library_api.security.forwarded_certificates import ForwardedCertificateVerifier
 
 
@@ -56,6 +60,34 @@ class CrossOriginMiddleware(CORSMiddleware):
             await super().__call__(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class MiddlewareParts(Protocol):
+    """What the stack is built from: the application's settings and the shared parts its middleware use.
+
+    The application's container (:class:`library_api.dependencies.context.AppContext`) provides them; the
+    middleware names only what it needs, so it stays below the domain it serves.
+    """
+
+    @property
+    def settings(self) -> Settings:
+        """The validated settings."""
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """The windows every limited request counts in."""
+
+    @property
+    def rate_limit_policies(self) -> RateLimitPolicies:
+        """The policy of each route."""
+
+    @property
+    def authenticator(self) -> Authenticator:
+        """Resolves the caller once, for the rate limit and the route."""
+
+    @property
+    def metrics(self) -> Metrics:
+        """The application's metrics."""
 
 
 MULTIPART_ALLOWANCE = 64 * 1024
@@ -79,7 +111,7 @@ def forwarded_certificate_check(
     return ForwardedCertificateVerifier(ca_file, crl_file).problem
 
 
-def install_middleware(app: FastAPI, context: AppContext) -> None:
+def install_middleware(app: FastAPI, context: MiddlewareParts) -> None:
     """Add the stack to ``app`` in the documented order (Starlette applies the last added outermost)."""
     settings = context.settings
     routes = RouteTable(app.routes)
@@ -115,7 +147,7 @@ def install_middleware(app: FastAPI, context: AppContext) -> None:
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, exempt_paths=quiet_paths)
     app.add_middleware(
         EdgeMiddleware,
-        context=RequestContext(
+        origin=RequestOrigin(
             Networks(settings.trusted_proxies),
             Networks(settings.forwarded_cert_proxies),
             forwarded_certificate_check(settings.tls_ca_file, settings.tls_crl_file, settings.forwarded_cert_proxies),

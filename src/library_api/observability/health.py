@@ -17,7 +17,8 @@
   ``HEALTH_*_PERCENT`` thresholds; the upload volume is critical too when it has less room than one upload)
   and the process; restricted like ``/metrics``.
 
-The three probes are public and exempt from trusted hosts, rate limits and access logs.
+The three probes are public and exempt from trusted hosts, rate limits and access logs. This module is the
+monitor that answers them; the routes are in :mod:`library_api.observability.router`.
 """
 
 from __future__ import annotations
@@ -33,23 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from library_api.config import Settings
-from library_api.context import get_context
 from library_api.db.engine import Database
-from library_api.observability.access import monitoring
+from library_api.lifecycle.shutdown import ShutdownCoordinator
 from library_api.resilience.breaker import CircuitState
 from library_api.resilience.database import is_database_unavailable
 from library_api.resilience.redis import GuardedRedis, RedisUnavailable
 from library_api.resilience.retry import Backoff
 from library_api.resilience.schema import SchemaState, SchemaWatch
-from library_api.security.dependencies import public
-from library_api.security.permissions import Permission
-from library_api.server.shutdown import ShutdownCoordinator
 
 logger = logging.getLogger("library_api.health")
 
@@ -313,58 +308,3 @@ class HealthMonitor:
             "checks": checks,
         }
         return (503 if overall == CRITICAL else 200), body
-
-
-router = APIRouter(prefix="/health", tags=["health"])
-
-
-@router.get("", dependencies=[public()], summary="Liveness")
-async def liveness() -> dict[str, str]:
-    """The process is up and serving; no dependency is consulted, so a database outage never restarts it."""
-    return {"status": "ok"}
-
-
-@router.get(
-    "/startup",
-    dependencies=[public()],
-    summary="Startup",
-    responses={503: {"description": "Still starting: the database has not answered yet"}},
-)
-async def startup(request: Request) -> JSONResponse:
-    """200 once start-up has finished (the database has answered); 503 before.
-
-    A schema behind the code is named here (``warnings``) but keeps the 200: readiness carries it.
-    """
-    health = get_context(request).health
-    if health.started:
-        problem = health.schema.problem
-        return JSONResponse({"status": "started", **({"warnings": [problem]} if problem else {})})
-    return JSONResponse({"status": "starting", "reasons": ["waiting for the database"]}, status_code=503)
-
-
-@router.get(
-    "/ready",
-    dependencies=[public()],
-    summary="Readiness",
-    responses={503: {"description": "Not ready; `reasons` says why"}},
-)
-async def readiness(request: Request) -> JSONResponse:
-    """Ready (or degraded) when the database answers at the right schema and the server is not draining."""
-    status, body = await get_context(request).health.readiness()
-    return JSONResponse(body, status_code=status)
-
-
-@router.get(
-    "/detailed",
-    dependencies=[monitoring(Permission.HEALTH_READ)],
-    summary="Detailed health",
-    responses={
-        401: {"description": "Not from an allowed network, and no credential"},
-        503: {"description": "Critical"},
-    },
-)
-async def detailed(request: Request) -> JSONResponse:
-    """Every dependency and resource with its status; from an allowed network, or with ``health:read``."""
-    ctx = get_context(request)
-    status, body = await ctx.health.detailed(ctx.settings.effective_cache_type)
-    return JSONResponse(body, status_code=status)

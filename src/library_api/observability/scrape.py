@@ -8,9 +8,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from library_api.context import get_context
+from library_api.dependencies.context import get_context
+from library_api.dependencies.monitoring import monitoring
 from library_api.http.responses import problems
-from library_api.observability.access import monitoring
 from library_api.security.permissions import Permission
 
 router = APIRouter(tags=["observability"])

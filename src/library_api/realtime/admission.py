@@ -16,7 +16,7 @@ is checked. These limits bound that cost (``docs/realtime.md``, "Abuse limits"):
   a reconnection with an id the caller already holds replaces the old connection and always passes.
 
 The two connection counts live in this worker's memory: with N workers a caller can hold N times the limit. The
-client address is ``scope["client"]`` as the request context left it (the real client behind trusted proxies).
+client address is ``scope["client"]`` as the request origin left it (the real client behind trusted proxies).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from enum import StrEnum
 from limits import parse_many
 
 from library_api.config import Settings
-from library_api.http.limiter import RateLimiter
+from library_api.http.rate_limit_policies import RateLimiter
 from library_api.security.principal import Principal
 
 CLOSE_MESSAGE_TOO_BIG = 1009

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -31,10 +31,24 @@ from library_api.realtime.topics import control
 from library_api.security.principal import Principal
 
 if TYPE_CHECKING:
-    from library_api.realtime.credentials import Held
-    from library_api.realtime.hub import Hub
+    from library_api.realtime.held_credential import Held
 
 logger = logging.getLogger("library_api.realtime")
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs of the hub that registered it: its delivery counters and the overflow verdict.
+
+    The hub (:class:`library_api.realtime.hub.Hub`) is one; naming only this keeps the connection below the hub
+    that holds connections.
+    """
+
+    messages_sent: int
+    resyncs: int
+
+    def overflowed(self, connection: Connection) -> None:
+        """The connection's queue is full: the owner closes it (1013)."""
+
 
 CLOSE_TIMEOUT = 2.0
 """Seconds a close frame may take to leave; a client whose TCP window is full never takes it."""
@@ -99,7 +113,13 @@ class Connection:
     )
 
     def __init__(
-        self, hub: Hub, websocket: WebSocket, client_id: str, principal: Principal, nonce: str, queue_limit: int
+        self,
+        hub: ConnectionOwner,
+        websocket: WebSocket,
+        client_id: str,
+        principal: Principal,
+        nonce: str,
+        queue_limit: int,
     ) -> None:
         self.hub = hub
         self.websocket = websocket

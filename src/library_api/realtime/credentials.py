@@ -31,12 +31,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from library_api.http.problems import Unauthorized
+from library_api.realtime.held_credential import NO_CREDENTIAL, Credential, Held
 from library_api.realtime.topics import TopicError, control, resolve
 from library_api.security.authentication import API_KEY_HEADER, Authenticator
 from library_api.security.permissions import Permission
@@ -53,38 +53,6 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 REASON_EXPIRED = "the credential expired; reconnect with a fresh one"
 TOKEN_SUBPROTOCOL_PREFIX = "bearer."  # noqa: S105 - a prefix, not a secret
-
-
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """What a connection proved itself with, kept to check it again: a token or a certificate, and its end.
-
-    ``secret`` is the token (access or API) or the certificate's PEM; it is never logged or sent anywhere.
-    ``expires_at`` is the end of its lifetime in seconds since the epoch (``None``: no end).
-    """
-
-    kind: CredentialKind
-    secret: str | None = None
-    expires_at: float | None = None
-
-    @property
-    def renewable(self) -> bool:
-        """Whether the client is expected to renew it in band before it expires (access tokens)."""
-        return self.kind is CredentialKind.ACCESS_TOKEN
-
-
-NO_CREDENTIAL = Credential(CredentialKind.ANONYMOUS)
-"""An anonymous connection's credential: nothing to check again."""
-
-
-class Held:
-    """A connection's credential and whether it has been told that the credential is about to expire."""
-
-    __slots__ = ("credential", "notified")
-
-    def __init__(self, credential: Credential) -> None:
-        self.credential = credential
-        self.notified = False
 
 
 def presented_token(scope: Any) -> str | None:

@@ -5,9 +5,13 @@ awaiting, so a message reaches every subscriber in one pass of the event loop. D
 through :meth:`Hub.publish`, called by the outbox relay (:mod:`library_api.realtime.relay`) for the rows a
 committed change wrote, and by the broadcast route.
 
-The hub is a :class:`~library_api.server.shutdown.Drainer`: on shutdown it refuses new connections (they are
+The hub is a :class:`~library_api.lifecycle.shutdown.Drainer`: on shutdown it refuses new connections (they are
 accepted and closed at once with 1001, so that browsers see a close code and a reason), tells every client the
 deadline with a ``shutdown`` message, keeps serving them while they leave, and closes the rest with 1001.
+
+The file is longer than most because :class:`Hub` is one cohesive class: the registry, the subscriptions and
+the delivery share one lock and one pass of the event loop, and splitting them would spread that invariant.
+What a connection itself needs of the hub is only :class:`~library_api.realtime.connection.ConnectionOwner`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from library_api.config import Settings
+from library_api.lifecycle.shutdown import ShutdownCoordinator
 from library_api.realtime.broker import Broker, BrokerUnavailable
 from library_api.realtime.connection import Connection
 from library_api.realtime.topics import (
@@ -37,7 +42,6 @@ from library_api.realtime.topics import (
 )
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
-from library_api.server.shutdown import ShutdownCoordinator
 
 logger = logging.getLogger("library_api.realtime")
 

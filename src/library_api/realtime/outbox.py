@@ -20,32 +20,13 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Integer, String, Text, insert
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
-from library_api.db.base import Base, utcnow
+from library_api.db.base import utcnow
 from library_api.events import DomainEvent
+from library_api.realtime.models import LiveEventRow
 from library_api.realtime.topics import Subscription, routes_for
-
-TABLE = "live_event_outbox"
-
-
-class LiveEventRow(Base):
-    """One live event of a committed change, waiting to be published (deleted once the broker accepted it)."""
-
-    __tablename__ = TABLE
-
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
-    """Commit order for changes that lock the same rows; the relay publishes in this order."""
-    key: Mapped[str] = mapped_column(String(32))
-    """A random id of the row, by which the broker recognises a second publication of it."""
-    type: Mapped[str] = mapped_column(String(64))
-    routes: Mapped[str] = mapped_column(Text)
-    """JSON ``[[topic, stream], ...]``: where the message goes."""
-    data: Mapped[str] = mapped_column(Text)
-    """JSON payload, as the event carried it."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def row_values(event: DomainEvent, now: datetime) -> dict[str, Any] | None:

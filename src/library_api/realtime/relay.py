@@ -56,7 +56,8 @@ from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.events import DomainEvent
 from library_api.realtime.broker import BrokerUnavailable
-from library_api.realtime.outbox import LiveEventRow, decode_routes
+from library_api.realtime.models import LiveEventRow
+from library_api.realtime.outbox import decode_routes
 from library_api.realtime.topics import Subscription
 
 logger = logging.getLogger("library_api.realtime.relay")

@@ -24,8 +24,9 @@ from fastapi import APIRouter, Depends, WebSocket, status
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from library_api.context import AppContext, get_context
-from library_api.deps import ContextDep
+from library_api.dependencies import ContextDep
+from library_api.dependencies.context import AppContext, get_context
+from library_api.dependencies.permissions import PERMISSION_ATTRIBUTE, require
 from library_api.http.lean import LeanRoute
 from library_api.http.problems import InvalidInput, ServiceUnavailable, Unauthorized, problem_response
 from library_api.http.responses import problems
@@ -38,7 +39,7 @@ from library_api.realtime.admission import (
 )
 from library_api.realtime.broker import BrokerUnavailable
 from library_api.realtime.connection import Connection
-from library_api.realtime.credentials import Credential, Held
+from library_api.realtime.held_credential import Credential, Held
 from library_api.realtime.hub import CLOSE_GOING_AWAY, REASON_SHUTDOWN
 from library_api.realtime.origin import foreign_origin
 from library_api.realtime.schemas import (
@@ -60,7 +61,6 @@ from library_api.realtime.topics import (
     now_iso,
 )
 from library_api.security.authentication import Authenticator
-from library_api.security.dependencies import PERMISSION_ATTRIBUTE, require
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 
@@ -303,8 +303,8 @@ async def live_events(websocket: WebSocket, client_id: str) -> None:
     if opened is None:
         return
     connection, first_command, claim = opened
-    hub = connection.hub
     context = get_context(websocket)
+    hub = context.hub
     try:
         if first_command is not None:
             await _run(context, connection, first_command)

@@ -1,11 +1,11 @@
 """Turn the credentials on a connection into a :class:`Principal`.
 
 One authenticator serves HTTP requests and WebSocket handshakes alike. A bearer access token is verified
-cryptographically and then against the account's live state (:mod:`library_api.security.accounts`). An API
+cryptographically and then against the account's live state (:mod:`library_api.users.accounts`). An API
 token (``lib_...``, see :mod:`library_api.tokens.service`) is accepted as ``Authorization: Bearer`` or as
 ``X-API-Key`` and looked up by its digest. Without either, a verified client certificate (the ASGI TLS
 extension ``scope["extensions"]["tls"]``, set by the server adapters in :mod:`library_api.server` or, from a
-peer in ``FORWARDED_CERT_PROXIES`` and after full verification, by the request context) identifies the
+peer in ``FORWARDED_CERT_PROXIES`` and after full verification, by the request origin) identifies the
 caller: its CN is the identity and its roles are read by
 :class:`~library_api.security.certificates.CertificateReader`; roles the role table does not know grant
 nothing, so a certificate with no known role is authenticated but gets 403 everywhere. Every kind of caller
@@ -18,18 +18,67 @@ context refused (the extension then carries ``client_cert_error`` and no certifi
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from starlette.requests import HTTPConnection
 
 from library_api.http.problems import Unauthorized
-from library_api.security.accounts import AccountStateCache
 from library_api.security.certificates import CertificateReader
 from library_api.security.permissions import PermissionPolicy, Role
 from library_api.security.principal import CredentialKind, Principal
-from library_api.security.tokens import InvalidToken, TokenService
-from library_api.tokens.service import ApiTokenService, is_api_token
+from library_api.security.tokens import InvalidToken, TokenService, is_api_token
 
 API_KEY_HEADER = "x-api-key"
 """The header a service may send its API token in instead of ``Authorization: Bearer``."""
+
+
+class AccountFacts(Protocol):
+    """What decides whether an access token still counts: the account's role, activity and token version."""
+
+    @property
+    def role(self) -> str:
+        """The account's current role."""
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the account may sign in at all."""
+
+    @property
+    def token_version(self) -> int:
+        """The version every honoured access token must carry (bumped by logout everywhere)."""
+
+
+class AccountLookup(Protocol):
+    """The live state of user accounts (:class:`library_api.users.accounts.AccountStateCache` in the service).
+
+    Security sits below the domain, so it names what it needs rather than the users package that provides it.
+    """
+
+    async def get(self, user_id: int, /) -> AccountFacts | None:
+        """The account's current state, or ``None`` when it does not exist."""
+
+
+class ApiTokenFacts(Protocol):
+    """What a live API token grants: its identity and roles."""
+
+    @property
+    def token_id(self) -> int:
+        """The token's id, the caller's subject."""
+
+    @property
+    def name(self) -> str:
+        """The token's name, shown as the caller's name."""
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles the token was issued with."""
+
+
+class ApiTokenLookup(Protocol):
+    """Looks up presented API tokens (:class:`library_api.tokens.service.ApiTokenService` in the service)."""
+
+    async def resolve(self, token: str, /) -> ApiTokenFacts | None:
+        """The live state of a presented token, or ``None`` when it is unknown, revoked or expired."""
 
 
 class Authenticator:
@@ -39,8 +88,8 @@ class Authenticator:
         self,
         policy: PermissionPolicy,
         tokens: TokenService,
-        accounts: AccountStateCache,
-        api_tokens: ApiTokenService,
+        accounts: AccountLookup,
+        api_tokens: ApiTokenLookup,
         *,
         certificates: CertificateReader | None = None,
         anonymous_allowed: bool = True,

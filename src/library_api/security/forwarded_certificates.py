@@ -31,7 +31,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from library_api.security.certificates import leaf_problem, signed_by
+from library_api.config.tls_files import signed_by
+from library_api.security.certificates import leaf_problem
 
 logger = logging.getLogger("library_api.tls")
 

@@ -3,7 +3,7 @@
 Access tokens are short-lived HMAC JWTs with the algorithm pinned (never read from the token header), and
 ``iss``, ``aud``, ``exp``, ``iat``, ``sub`` and ``jti`` required. They carry the user's role and
 ``token_version`` so that a request can be authorised without reading the user row; revocation works by
-bumping the version (see :mod:`library_api.security.accounts`). Refresh tokens are random strings stored only
+bumping the version (see :mod:`library_api.users.accounts`). Refresh tokens are random strings stored only
 as SHA-256 digests.
 
 Verifying a JWT costs tens of microseconds of parsing and HMAC per request, and a client sends the same token
@@ -27,6 +27,15 @@ import jwt
 
 from library_api.config import Settings
 from library_api.db.base import utcnow
+
+API_TOKEN_PREFIX = "lib_"  # noqa: S105 - the public marker of the token format, not a secret
+"""How every API token starts; JWTs start with ``eyJ``, so the two never collide."""
+
+
+def is_api_token(credential: str) -> bool:
+    """Whether a presented credential has the API token format (rather than a JWT's)."""
+    return credential.startswith(API_TOKEN_PREFIX)
+
 
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]

@@ -10,8 +10,8 @@ same, from the same process settings (:mod:`library_api.server.gunicorn_settings
 
 Uvicorn's own forwarded-header handling is off (``proxy_headers=False``), as under ``serve --server uvicorn``:
 Uvicorn's worker would otherwise believe ``X-Forwarded-For``/``-Proto`` from Gunicorn's ``forwarded_allow_ips``
-(loopback by default) whatever ``TRUSTED_PROXIES`` says. The application's request context
-(:mod:`library_api.http.request_context`) is the one place that believes forwarded headers, from
+(loopback by default) whatever ``TRUSTED_PROXIES`` says. The application's request origin
+(:mod:`library_api.http.request_origin`) is the one place that believes forwarded headers, from
 ``TRUSTED_PROXIES`` only, under every server.
 
 Each worker builds its settings again from the environment (with the parent's command-line flags handed down

@@ -23,9 +23,9 @@ import uvicorn
 
 from library_api.app import create_app
 from library_api.config import Settings, hand_down_overrides
+from library_api.config.tls_files import check_tls_files
 from library_api.observability.logging import configure_logging
 from library_api.observability.multiprocess import prepare_worker_metrics
-from library_api.security.certificates import check_tls_files
 from library_api.server.draining import STARTUP_FAILURE, WorkerSupervisor
 from library_api.server.tls import ServerTLS
 from library_api.server.uvicorn import DrainingServer, uvicorn_options

@@ -11,7 +11,7 @@ signals. Both are added through its public extension points, with no change to i
   :class:`UvicornTLSFactory`, i.e. :func:`library_api.security.tls.build_server_context`; it pickles as its
   file paths, so spawned workers build their own context.
 * :class:`DrainingServer` is a ``uvicorn.Server`` whose first exit signal runs the application's
-  :class:`~library_api.server.shutdown.ShutdownCoordinator` drain; Uvicorn's shutdown follows when it is done.
+  :class:`~library_api.lifecycle.shutdown.ShutdownCoordinator` drain; Uvicorn's shutdown follows when it is done.
   A second signal forces the drain to end.
 """
 

@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from library_api.deps import ContextDep, ReadSessionDep, SessionDep
+from library_api.dependencies import ContextDep, ReadSessionDep, SessionDep
+from library_api.dependencies.permissions import require
 from library_api.http.lean import LeanRoute
 from library_api.http.responses import problems
-from library_api.security.dependencies import require
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.tokens.models import ApiToken

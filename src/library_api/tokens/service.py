@@ -28,18 +28,10 @@ from library_api.cache.local import TimedCache
 from library_api.db.base import utcnow
 from library_api.http.problems import Forbidden, InvalidInput, NotFound
 from library_api.security.permissions import PermissionPolicy, Role, grants
-from library_api.security.tokens import digest_token
+from library_api.security.tokens import API_TOKEN_PREFIX, digest_token
 from library_api.tokens.models import ApiToken
 
-API_TOKEN_PREFIX = "lib_"  # noqa: S105 - the public marker of the token format, not a secret
-"""How every API token starts; JWTs start with ``eyJ``, so the two never collide."""
-
 _SHOWN_PREFIX_LENGTH = 10
-
-
-def is_api_token(credential: str) -> bool:
-    """Whether a presented credential has the API token format (rather than a JWT's)."""
-    return credential.startswith(API_TOKEN_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,10 @@ from library_api.auth.models import PasswordReset, RefreshFamily
 from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
 from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
-from library_api.security.accounts import AccountState, AccountStateCache
 from library_api.security.password_checks import PasswordChecks, account_name
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import USER_ROLES, Role
+from library_api.users.accounts import AccountState, AccountStateCache
 from library_api.users.models import User
 from library_api.users.schemas import UserAdminUpdate, UserOut, UserSelfUpdate
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
+from library_api.dependencies.permissions import public
 from library_api.http.problems import NotFound
-from library_api.security.dependencies import public
 
 STATIC_DIR = Path(__file__).parent / "static"
 

@@ -1,7 +1,7 @@
 """Full-text search of the catalogue: a weighted ``tsvector`` with a GIN index, or an FTS5 table on SQLite.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-07
 
 PostgreSQL: ``books.search_vector`` is a stored generated column, so every write (of this release, of the
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -26,8 +26,9 @@ from collections.abc import Iterable
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from library_api.http.limiter import Policy, RateLimiter, RateLimitPolicies, limit_headers
 from library_api.http.problems import problem_response
+from library_api.http.rate_limit_policies import Policy, RateLimiter, RateLimitPolicies, limit_headers
+from library_api.http.request_origin import client_address
 from library_api.http.routes import ROUTE_TEMPLATE_KEY, RouteTable
 from library_api.observability.metrics import Metrics
 from library_api.security.authentication import Authenticator
@@ -103,9 +104,3 @@ class RateLimitMiddleware:
                 return address
             scope[PRINCIPAL_SCOPE_KEY] = principal
         return principal.subject if principal.is_authenticated else address
-
-
-def client_address(scope: Scope) -> str:
-    """The client's address as this service believes it (``scope["client"]``, set from trusted proxies)."""
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"

@@ -1,7 +1,7 @@
 """``Annotated`` dependency aliases that routes declare in their signatures.
 
 ``SessionDep`` gives a request its own database session; ``ContextDep`` the application's wiring;
-``CurrentPrincipal`` (from :mod:`library_api.security.dependencies`) the caller.
+``CurrentPrincipal`` (from :mod:`library_api.dependencies.permissions`) the caller.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.context import AppContext, get_context
-from library_api.security.dependencies import CurrentPrincipal
+from library_api.dependencies.context import AppContext, get_context
+from library_api.dependencies.permissions import CurrentPrincipal
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -3,7 +3,7 @@
 A caller from one of ``MONITORING_ALLOWED_NETWORKS`` (loopback by default; a cluster's pod network in
 Kubernetes) is let in without credentials, as Prometheus scrapes without any; anyone else needs the route's
 permission (``metrics:read``, ``health:read``: the ``monitor`` role has both). The client address is the one
-:mod:`library_api.http.request_context` established, so a spoofed ``X-Forwarded-For`` cannot open the door.
+:mod:`library_api.http.request_origin` established, so a spoofed ``X-Forwarded-For`` cannot open the door.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import Depends, Request
 
-from library_api.context import get_context
-from library_api.security.dependencies import PERMISSION_ATTRIBUTE, check, resolve_principal
+from library_api.dependencies.context import get_context
+from library_api.dependencies.permissions import PERMISSION_ATTRIBUTE, check, resolve_principal
 from library_api.security.permissions import Permission
 
 

@@ -58,7 +58,7 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-class RequestContext:
+class RequestOrigin:
     """Establishes who is asking (address, scheme, certificate) and the request id, for HTTP and WebSocket."""
 
     def __init__(
@@ -165,3 +165,9 @@ def _is_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address as this service believes it (``scope["client"]``, set from trusted proxies)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"

@@ -7,39 +7,37 @@ number of independent applications can run in one process (tests build one per c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from starlette.requests import HTTPConnection
 
 from library_api.auth.resets import PasswordResets
 from library_api.auth.service import AuthService
 from library_api.bookings.service import BookingService
+from library_api.books.catalogue_cache import CatalogueCache
 from library_api.books.service import BookService
-from library_api.cache.catalogue import CatalogueCache
 from library_api.config import Settings
 from library_api.db.engine import Database
 from library_api.events import EventBus
-from library_api.http.limiter import RateLimiter, RateLimitPolicies
 from library_api.http.networks import Networks
+from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies
+from library_api.lifecycle.shutdown import ShutdownCoordinator
 from library_api.notifications.service import Notifier
+from library_api.observability.health import HealthMonitor
 from library_api.observability.metrics import Metrics
 from library_api.realtime.admission import Admission
 from library_api.realtime.credentials import CredentialGuard
 from library_api.realtime.hub import Hub
 from library_api.realtime.relay import Relay
 from library_api.resilience.redis import GuardedRedis
-from library_api.security.accounts import AccountStateCache
 from library_api.security.authentication import Authenticator
 from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
 from library_api.security.tokens import TokenService
-from library_api.server.shutdown import ShutdownCoordinator
 from library_api.tokens.service import ApiTokenService
+from library_api.users.accounts import AccountStateCache
 from library_api.users.service import UserService
-
-if TYPE_CHECKING:  # the health router reads the context, so the monitor is only named here
-    from library_api.observability.health import HealthMonitor
 
 
 @dataclass(slots=True)

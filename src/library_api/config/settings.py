@@ -1,6 +1,6 @@
-"""Settings: the one place where configuration is read, merged and validated.
+"""The settings model: every key of the service's configuration, its default, and the checks one field makes alone.
 
-Values come from five layers, highest precedence first:
+Values come from five layers, highest precedence first (merged by :mod:`library_api.config.loading`):
 
 1. command-line flags (passed as ``overrides``),
 2. process environment variables,
@@ -10,42 +10,36 @@ Values come from five layers, highest precedence first:
 
 The deploy environment beats files shipped with the release (the twelve-factor convention) and an explicit
 flag beats everything. Keys keep the names of the seed's production ``.env`` (``DATABASE_URL``,
-``SECRET_KEY``, ...). Nothing else in the package reads ``os.environ``: the loader here is the single door.
+``SECRET_KEY``, ...). Nothing else in the package reads ``os.environ``: the loader is the single door.
 
 Every problem is reported as one readable line naming the key, what is wrong and where the value came from;
-:class:`ConfigError` carries the whole list so that start-up can print all of them at once and exit non-zero
-before any port is opened.
+:class:`~library_api.config.loading.ConfigError` carries the whole list so that start-up can print all of them
+at once and exit non-zero before any port is opened. The checks that need several fields are
+:mod:`library_api.config.checks`; which security mode is in force is :mod:`library_api.config.security_mode`.
+:func:`public_view` shows the model with every secret masked (``check-config``, start-up logs).
+
+The file is longer than most because :class:`Settings` is one cohesive class: every key is declared in one
+place, so that a reader (and ``check-config``) sees the whole configuration surface at once, and a new key is
+one added field.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
-import ssl
-import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import yaml
-from dotenv import dotenv_values
-from limits import parse_many
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
-    DotEnvSettingsSource,
-    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
 )
 
-from library_api.config_aliases import translate
+from library_api.config.security_mode import SecurityDecision, decide_security_mode
 
 DEFAULT_CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -502,348 +496,8 @@ SECRET_FIELDS = frozenset(name for name, field in Settings.model_fields.items() 
 """Settings whose values are masked wherever configuration is shown (every ``SecretStr`` field)."""
 
 
-class ConfigError(Exception):
-    """Configuration that cannot start the service; ``problems`` holds one readable line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 def _env_name(field: str) -> str:
     return field.upper()
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a TOML or YAML configuration file into a flat mapping of setting names to values."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"CONFIG_FILE: cannot read {path}: {exc.strerror or exc}"]) from exc
-    try:
-        if path.suffix.lower() == ".toml":
-            data: Any = tomllib.loads(text)
-        elif path.suffix.lower() in {".yaml", ".yml"}:
-            data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError([f"CONFIG_FILE: {path} must end in .toml, .yaml or .yml"])
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError([f"CONFIG_FILE: {path} is not valid: {first_line}"]) from exc
-    if not isinstance(data, dict):
-        raise ConfigError([f"CONFIG_FILE: {path} must hold a table of settings"])
-    return {str(key).lower(): value for key, value in data.items()}
-
-
-def load_settings(
-    overrides: Mapping[str, Any] | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    env_file: Path | None = Path(".env"),
-    config_file: Path | None = None,
-    warnings: list[str] | None = None,
-) -> Settings:
-    """Merge every configuration layer and validate the result, raising :class:`ConfigError` on any problem.
-
-    ``env`` replaces the process environment (tests pass their own); ``overrides`` are command-line flags.
-    Overrides handed down by a parent process through ``LIBRARY_API_OVERRIDES`` sit just below ``overrides``.
-    Keys of other stacks are translated or refused (:mod:`library_api.config_aliases`); keys that look like
-    ours but are not are appended to ``warnings`` when the caller passes a list.
-    """
-    warnings = [] if warnings is None else warnings
-    environ = dict(os.environ if env is None else env)
-    layers: list[tuple[str, dict[str, Any]]] = []
-
-    inherited: dict[str, Any] = {}
-    if environ.get(OVERRIDES_ENV):
-        try:
-            inherited = {k.lower(): v for k, v in json.loads(environ[OVERRIDES_ENV]).items()}
-        except (ValueError, AttributeError):
-            raise ConfigError([f"{OVERRIDES_ENV}: not a JSON object"]) from None
-
-    explicit = {key.lower(): value for key, value in (overrides or {}).items() if value is not None}
-    file_path = config_file or explicit.pop("config_file", None) or inherited.pop("config_file", None)
-    file_path = file_path or environ.get("CONFIG_FILE")
-    if file_path:
-        layers.append((f"config file {file_path}", read_config_file(Path(file_path))))
-    translated: list[str] = []
-    try:
-        if env_file is not None and env_file.is_file():
-            raw_file = {key.upper(): value or "" for key, value in dotenv_values(env_file).items()}
-            aliases = translate(raw_file, Settings.model_fields, whole_environment=False)
-            file_values = dict(DotEnvSettingsSource(Settings, env_file=env_file)())
-            layers.append((f"{env_file}", _with_aliases(file_values, aliases.values)))
-            translated += aliases.problems
-            warnings.extend(f"{env_file}: {line}" for line in aliases.warnings)
-        aliases = translate(
-            {key.upper(): value for key, value in environ.items()}, Settings.model_fields, whole_environment=True
-        )
-        layers.append(("environment", _with_aliases(_environment_values(environ), aliases.values)))
-        translated += aliases.problems
-        warnings.extend(f"environment: {line}" for line in aliases.warnings)
-    except SettingsError as exc:
-        field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"
-        raise ConfigError([f"{_env_name(field)}: not valid JSON"]) from None
-    if translated:
-        raise ConfigError(translated)
-    layers.append(("inherited flags", inherited))
-    layers.append(("command line", explicit))
-
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for source, values in layers:
-        for key, value in values.items():
-            if key in Settings.model_fields:
-                merged[key] = value
-                origin[key] = source
-    try:
-        settings = Settings(**merged)
-    except ValidationError as exc:
-        raise ConfigError(_describe_validation(exc, origin) + _remaining_problems(exc, merged)) from None
-    problems = validate_settings(settings)
-    if problems:
-        raise ConfigError(problems)
-    return settings
-
-
-def _remaining_problems(exc: ValidationError, merged: Mapping[str, Any]) -> list[str]:
-    """The semantic problems of everything that did validate, so one run reports every problem at once."""
-    invalid = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
-    try:
-        partial = Settings(**{key: value for key, value in merged.items() if key not in invalid})
-    except ValidationError:  # pragma: no cover - every invalid field was left out above
-        return []
-    return [line for line in validate_settings(partial) if line.split(":")[0].lower() not in invalid]
-
-
-def _with_aliases(values: dict[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
-    """A layer's values with the translations of other stacks' keys (which never replace our own keys)."""
-    for key, value in aliases.items():
-        values.setdefault(key.lower(), value)
-    return values
-
-
-def _environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Values for known settings from an environment mapping (the real one or a test's)."""
-    source = EnvSettingsSource(Settings)
-    source.env_vars = {key.lower(): value for key, value in environ.items()}
-    return dict(source())
-
-
-def _describe_validation(exc: ValidationError, origin: Mapping[str, str]) -> list[str]:
-    lines = []
-    for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "configuration"
-        where = origin.get(field, "default")
-        value = error.get("input")
-        shown = "" if field in SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r} from {where})"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{_env_name(field)}: {message}{shown}")
-    return lines
-
-
-def validate_settings(settings: Settings) -> list[str]:
-    """Semantic checks that no single field can make on its own; one readable line per problem."""
-    problems: list[str] = []
-    secret = settings.secret_key.get_secret_value()
-    if settings.is_production:
-        if secret in KNOWN_PLACEHOLDER_SECRETS:
-            problems.append(
-                "SECRET_KEY: must be set to a unique secret in production (the default or an example is in use)"
-            )
-        elif len(secret) < 32:
-            problems.append("SECRET_KEY: must be at least 32 characters in production")
-        if settings.debug:
-            problems.append("DEBUG: must be off in production")
-        if settings.password_hash_memory_kib < 19_456 or settings.password_hash_time_cost < 2:
-            problems.append(
-                "PASSWORD_HASH_MEMORY_KIB/PASSWORD_HASH_TIME_COST: production needs at least 19456 KiB and 2 "
-                "passes (the OWASP minimum for argon2id)"
-            )
-        if "*" in settings.allowed_hosts:
-            problems.append(
-                "ALLOWED_HOSTS: production needs the host names clients use (e.g. ALLOWED_HOSTS=library.example.com); "
-                "'*' answers any Host header and reflects it into redirects"
-            )
-    if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        problems.append(
-            "DATABASE_URL: must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
-            f"(got a URL starting {settings.database_url.split('://')[0]!r})"
-        )
-    if not settings.api_v1_str.startswith("/") or settings.api_v1_str.endswith("/"):
-        problems.append(f"API_V1_STR: must start with '/' and not end with one (got {settings.api_v1_str!r})")
-    if not {".jpg", ".jpeg", ".png"} & set(settings.allowed_file_types):
-        problems.append("ALLOWED_FILE_TYPES: covers need at least one of .jpg, .jpeg, .png")
-    problems.extend(_role_table_problems(settings.role_permissions))
-    problems.extend(_hardening_problems(settings))
-    problems.extend(_realtime_problems(settings))
-    problems.extend(_email_problems(settings))
-    problems.extend(_password_reset_problems(settings))
-    problems.extend(security_problems(settings))
-    return problems
-
-
-def _realtime_problems(settings: Settings) -> list[str]:
-    """Checks of the WebSocket settings that depend on the environment or on each other."""
-    problems = []
-    if settings.is_production and settings.ws_allow_anonymous:
-        problems.append("WS_ALLOW_ANONYMOUS: anonymous WebSocket clients are a development setting; turn it off")
-    if any(char.isspace() for char in settings.realtime_redis_prefix):
-        problems.append(f"REALTIME_REDIS_PREFIX: must not contain spaces (got {settings.realtime_redis_prefix!r})")
-    if not _valid_rate_limit(settings.ws_handshake_rate):
-        problems.append(
-            f"WS_HANDSHAKE_RATE: {settings.ws_handshake_rate!r} is not a rate limit such as '30/minute' or "
-            "'5/second;100/hour'"
-        )
-    return problems
-
-
-def _email_problems(settings: Settings) -> list[str]:
-    """E-mail is off without SMTP_HOST; with it, the sender address must be usable."""
-    if not settings.email_enabled:
-        return []
-    problems = []
-    address = settings.email_from or ""
-    local, at, domain = address.partition("@")
-    if not (local and at and "." in domain) or any(char.isspace() or char in "<>," for char in address):
-        problems.append(f"EMAIL_FROM: SMTP_HOST is set, so a sender address is needed (got {address!r})")
-    if (settings.smtp_user is None) != (settings.smtp_password is None):
-        problems.append("SMTP_USER/SMTP_PASSWORD: set both to log in to the SMTP server, or neither")
-    if any(char in settings.email_from_name for char in "\r\n"):
-        problems.append("EMAIL_FROM_NAME: must be a single line")
-    if settings.smtp_ca_file is not None:
-        problems.extend(_ca_bundle_problems("SMTP_CA_FILE", settings.smtp_ca_file))
-    return problems
-
-
-def _password_reset_problems(settings: Settings) -> list[str]:
-    """``PASSWORD_RESET_URL`` is an absolute http(s) URL without a fragment; https outside development."""
-    url = settings.password_reset_url
-    if url is None:
-        return []
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment or any(c.isspace() for c in url):
-        return [f"PASSWORD_RESET_URL: must be an absolute http(s) URL without a '#fragment' (got {url!r})"]
-    if parts.scheme != "https" and settings.environment is not Environment.DEVELOPMENT:
-        return [f"PASSWORD_RESET_URL: must be https outside development (a reset link is a credential; got {url!r})"]
-    return []
-
-
-def _ca_bundle_problems(key: str, path: Path) -> list[str]:
-    """Whether ``path`` is a file of PEM CA certificates that a TLS client context can load."""
-    if not path.is_file():
-        return [f"{key}: no such file ({path})"]
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        return [f"{key}: not a PEM file of CA certificates ({path}: {exc})"]
-    return []
-
-
-def _hardening_problems(settings: Settings) -> list[str]:
-    """Checks of the observability, HTTP hygiene, rate limiting, cache and replica settings."""
-    return [
-        *_network_problems(settings),
-        *_rate_limit_problems(settings),
-        *_dependency_problems(settings),
-    ]
-
-
-def _network_problems(settings: Settings) -> list[str]:
-    problems: list[str] = []
-    for key, networks in (
-        ("TRUSTED_PROXIES", settings.trusted_proxies),
-        ("FORWARDED_CERT_PROXIES", settings.forwarded_cert_proxies),
-        ("MONITORING_ALLOWED_NETWORKS", settings.monitoring_allowed_networks),
-    ):
-        for network in networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                problems.append(f"{key}: {network!r} is not an IP address or network (CIDR)")
-    for host in settings.allowed_hosts:
-        wildcard_ok = host == "*" or not host.startswith("*") or host.startswith("*.")
-        if not host or not wildcard_ok or "*" in host[1:] or "/" in host or " " in host:
-            problems.append(f"ALLOWED_HOSTS: {host!r} must be a host name, '*.' followed by a domain, or '*'")
-    if any(char in settings.content_security_policy for char in "\r\n"):
-        problems.append("CONTENT_SECURITY_POLICY: must be a single line")
-    return problems
-
-
-def _rate_limit_problems(settings: Settings) -> list[str]:
-    problems: list[str] = []
-    limits = [
-        ("RATE_LIMIT_DEFAULT", settings.rate_limit_default),
-        ("RATE_LIMIT_LOGIN_ACCOUNT", settings.rate_limit_login_account),
-        ("RATE_LIMIT_LOGIN_ACCOUNT_ADDRESS", settings.rate_limit_login_account_address),
-        ("RATE_LIMIT_PASSWORD_RESET_ACCOUNT", settings.rate_limit_password_reset_account),
-    ]
-    for route, limit in settings.rate_limit_routes.items():
-        method, _, path = str(route).partition(" ")
-        if method.upper() not in HTTP_METHODS or not path.startswith("/"):
-            problems.append(f"RATE_LIMIT_ROUTES: {route!r} must be 'METHOD /path/template' (e.g. 'POST /api/v1/x')")
-        limits.append((f"RATE_LIMIT_ROUTES[{route}]", str(limit)))
-    for key, limit in limits:
-        if not _valid_rate_limit(limit):
-            problems.append(f"{key}: {limit!r} is not a rate limit such as '100/minute' or '5/second;100/hour'")
-    return problems
-
-
-def _dependency_problems(settings: Settings) -> list[str]:
-    problems: list[str] = []
-    for name, warning, critical in (
-        ("DISK", settings.health_disk_warning_percent, settings.health_disk_critical_percent),
-        ("MEMORY", settings.health_memory_warning_percent, settings.health_memory_critical_percent),
-    ):
-        if warning >= critical:
-            problems.append(f"HEALTH_{name}_WARNING_PERCENT: must be below HEALTH_{name}_CRITICAL_PERCENT")
-    if settings.redis_url is None:
-        if settings.cache_enabled and settings.cache_type == "redis":
-            problems.append("CACHE_TYPE: 'redis' needs REDIS_URL")
-        if settings.rate_limit_storage == "redis":
-            problems.append("RATE_LIMIT_STORAGE: 'redis' needs REDIS_URL")
-    if settings.cache_enabled and settings.cache_type == "memory" and settings.workers > 1:
-        problems.append(
-            f"CACHE_TYPE: the in-process cache cannot be invalidated across {settings.workers} workers; "
-            "use CACHE_TYPE=redis (with REDIS_URL) or CACHE_ENABLED=false"
-        )
-    if settings.database_retry_base_delay > settings.database_retry_max_delay:
-        problems.append("DATABASE_RETRY_BASE_DELAY: must not exceed DATABASE_RETRY_MAX_DELAY")
-    if settings.database_replica_url is not None:
-        if not settings.database_replica_url.startswith("postgresql+asyncpg://") or settings.is_sqlite:
-            problems.append(
-                "DATABASE_REPLICA_URL: a read replica needs PostgreSQL for both DATABASE_URL and the replica "
-                "(postgresql+asyncpg://...)"
-            )
-        if settings.workers > 1 and settings.redis_url is None:
-            problems.append(
-                "DATABASE_REPLICA_URL: with several workers, REDIS_URL is needed so that every worker knows how "
-                "far the replica must have caught up (read-your-writes)"
-            )
-    return problems
-
-
-def _valid_rate_limit(text: str) -> bool:
-    try:
-        return bool(parse_many(text))
-    except ValueError:
-        return False
-
-
-def _role_table_problems(table: Mapping[str, Any]) -> list[str]:
-    """Check the shape of a ROLE_PERMISSIONS override: ``{role: {"inherits": [...], "permissions": [...]}}``."""
-    problems = []
-    for role, entry in table.items():
-        if not isinstance(entry, dict) or not set(entry) <= {"inherits", "permissions"}:
-            problems.append(
-                f"ROLE_PERMISSIONS: role {role!r} must map to an object with 'inherits' and/or 'permissions'"
-            )
-            continue
-        for key in ("inherits", "permissions"):
-            value = entry.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-                problems.append(f"ROLE_PERMISSIONS: {role}.{key} must be a list of strings")
-    return problems
 
 
 def public_view(settings: Settings) -> dict[str, Any]:
@@ -868,85 +522,3 @@ def mask_url(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
-
-
-def hand_down_overrides(overrides: Mapping[str, Any]) -> None:
-    """Put command-line overrides into this process's environment for the worker processes it will start.
-
-    Workers rebuild their settings with :func:`load_settings`, which reads them back from
-    ``LIBRARY_API_OVERRIDES``; a flag therefore means the same thing in every process.
-    """
-    encoded = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items() if v is not None}
-    os.environ[OVERRIDES_ENV] = json.dumps(encoded)
-
-
-# ===== security modes and TLS =====
-
-
-@dataclass(frozen=True, slots=True)
-class SecurityDecision:
-    """The mode the service runs in, whether it speaks TLS, and the reason (logged at start and by check-config)."""
-
-    mode: Literal["http", "https", "mtls", "token"]
-    tls: bool
-    client_certificates: Literal["none", "optional", "required"]
-    reason: str
-
-    @property
-    def requires_credentials(self) -> bool:
-        """Whether every non-public route needs an authenticated caller (``token`` and ``mtls``)."""
-        return self.mode in {"token", "mtls"}
-
-
-def decide_security_mode(settings: Settings) -> SecurityDecision:
-    """Resolve ``SECURITY_MODE``: ``auto`` picks mtls with a CA, https with a certificate and key, else http.
-
-    TLS is on whenever a certificate and key are configured (in ``token`` mode too); client certificates are
-    required in ``mtls``, verified when offered in other modes with a CA, and not asked for without one.
-    """
-    has_pair = settings.tls_cert_file is not None and settings.tls_key_file is not None
-    has_ca = settings.tls_ca_file is not None
-    mode = settings.security_mode
-    if mode == "auto":
-        if has_pair and has_ca:
-            chosen, reason = "mtls", "auto: TLS_CA_FILE is set, so client certificates from that CA are required"
-        elif has_pair:
-            chosen, reason = "https", "auto: TLS_CERT_FILE and TLS_KEY_FILE are set and no TLS_CA_FILE"
-        else:
-            chosen, reason = "http", "auto: no TLS_CERT_FILE/TLS_KEY_FILE, so plain HTTP"
-    else:
-        chosen, reason = mode, f"SECURITY_MODE={mode}"
-    if chosen == "mtls":
-        clients: Literal["none", "optional", "required"] = "required"
-    else:
-        clients = "optional" if has_ca and has_pair and chosen != "http" else "none"
-    return SecurityDecision(chosen, has_pair and chosen != "http", clients, reason)  # type: ignore[arg-type]
-
-
-def security_problems(settings: Settings) -> list[str]:
-    """Mode prerequisites and the TLS files themselves, one line per problem (the files are really read)."""
-    from library_api.security.certificates import check_tls_files  # noqa: PLC0415 - cryptography loads lazily
-
-    problems: list[str] = []
-    decision = decide_security_mode(settings)
-    cert, key, ca, crl = settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_crl_file
-    if (cert is None) != (key is None):
-        problems.append("TLS_CERT_FILE/TLS_KEY_FILE: set both (the server certificate and its private key) or neither")
-    if decision.mode in {"https", "mtls"} and (cert is None or key is None):
-        problems.append(f"SECURITY_MODE: {decision.mode!r} needs TLS_CERT_FILE and TLS_KEY_FILE")
-    if decision.mode == "mtls" and ca is None:
-        problems.append("SECURITY_MODE: 'mtls' needs TLS_CA_FILE, the CA that issues client certificates")
-    if crl is not None and ca is None:
-        problems.append("TLS_CRL_FILE: a revocation list needs TLS_CA_FILE (it checks client certificates)")
-    if settings.forwarded_cert_proxies and ca is None:
-        problems.append(
-            "FORWARDED_CERT_PROXIES: forwarded client certificates are verified against TLS_CA_FILE; set it, or "
-            "empty FORWARDED_CERT_PROXIES"
-        )
-    if settings.is_production and decision.mode == "http" and not settings.allow_http_behind_proxy:
-        problems.append(
-            "SECURITY_MODE: production refuses plain HTTP; configure TLS_CERT_FILE and TLS_KEY_FILE, or set "
-            "ALLOW_HTTP_BEHIND_PROXY=true when a TLS-terminating proxy is the only way in"
-        )
-    problems.extend(check_tls_files(cert, key, ca, crl).problems)
-    return problems
