@@ -608,8 +608,9 @@ def client_ws(
 
 # Command groups kept in modules of their own register themselves on ``app`` when imported.
 from library_api.cli import mail as _mail  # noqa: E402
+from library_api.cli import shutdown_check as _shutdown_check  # noqa: E402
 
-__all__ = ["_mail", "app", "main"]
+__all__ = ["_mail", "_shutdown_check", "app", "main"]
 
 
 def main() -> None:
