@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -68,6 +68,7 @@ from library_api.resilience.retry import Backoff
 from library_api.resilience.schema import SchemaWatch
 from library_api.security.authentication import Authenticator
 from library_api.security.certificates import CertificateReader, issuer_names
+from library_api.security.forwarded_certificates import ForwardedCertificateVerifier
 from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import PermissionPolicy
@@ -146,6 +147,13 @@ def certificate_reader(settings: Settings) -> CertificateReader:
     """How client certificates name roles, and which issuers may sign them (the configured CA file's)."""
     issuers = issuer_names(settings.tls_ca_file) if settings.tls_ca_file is not None else None
     return CertificateReader(settings.certificate_role_source, settings.certificate_role_uri_prefix, issuers)
+
+
+def revocation_check(settings: Settings) -> Callable[[str], str | None] | None:
+    """With a CRL configured, what ends a live certificate session once its certificate is revoked (or invalid)."""
+    if settings.tls_ca_file is None or settings.tls_crl_file is None:
+        return None
+    return ForwardedCertificateVerifier(settings.tls_ca_file, settings.tls_crl_file).problem
 
 
 def build_context(settings: Settings, database: Database) -> AppContext:
@@ -233,6 +241,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         interval=settings.ws_credential_check_interval,
         renew_notice=settings.ws_auth_renew_notice,
         grace=settings.ws_auth_grace,
+        certificate_check=revocation_check(settings),
     )
     return AppContext(
         settings=settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from library_api.db import migrate
@@ -27,7 +28,15 @@ async def test_all_probes_green_on_a_healthy_service(app_factory: AppFactory) ->
         ready = await client.get("/health/ready")
         detailed = await client.get("/health/detailed")
         metrics = (await client.get("/metrics")).text
-    assert live.json() == {"status": "ok"}
+    body = live.json()
+    assert body.pop("time").endswith("Z")
+    assert body == {
+        "status": "ok",
+        "service": "Library API",
+        "version": "1.0.0",
+        "worker": os.getpid(),
+        "connections": 0,
+    }
     assert "\nhealth_ready 1.0\n" in metrics
     assert startup.json() == {"status": "started"}
     assert ready.status_code == 200

@@ -123,6 +123,18 @@ async def test_stress_publishes_broadcasts_and_measures_them(start_live: StartLi
     assert "gaps 0, duplicates 0" in out
 
 
+async def test_stress_defaults_to_the_brief_s_ten_clients_for_five_minutes(start_live: StartLive) -> None:
+    live, ctx = await start_live()
+    token = token_for(ctx, await create_user(ctx, Role.READER))
+    process = await start_command("--url", live.http, "--token", token, "--stress", "--report-every", "0.5")
+    first = await lines_until(process, lambda line: line.startswith("stress: "))
+    assert first.splitlines()[-1] == "stress: 10 clients for 300 s (Ctrl+C stops earlier)"
+    await wait_until(lambda: ctx.hub.active() == 10, within=30, what="ten connections")
+    code, out, err = await interrupt(process)
+    assert code == 0, err
+    assert "10 clients on 1 worker(s)" in out
+
+
 async def test_interactive_mode_prints_messages_and_takes_commands(start_live: StartLive) -> None:
     live, ctx = await start_live()
     token = token_for(ctx, await create_user(ctx, Role.READER))
@@ -158,15 +170,12 @@ async def test_interactive_mode_prints_messages_and_takes_commands(start_live: S
     assert "total: received 1," in out
 
 
-async def test_login_failure_and_missing_duration_are_errors(start_live: StartLive) -> None:
+async def test_login_failure_and_a_forged_token_are_errors(start_live: StartLive) -> None:
     live, ctx = await start_live()
     user = await create_user(ctx, Role.READER)
     code, _, err = await client_command("--url", live.http, "--email", user.email, "--password", "wrong-password")
     assert code == 1
     assert "error: login failed (401)" in err
-    code, _, err = await client_command("--url", live.http, "--stress")
-    assert code == 2
-    assert "--stress needs --duration" in err
     code, _, err = await client_command("--url", live.http, "--token", "forged", "--quiet", "--duration", "5")
     assert code == 1
     assert "closed 4401: authentication failed" in err

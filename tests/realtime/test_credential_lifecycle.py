@@ -303,6 +303,31 @@ async def test_a_certificate_connection_ends_when_the_certificate_expires(start_
         assert (await closed_with(client))[0] == 4401
 
 
+@live_app
+async def test_a_certificate_connection_ends_when_a_crl_reload_revokes_it(start_live: StartLive, pki: PKI) -> None:
+    live, ctx = await start_live(
+        **MANUAL, forwarded_cert_proxies=["127.0.0.1"], tls_ca_file=pki.ca, tls_crl_file=pki.crl
+    )
+    async with (
+        connect(live.ws("revoked-live"), additional_headers=pki.forwarded("revoked")) as revoked,
+        connect(live.ws("still-good"), additional_headers=pki.forwarded("reader")) as good,
+    ):
+        assert (await receive(revoked))["type"] == "welcome"
+        assert (await receive(good))["type"] == "welcome"
+        await ctx.credentials.sweep()
+        await send(revoked, {"type": "ping"})
+        assert (await receive(revoked))["type"] == "pong"
+        pki.revoke("revoked")  # a new CRL file, as an operator would publish it
+        started = time.monotonic()
+        await ctx.credentials.sweep()
+        code, reason = await closed_with(revoked)
+        print(f"CRL reload: closed {code} {time.monotonic() - started:.3f} s after the sweep")
+        assert (code, reason) == (4401, "The client certificate has been revoked.")
+        await send(good, {"type": "ping"})
+        assert (await receive(good))["type"] == "pong"
+        pki.revoke()  # the empty list again, so that other tests of the module see the certificate valid
+
+
 # ----- pieces -----
 
 

@@ -5,8 +5,9 @@ Three modes share one reconnecting client (:class:`library_api.realtime.client.L
 * interactive (the default): print every message; type ``sub TOPIC``, ``unsub TOPIC``, ``ping``, a raw JSON
   command, or ``quit``;
 * ``--clients N``: N connections, a summary line every ``--report-every`` seconds and per-client totals;
-* ``--stress --duration S``: the same for S seconds, optionally publishing ``--rate`` broadcasts per second
-  (needs a librarian's credentials) so that delivery latency is measured under load.
+* ``--stress``: 10 clients for 5 minutes (``--clients`` and ``--duration`` change either), optionally
+  publishing ``--rate`` broadcasts per second (needs a librarian's credentials) so that delivery latency is
+  measured under load.
 
 Every mode ends with the received counts, reconnects and delivery latency p50/p99.
 """
@@ -149,6 +150,8 @@ async def run(options: ClientOptions, session: TokenSession | None = None) -> in
         for n in range(options.clients)
     ]
     helpers: list[asyncio.Task[Any]] = []
+    if options.stress:
+        typer.echo(f"stress: {options.clients} clients for {options.duration or 0:.0f} s (Ctrl+C stops earlier)")
     if options.duration is not None:
         helpers.append(asyncio.create_task(_stop_after(options.duration, stop)))
     if single and not options.quiet:

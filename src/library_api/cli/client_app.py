@@ -9,9 +9,10 @@ from typing import Annotated
 
 import typer
 
-from library_api.cli.common import EXIT_CONFIG, fail
-
 client_app = typer.Typer(help="Clients of a running service.", no_args_is_help=True)
+
+STRESS_SECONDS = 300.0
+"""How long ``client ws --stress`` runs without ``--duration``: the brief's 5 minutes (with its 10 clients)."""
 
 
 @client_app.command("ws")
@@ -27,8 +28,13 @@ def client_ws(
     client_id: Annotated[str | None, typer.Option(help="Connection id (default: host and process id).")] = None,
     topic: Annotated[list[str] | None, typer.Option("--topic", "-t", help="Topic to follow (repeatable).")] = None,
     clients: Annotated[int, typer.Option(min=1, max=20_000, help="Number of concurrent connections.")] = 1,
-    stress: Annotated[bool, typer.Option(help="Load mode: 10 clients unless --clients says otherwise.")] = False,
-    duration: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds.")] = None,
+    stress: Annotated[
+        bool,
+        typer.Option(help="Load mode: the brief's 10 clients for 5 minutes unless --clients/--duration say otherwise."),
+    ] = False,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="Stop after this many seconds (--stress: 300).")
+    ] = None,
     rate: Annotated[float, typer.Option(min=0, help="Broadcasts per second to publish (needs broadcast:send).")] = 0,
     report_every: Annotated[float, typer.Option(min=0.5, help="Seconds between summary lines.")] = 5.0,
     quiet: Annotated[bool, typer.Option(help="Do not print messages or read commands.")] = False,
@@ -40,8 +46,6 @@ def client_ws(
     from library_api.cli.client import ClientOptions, default_client_id
     from library_api.cli.client import main as run_client
 
-    if stress and duration is None:
-        raise fail(["--stress needs --duration SECONDS"], EXIT_CONFIG)
     if email is not None and password is None:
         password = typer.prompt("Password", hide_input=True)
     options = ClientOptions(
@@ -50,7 +54,7 @@ def client_ws(
         client_id=client_id or default_client_id(),
         topics=topic or ["books"],
         clients=10 if stress and clients == 1 else clients,
-        duration=duration,
+        duration=STRESS_SECONDS if stress and duration is None else duration,
         rate=rate,
         report_every=report_every,
         stress=stress,

@@ -246,8 +246,9 @@ app.add_typer(client_app, name="client")
 
 # ``users reset-password`` lives beside the flows it drives and registers itself on the users group.
 from library_api.cli import passwords as _passwords  # noqa: E402
+from library_api.cli import shutdown_check as _shutdown_check  # noqa: E402
 
-__all__ = ["_passwords", "app", "main"]
+__all__ = ["_passwords", "_shutdown_check", "app", "main"]
 
 
 def main() -> None:

@@ -135,6 +135,12 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=owned,
         )
+        self.tls_handshake_failures = Counter(
+            "tls_handshake_failures",
+            "TLS handshakes the server refused or that did not finish, by OpenSSL's reason",
+            ["reason"],
+            registry=owned,
+        )
         self.cache_hits = Counter("cache_hits", "Catalogue answers served from the cache", ["cache"], registry=owned)
         self.cache_misses = Counter(
             "cache_misses", "Catalogue answers that had to be read from the database", ["cache"], registry=owned

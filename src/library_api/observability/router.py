@@ -7,6 +7,10 @@ the answers mean (see that module); the three probes are public, the detailed re
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -19,9 +23,22 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("", dependencies=[public()], summary="Liveness")
-async def liveness() -> dict[str, str]:
-    """The process is up and serving; no dependency is consulted, so a database outage never restarts it."""
-    return {"status": "ok"}
+async def liveness(request: Request) -> dict[str, Any]:
+    """The process is up and serving; no dependency is consulted, so a database outage never restarts it.
+
+    The body names the service, its version, the server's time and this worker's open WebSocket connections
+    (what a load balancer or an operator glancing at one worker wants); each is read from memory, so the
+    probe stays as cheap as a constant answer.
+    """
+    ctx = get_context(request)
+    return {
+        "status": "ok",
+        "service": ctx.settings.project_name,
+        "version": ctx.settings.version,
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "worker": os.getpid(),
+        "connections": ctx.hub.active(),
+    }
 
 
 @router.get(

@@ -12,7 +12,8 @@ check needs no message between workers: each worker sees the change when its cac
 The outcome is applied at once, without awaiting in between, so no event is queued for the connection after
 the decision:
 
-* the credential is no longer honoured (or has expired, past ``WS_AUTH_GRACE`` for access tokens): every
+* the credential is no longer honoured (a client certificate: revoked by the CRL file as it is now, read
+  again whenever it changes) or has expired (past ``WS_AUTH_GRACE`` for access tokens): every
   subscription is dropped and the connection is closed with **4401**;
 * the caller lost ``events:subscribe``: the same, with **4403**;
 * the caller lost the permission behind some subscriptions (``bookings`` without ``bookings:read:any``):
@@ -90,8 +91,11 @@ class CredentialGuard:
         renew_notice: float,
         grace: float,
         clock: Callable[[], float] = time.time,
+        certificate_check: Callable[[str], str | None] | None = None,
     ) -> None:
         self.hub = hub
+        self.certificate_check = certificate_check
+        """Why a client certificate (PEM) would now be refused at a handshake, e.g. revoked by the current CRL."""
         self.authenticator = authenticator
         self.interval = interval
         self.renew_notice = renew_notice
@@ -152,6 +156,9 @@ class CredentialGuard:
         """The principal the credential stands for now (raises :class:`Unauthorized` when it no longer counts)."""
         secret = credential.secret
         if credential.kind is CredentialKind.CERTIFICATE and secret is not None:
+            problem = self.certificate_check(secret) if self.certificate_check is not None else None
+            if problem is not None:
+                raise Unauthorized(problem)
             return self.authenticator.from_certificate(secret)
         if secret is None:
             raise Unauthorized("The credential can no longer be checked.")

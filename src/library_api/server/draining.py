@@ -41,8 +41,12 @@ def serve_worker(config: uvicorn.Config, listener: socket.socket) -> None:
 class WorkerSupervisor:
     """Runs several :class:`DrainingServer` processes on one listening socket and stops them gracefully."""
 
-    def __init__(self, config: uvicorn.Config, workers: int, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self, config: uvicorn.Config, workers: int, listener: socket.socket | None = None, poll_interval: float = 0.2
+    ) -> None:
         self.config = config
+        self.listener = listener
+        """The bound socket to serve on (Uvicorn's ``bind_socket`` when not given)."""
         self.workers = workers
         self.poll_interval = poll_interval
         self._context = multiprocessing.get_context("spawn")
@@ -61,7 +65,7 @@ class WorkerSupervisor:
 
     def run(self) -> int:
         """Serve until every worker has stopped; the exit code is 0 unless a worker could not start."""
-        listener = self._listener = self.config.bind_socket()
+        listener = self._listener = self.listener or self.config.bind_socket()
         previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
         processes = [self._start(listener) for _ in range(self.workers)]
         exit_code = 0

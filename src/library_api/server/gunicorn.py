@@ -1,12 +1,12 @@
 """The Gunicorn adapter: Gunicorn manages the processes, each worker runs Uvicorn with the service's TLS and drain.
 
-:class:`LibraryWorker` is Uvicorn's Gunicorn worker with the pieces of :mod:`library_api.server.uvicorn`:
-the service's SSL context (Gunicorn's own TLS settings are not used, so its default cipher string never
-applies), the protocol classes that put the ASGI TLS extension into every scope, and the
-:class:`~library_api.server.uvicorn.DrainingServer`, so the SIGTERM Gunicorn sends a stopping worker first
-drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds this class by itself and sets
-``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server gunicorn``) does the
-same, from the same process settings (:mod:`library_api.server.gunicorn_settings`).
+:class:`LibraryWorker` is Uvicorn's Gunicorn worker with the pieces of :mod:`library_api.server.uvicorn`: the
+service's SSL context with each handshake run by the gate that logs and counts refusals (Gunicorn's own TLS
+settings are not used, so its default cipher string never applies), the protocol classes that put the ASGI TLS
+extension into every scope, and the :class:`~library_api.server.uvicorn.DrainingServer`, so the SIGTERM Gunicorn
+sends a stopping worker first drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds this
+class by itself and sets ``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server
+gunicorn``) does the same, from the same process settings (:mod:`library_api.server.gunicorn_settings`).
 
 Uvicorn's own forwarded-header handling is off (``proxy_headers=False``), as under ``serve --server uvicorn``:
 Uvicorn's worker would otherwise believe ``X-Forwarded-For``/``-Proto`` from Gunicorn's ``forwarded_allow_ips``
@@ -37,7 +37,6 @@ from library_api.server.uvicorn import (
     DrainingServer,
     TLSHttpToolsProtocol,
     TLSWebSocketsProtocol,
-    UvicornTLSFactory,
     http_protocol,
 )
 
@@ -63,9 +62,7 @@ class LibraryWorker(UvicornWorker):
         super().__init__(*args, **kwargs)
         settings = load_settings()
         tls = ServerTLS.from_settings(settings)
-        if tls is not None:
-            self.config.ssl_context_factory = UvicornTLSFactory(tls)
-        self.config.http = http_protocol(settings)  # type: ignore[assignment]  # any protocol factory works
+        self.config.http = http_protocol(settings, tls)  # type: ignore[assignment]  # any protocol factory works
         self.config.server_header = False
         self.config.loop = settings.event_loop
         self.config.ws_max_size = settings.ws_max_size

@@ -4,8 +4,9 @@ Hypercorn (0.18) builds its own SSL context and creates one ``TCPServer`` per co
 function, with no hook for either. This adapter therefore runs its own, short serving loop over Hypercorn's
 public building blocks (its ``Config`` for sockets and timeouts, ``Lifespan``, ``WorkerContext``, ``TCPServer``):
 
-* the listening sockets use :func:`library_api.security.tls.build_server_context`, offering ``h2`` and
-  ``http/1.1`` over ALPN;
+* connections use :func:`library_api.security.tls.build_server_context`, offering ``h2`` and ``http/1.1`` over
+  ALPN; each handshake is run by :func:`handshake` (``StreamWriter.start_tls``), so a refused one is logged and
+  counted (:mod:`library_api.server.handshakes`);
 * :class:`TLSTCPServer` is Hypercorn's connection handler that reads the connection's ``SSLObject`` once and
   puts the ASGI TLS extension into every scope of that connection (HTTP/1.1 requests, HTTP/2 streams and
   WebSockets alike);
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +40,7 @@ from starlette.types import ASGIApp
 
 from library_api.app import create_app
 from library_api.config import Settings
+from library_api.server.handshakes import HANDSHAKE_TIMEOUT, HandshakeFailures
 from library_api.server.hypercorn_ws import install as bound_websocket_messages
 from library_api.server.tls import ServerTLS, find_shutdown
 
@@ -110,18 +113,18 @@ async def serve(app: ASGIApp, config: HypercornConfig, sockets: list[socket.sock
     context = WorkerContext(None)
     connections: set[asyncio.Task[Any]] = set()
     ssl_context = tls.context() if tls is not None else None
+    failures = tls.failures(app) if tls is not None else None
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
+        if ssl_context is not None and not await handshake(writer, ssl_context, failures):
+            return
         await TLSTCPServer(wrapped, loop, config, context, lifespan.state, reader, writer, tls=tls)
 
-    servers = [
-        await asyncio.start_server(on_connection, sock=sock, ssl=ssl_context, backlog=config.backlog)
-        for sock in sockets
-    ]
+    servers = [await asyncio.start_server(on_connection, sock=sock, backlog=config.backlog) for sock in sockets]
     scheme = "https" if ssl_context is not None else "http"
     for sock in sockets:
         host, port = sock.getsockname()[:2]
@@ -140,6 +143,19 @@ async def serve(app: ASGIApp, config: HypercornConfig, sockets: list[socket.sock
     lifespan_task.cancel()
     await asyncio.gather(lifespan_task, return_exceptions=True)
     logger.info("hypercorn stopped")
+
+
+async def handshake(writer: asyncio.StreamWriter, context: ssl.SSLContext, failures: HandshakeFailures | None) -> bool:
+    """Run the TLS handshake of an accepted connection; a refusal is logged and counted, and the connection closed."""
+    peer = writer.get_extra_info("peername")
+    try:
+        await writer.start_tls(context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    except (TimeoutError, OSError) as exc:
+        if failures is not None:
+            failures.refused(exc, peer)
+        writer.transport.abort()
+        return False
+    return True
 
 
 def _worker(settings: Settings, sockets: list[socket.socket], tls: ServerTLS | None) -> None:

@@ -16,6 +16,7 @@ and the reason for it are logged, as are certificate warnings (expiry within 30 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ from library_api.observability.logging import configure_logging
 from library_api.observability.multiprocess import prepare_worker_metrics
 from library_api.server.draining import STARTUP_FAILURE, WorkerSupervisor
 from library_api.server.tls import ServerTLS
-from library_api.server.uvicorn import DrainingServer, uvicorn_options
+from library_api.server.uvicorn import DrainingServer, listen, uvicorn_options
 
 logger = logging.getLogger("library_api.server")
 
@@ -83,8 +84,20 @@ def run(settings: Settings, overrides: Mapping[str, Any]) -> int:
             "starting uvicorn on %s://%s:%d with %d workers", scheme, settings.host, settings.port, settings.workers
         )
         config = uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options)
-        return WorkerSupervisor(config, settings.workers).run()
-    logger.info("starting uvicorn on %s://%s:%d", scheme, settings.host, settings.port)
+        listener = _listen(settings, tls)
+        return STARTUP_FAILURE if listener is None else WorkerSupervisor(config, settings.workers, listener).run()
     server = DrainingServer(uvicorn.Config(create_app(settings), **options))
-    server.run()
+    listener = _listen(settings, tls)
+    if listener is None:
+        return STARTUP_FAILURE
+    server.run(sockets=[listener])
     return 0 if server.started else STARTUP_FAILURE
+
+
+def _listen(settings: Settings, tls: ServerTLS | None) -> socket.socket | None:
+    """The bound listening socket, or ``None`` (logged) when the address cannot be bound."""
+    try:
+        return listen(settings, tls)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        return None

@@ -4,6 +4,8 @@
 server that spawns its workers can hand it over and each worker builds its own context with
 :func:`library_api.security.tls.build_server_context`. :class:`ConnectionTLS` wraps the application for one
 connection and adds the ASGI TLS extension, computed once when the connection is made, to every scope of it.
+:meth:`ServerTLS.failures` is this process's record of refused handshakes (:mod:`library_api.server.handshakes`),
+counted in the application's metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from library_api.config import Settings
 from library_api.security.tls import TLSFiles, build_server_context, cipher_numbers, tls_extension
+from library_api.server.handshakes import HandshakeFailures
 
 
 @dataclass(slots=True)
@@ -26,6 +29,7 @@ class ServerTLS:
     alpn_protocols: tuple[str, ...] = ("http/1.1",)
     _context: ssl.SSLContext | None = field(default=None, repr=False)
     _ciphers: dict[str, int] = field(default_factory=dict, repr=False)
+    _failures: HandshakeFailures | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, alpn_protocols: tuple[str, ...] = ("http/1.1",)) -> ServerTLS | None:
@@ -52,6 +56,7 @@ class ServerTLS:
         self.alpn_protocols = state["alpn_protocols"]
         self._context = None
         self._ciphers = {}
+        self._failures = None
 
     def context(self) -> ssl.SSLContext:
         """This process's SSL context, built on first use."""
@@ -59,6 +64,14 @@ class ServerTLS:
             self._context = build_server_context(self.files, self.alpn_protocols)
             self._ciphers = cipher_numbers(self._context)
         return self._context
+
+    def failures(self, app: Any) -> HandshakeFailures:
+        """This process's record of refused handshakes, counted in the metrics of ``app`` (found through wrappers)."""
+        if self._failures is None:
+            context = find_context(app)
+            metrics = getattr(context, "metrics", None)
+            self._failures = HandshakeFailures(getattr(metrics, "tls_handshake_failures", None))
+        return self._failures
 
     def extension(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
         """The ASGI TLS extension of one established connection."""
@@ -82,14 +95,20 @@ class ConnectionTLS:
         await self.app(scope, receive, send)
 
 
-def find_shutdown(app: Any) -> Any:
-    """The application's shutdown coordinator, looking through the wrappers a server puts around it."""
+def find_context(app: Any) -> Any:
+    """The application's context (its services), looking through the wrappers a server puts around it."""
     seen = 0
     while app is not None and seen < 16:
         state = getattr(app, "state", None)
         context = getattr(state, "context", None)
         if context is not None:
-            return context.shutdown
+            return context
         app = getattr(app, "app", None)
         seen += 1
     return None
+
+
+def find_shutdown(app: Any) -> Any:
+    """The application's shutdown coordinator, looking through the wrappers a server puts around it."""
+    context = find_context(app)
+    return None if context is None else context.shutdown

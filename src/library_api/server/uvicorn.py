@@ -7,9 +7,12 @@ signals. Both are added through its public extension points, with no change to i
   :class:`TLSWebSocketsProtocol` are Uvicorn's own protocols that, when a connection is made, read the
   connection's ``SSLObject`` once and put an application wrapper carrying the ASGI TLS extension in front of
   every request of that connection (:class:`~library_api.server.tls.ConnectionTLS`).
-* ``Config(ssl_context_factory=...)`` replaces Uvicorn's context builder with
-  :class:`UvicornTLSFactory`, i.e. :func:`library_api.security.tls.build_server_context`; it pickles as its
-  file paths, so spawned workers build their own context.
+* With TLS, Uvicorn itself listens in plain TCP and the HTTP protocol factory is a :class:`GatedProtocol`: each
+  connection's handshake is run by a :class:`~library_api.server.handshakes.HandshakeGate` with the context of
+  :func:`library_api.security.tls.build_server_context`, so a refused handshake is logged and counted
+  (Uvicorn's own ``ssl_context_factory`` would let the event loop swallow it). The factory pickles as its file
+  paths, so spawned workers build their own context. Since Uvicorn then believes it serves plain HTTP, the
+  service binds its listening socket itself (:func:`listen`) and names the scheme in its own log line.
 * :class:`DrainingServer` is a ``uvicorn.Server`` whose first exit signal runs the application's
   :class:`~library_api.lifecycle.shutdown.ShutdownCoordinator` drain; Uvicorn's shutdown follows when it is done.
   A second signal forces the drain to end.
@@ -21,7 +24,7 @@ import asyncio
 import functools
 import logging
 import signal
-import ssl
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -31,6 +34,7 @@ import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from library_api.config import Settings
+from library_api.server.handshakes import HandshakeGate
 from library_api.server.protocols import HeadDeadlineProtocol
 from library_api.server.tls import ConnectionTLS, ServerTLS, find_shutdown
 
@@ -38,22 +42,35 @@ logger = logging.getLogger("library_api.server")
 
 
 @dataclass(slots=True)
-class UvicornTLSFactory:
-    """Uvicorn's ``ssl_context_factory``: the service's context instead of Uvicorn's defaults."""
+class GatedProtocol:
+    """Uvicorn's HTTP protocol factory (``http=``) for TLS: each connection's handshake runs in a gate first."""
 
+    inner: Callable[..., asyncio.Protocol]
     tls: ServerTLS
 
-    def __call__(self, _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        """Build (once per process) and return the context."""
-        return self.tls.context()
+    def __call__(self, **kwargs: Any) -> HandshakeGate:
+        """The gate for one accepted connection, in front of the HTTP protocol Uvicorn asked for."""
+        config = kwargs["config"]
+        return HandshakeGate(self.inner(**kwargs), self.tls.context(), self.tls.failures(config.loaded_app))
 
 
 def _attach_tls(protocol: Any, transport: asyncio.BaseTransport) -> None:
     ssl_object = transport.get_extra_info("ssl_object")
-    factory = protocol.config.ssl_context_factory
-    if ssl_object is None or not isinstance(factory, UvicornTLSFactory):
+    factory = protocol.config.http_protocol_class
+    if ssl_object is None or not isinstance(factory, GatedProtocol):
         return
     protocol.app = ConnectionTLS(protocol.config.loaded_app, factory.tls.extension(ssl_object))
+
+
+def listen(settings: Settings, tls: ServerTLS | None) -> socket.socket:
+    """Bind the listening socket (Uvicorn's own would log ``http://`` for a TLS server) and log where it listens."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
+    listener.set_inheritable(True)
+    host, port = listener.getsockname()[:2]
+    scheme = "https" if tls is not None else "http"
+    logger.info("uvicorn running on %s://%s:%d", scheme, f"[{host}]" if family == socket.AF_INET6 else host, port)
+    return listener
 
 
 class TLSHttpToolsProtocol(HeadDeadlineProtocol):
@@ -121,16 +138,18 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def http_protocol(settings: Settings) -> functools.partial[TLSHttpToolsProtocol]:
+def http_protocol(settings: Settings, tls: ServerTLS | None = None) -> Callable[..., asyncio.Protocol]:
     """The HTTP protocol factory given to Uvicorn (``http=``), with the configured request-head deadline.
 
-    A partial of a module-level class, so that it pickles into spawned worker processes.
+    With ``tls``, each connection's handshake is run by the gate first. Module-level classes and a partial, so
+    that the factory pickles into spawned worker processes.
     """
-    return functools.partial(TLSHttpToolsProtocol, head_timeout=settings.http_header_timeout)
+    protocol = functools.partial(TLSHttpToolsProtocol, head_timeout=settings.http_header_timeout)
+    return protocol if tls is None else GatedProtocol(protocol, tls)
 
 
 def uvicorn_options(settings: Settings, tls: ServerTLS | None) -> dict[str, Any]:
-    """Keyword arguments of ``uvicorn.Config`` for the service, TLS included when the mode asks for it."""
+    """Keyword arguments of ``uvicorn.Config`` for the service, the TLS gate included when the mode asks for it."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -139,13 +158,11 @@ def uvicorn_options(settings: Settings, tls: ServerTLS | None) -> dict[str, Any]
         "loop": settings.event_loop,
         "proxy_headers": False,
         "access_log": False,
-        "http": http_protocol(settings),
+        "http": http_protocol(settings, tls),
         "ws": TLSWebSocketsProtocol,
         "ws_max_size": settings.ws_max_size,
         "ws_ping_interval": settings.ws_ping_interval or None,
         "ws_ping_timeout": settings.ws_ping_timeout or None,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
     }
-    if tls is not None:
-        options["ssl_context_factory"] = UvicornTLSFactory(tls)
     return options
