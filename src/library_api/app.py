@@ -37,6 +37,7 @@ from library_api.context import AppContext
 from library_api.db import migrate
 from library_api.db.engine import Database, attach_replica, create_database
 from library_api.events import EventBus
+from library_api.http.fast_dispatch import install_fast_path
 from library_api.http.limiter import RateLimiter, RateLimitPolicies, builtin_route_limits
 from library_api.http.links import add_links
 from library_api.http.networks import Networks
@@ -344,6 +345,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
         app.include_router(metrics_router)
     app.include_router(websocket_router)
     app.include_router(web_router)
+    install_fast_path(app.router.routes)
 
     install_middleware(app, context)
     return app

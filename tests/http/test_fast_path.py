@@ -25,7 +25,8 @@ from starlette.requests import HTTPConnection
 from library_api.bookings.schemas import BookingCreate
 from library_api.context import AppContext
 from library_api.db.base import utcnow
-from library_api.http.fast_path import FastPathRoute, fast_path, fast_routes, refusal
+from library_api.http.fast_dispatch import fast_routes
+from library_api.http.fast_path import FastPathRoute, fast_path, refusal
 from library_api.http.query import single_valued_query
 from library_api.security.permissions import Role
 from tests.support.factories import create_book, user_headers

@@ -40,7 +40,7 @@ import types
 import typing
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -397,22 +397,15 @@ class FastPathRoute(APIRoute):
                 return await standard(request)
             fast = plans.get(app, _UNPLANNED)
             if fast is _UNPLANNED:
-                fast = plans[app] = _plan_or_none(self, app.routes)
+                fast = plans[app] = plan_or_none(self, app.routes)
             return await (standard(request) if fast is None else answer(fast, request))
 
         return handle
 
 
-def _plan_or_none(route: APIRoute, routes: list[Any]) -> Plan | None:
+def plan_or_none(route: APIRoute, routes: list[Any]) -> Plan | None:
+    """:func:`plan`, or ``None`` where it refuses."""
     try:
         return plan(route, routes)
     except Refused:
         return None
-
-
-def fast_routes(routes: list[Any]) -> Iterator[str]:
-    """``METHOD path`` of every route the application with ``routes`` serves on the fast path."""
-    for context in iter_route_contexts(routes):
-        route = context.original_route
-        if isinstance(route, FastPathRoute) and refusal(route, routes) is None:
-            yield f"{sorted(route.methods or ())[0]} {context.path_format}"
