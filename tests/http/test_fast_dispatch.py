@@ -8,9 +8,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from library_api.context import AppContext
 from library_api.http import fast_dispatch
 from library_api.http.fast_dispatch import FastPathDispatch, fast_routes, install_fast_path
 from tests.http.test_fast_path import _probe_router
+from tests.support.factories import create_book
 from tests.support.http import client_for
 
 
@@ -84,3 +86,17 @@ async def test_the_remembered_routes_are_bounded(monkeypatch: pytest.MonkeyPatch
             assert (await http.get(f"/probe/created/{name}")).json() == {"name": name, "size": 0}
     assert routed == []
     assert len(dispatch._remembered) <= 2
+
+
+async def test_behind_the_middleware_the_resolved_template_finds_the_route(
+    app: FastAPI, ctx: AppContext, routed: list[str]
+) -> None:
+    book = await create_book(ctx)
+    async with client_for(app) as http:
+        assert (await http.get("/api/v1/auth/principal")).status_code == 200
+        assert (await http.get(f"/api/v1/books/{book.id}")).json()["id"] == book.id
+        assert (await http.get("/api/v1/books/0")).status_code == 422
+        assert routed == []
+        assert (await http.get("/api/v1/books?limit=1")).status_code == 200
+        assert (await http.head(f"/api/v1/books/{book.id}")).status_code == 405
+    assert routed == ["/api/v1/books", f"/api/v1/books/{book.id}"]

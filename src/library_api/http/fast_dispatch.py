@@ -4,12 +4,14 @@ FastAPI finds a request's route by asking every route of every included router i
 layers of bookkeeping; for a read that is answered from a cache this was the largest single cost in the
 process, larger than the handler (about a quarter of the CPU of ``GET /api/v1/books/{id}``, measured in
 process: ``docs/benchmarks.md``). :class:`FastPathDispatch` is one Starlette route placed first in the
-application's routes. For a request it remembers (per method and path, in a bounded table) which route FastAPI
-would choose: the first route, in the application's order, that matches path and method in full, found with
-each route's own public ``matches``. When that route is served by the fast path (:mod:`library_api.http.fast_path`
-plans it), the dispatcher matches the request itself and runs the same fast handler, with the same path
-parameters, ``endpoint`` and ``route`` in the scope; for every other request it does not match, and FastAPI's
-router carries on as if it were not there. So it changes which code finds the route, never which route answers.
+application's routes. For a request it finds the route FastAPI would choose: the first route, in the
+application's order, that matches path and method in full. Behind the service's edge middleware, which has
+already resolved the route template that way (:mod:`library_api.http.routes`), that is one lookup by method and
+template; without it, each route's own public ``matches`` is asked, and the answer remembered per method and
+path in a bounded table. When that route is served by the fast path (:mod:`library_api.http.fast_path` plans
+it), the dispatcher matches the request itself and runs the same fast handler, with the same path parameters,
+``endpoint`` and ``route`` in the scope; for every other request it does not match, and FastAPI's router
+carries on as if it were not there. So it changes which code finds the route, never which route answers.
 
 It stands aside (FastAPI routes as usual) while ``app.dependency_overrides`` holds anything, under a
 ``root_path``, and for any route that sets a body-size limit. The table of routes is read at the first request,
@@ -27,6 +29,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 
 from library_api.http.fast_path import FastPathRoute, Plan, answer, plan_or_none, refusal
+from library_api.http.routes import ROUTE_TEMPLATE_KEY
 
 _MAX_REMEMBERED = 4096
 _UNRESOLVED: Any = object()
@@ -39,6 +42,7 @@ class FastPathDispatch(BaseRoute):
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
         self._routes = routes
         self._contexts: tuple[tuple[RouteContext, Plan | None], ...] | None = None
+        self._by_template: dict[tuple[str, str], _Target | None] | None = None
         self._remembered: dict[tuple[str, str], _Target | None] = {}
 
     def _table(self) -> tuple[tuple[RouteContext, Plan | None], ...]:
@@ -56,7 +60,22 @@ class FastPathDispatch(BaseRoute):
             self._contexts = tuple(table)
         return self._contexts
 
+    def _templates(self) -> dict[tuple[str, str], _Target | None]:
+        """The route FastAPI picks for a method and route template: the first in order (fast or not)."""
+        if self._by_template is None:
+            found: dict[tuple[str, str], _Target | None] = {}
+            for context, fast in self._table():
+                template = context.path_format
+                for method in context.methods or ():
+                    if template and (method, template) not in found:
+                        found[(method, template)] = None if fast is None else (context, fast)
+            self._by_template = found
+        return self._by_template
+
     def _target(self, scope: Scope) -> _Target | None:
+        template = scope.get(ROUTE_TEMPLATE_KEY)
+        if template is not None:  # resolved by the edge middleware as the router will resolve it
+            return self._templates().get((scope["method"], template))
         key = (scope["method"], scope["path"])
         found = self._remembered.get(key, _UNRESOLVED)
         if found is _UNRESOLVED:
