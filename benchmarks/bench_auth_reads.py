@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchmarks._harness import ROOT, Process, WrkResult, free_port, median_result, start, wrk
+from benchmarks._harness import ROOT, Process, free_port, measured, median_result, start, wrk
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PASSWORD = "benchmark-password-1"
@@ -73,23 +72,6 @@ def start_service(database: str, event_loop: str, workdir: Path, log_name: str) 
     port = free_port()
     command = [sys.executable, "-m", "library_api", "serve", "--port", str(port)]
     return start(command, port, env, cwd=workdir, log=workdir / log_name)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def measured(
-    process: Process, url: str, connections: int, duration: float, headers: dict[str, str]
-) -> tuple[WrkResult, float]:
-    """A wrk run and the server's CPU microseconds per request during it."""
-    before = cpu_seconds(process.popen.pid)
-    result = wrk(url, connections=connections, duration=duration, headers=headers)
-    spent = cpu_seconds(process.popen.pid) - before
-    requests = max(1.0, result.requests_per_second * duration)
-    return result, spent / requests * 1e6
 
 
 def prepare_reader(base_url: str) -> tuple[dict[str, str], int]:

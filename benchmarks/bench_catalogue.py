@@ -4,13 +4,15 @@
 
 Starts ``library-api serve`` (Uvicorn, one worker, the sample catalogue) and the bare app, then drives
 ``GET /api/v1/books/{id}`` and ``GET /api/v1/books?limit=20`` on both with wrk (64 connections), alternating
-rounds, and prints requests/s, p50 and p99 and the ratio to the bare app.
+rounds, and prints requests/s, p50 and p99 and the ratio to the bare app, with each server's CPU time per
+request (read from ``/proc`` around each wrk run) and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import uuid
@@ -19,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchmarks._harness import ROOT, free_port, median_result, start, wrk
+from benchmarks._harness import ROOT, free_port, measured, median_result, start
 
 ROUTES = {"book": "/api/v1/books/{id}", "list": "/api/v1/books?limit=20"}
 
@@ -83,16 +85,23 @@ def main() -> None:
             )
             bare.wait_ready(path)
             assert httpx.get(bare.base_url + path).content == bodies[name]
-            ours, theirs = [], []
+            ours, theirs, our_cpu, their_cpu = [], [], [], []
             for _ in range(args.rounds):
-                ours.append(wrk(service.base_url + path, connections=args.connections, duration=args.duration))
-                theirs.append(wrk(bare.base_url + path, connections=args.connections, duration=args.duration))
+                result, cpu = measured(service, service.base_url + path, args.connections, args.duration)
+                ours.append(result)
+                our_cpu.append(cpu)
+                result, cpu = measured(bare, bare.base_url + path, args.connections, args.duration)
+                theirs.append(result)
+                their_cpu.append(cpu)
             o, t = median_result(ours), median_result(theirs)
+            oc, tc = statistics.median(our_cpu), statistics.median(their_cpu)
             print(
                 f"GET {ROUTES[name]:<24} service {o.requests_per_second:8.0f} req/s p50 {o.p50_ms:6.2f} ms "
                 f"p99 {o.p99_ms:6.2f} ms | bare {t.requests_per_second:8.0f} req/s p50 {t.p50_ms:6.2f} ms "
-                f"p99 {t.p99_ms:6.2f} ms | ratio {o.requests_per_second / t.requests_per_second:.2f} "
-                f"| errors {o.non_2xx + o.socket_errors}"
+                f"p99 {t.p99_ms:6.2f} ms | ratio {o.requests_per_second / t.requests_per_second:.3f} "
+                f"| errors {o.non_2xx + o.socket_errors} "
+                f"| CPU/req service {oc:5.0f} us bare {tc:5.0f} us ratio {tc / oc:.3f}",
+                flush=True,
             )
     finally:
         service.stop()

@@ -38,6 +38,7 @@ from library_api.db import migrate
 from library_api.db.engine import Database, attach_replica, create_database
 from library_api.dependencies.context import AppContext
 from library_api.events import EventBus
+from library_api.http.fast_dispatch import install_fast_path
 from library_api.http.links import add_links
 from library_api.http.networks import Networks
 from library_api.http.problems import install_problem_handlers
@@ -296,6 +297,26 @@ async def prepare_embedded_database(context: AppContext) -> None:
             logger.info("loaded the sample catalogue into the empty database: %d books", added)
 
 
+async def start_background_work(context: AppContext) -> None:
+    """Start the worker's background tasks, each after what it depends on (the hub before the relay feeding it)."""
+    await context.health.begin_startup()
+    await context.hub.start()
+    await context.relay.start()
+    context.credentials.start()
+    await context.notifier.start()
+    context.password_resets.start()
+
+
+async def stop_background_work(context: AppContext) -> None:
+    """Stop the background tasks: the relay before the hub, so nothing is published into a stopped hub."""
+    await context.credentials.stop()
+    await context.relay.stop()
+    await context.hub.stop()
+    await context.password_resets.stop()
+    await context.notifier.stop()
+    await context.health.stop()
+
+
 def create_app(settings: Settings, *, database: Database | None = None) -> FastAPI:
     """Build the application. ``database`` lets a caller (tests) supply one it owns and will close itself."""
     database = database or create_database(settings)
@@ -314,24 +335,14 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
             )
         if settings.metrics_enabled:
             context.metrics.instrument(*database.engines)
-        await context.health.begin_startup()
-        await context.hub.start()
-        await context.relay.start()
-        context.credentials.start()
-        await context.notifier.start()
-        context.password_resets.start()
+        await start_background_work(context)
         # Everything built so far (modules, routes, compiled schemas) lives as long as the process; moving it out
         # of the collector's generations spares every later full collection from walking it again.
         gc.freeze()
         try:
             yield
         finally:
-            await context.credentials.stop()
-            await context.relay.stop()
-            await context.hub.stop()
-            await context.password_resets.stop()
-            await context.notifier.stop()
-            await context.health.stop()
+            await stop_background_work(context)
             context.metrics.release(*database.engines)
             if context.redis is not None:
                 await context.redis.close()
@@ -368,6 +379,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
         app.include_router(metrics_router)
     app.include_router(websocket_router)
     app.include_router(web_router)
+    install_fast_path(app.router.routes)
 
     install_middleware(app, context)
     return app

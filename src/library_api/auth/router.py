@@ -16,7 +16,7 @@ from library_api.auth.schemas import (
 )
 from library_api.dependencies import ContextDep, SessionDep
 from library_api.dependencies.permissions import CurrentPrincipal, public, require
-from library_api.http.lean import LeanRoute
+from library_api.http.fast_path import FastPathRoute, fast_path
 from library_api.http.links import Link
 from library_api.http.problems import Forbidden
 from library_api.http.request_origin import client_address
@@ -25,7 +25,7 @@ from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.users.schemas import UserCreate, UserOut, UserSelfUpdate
 
-router = APIRouter(prefix="/auth", tags=["auth"], route_class=LeanRoute)
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=FastPathRoute)
 
 SignedIn = Annotated[Principal, require(Permission.ACCOUNT_SELF)]
 
@@ -115,6 +115,7 @@ async def logout_all(principal: SignedIn, session: SessionDep, ctx: ContextDep) 
     await ctx.users.end_all_sessions(session, _user_id(principal))
 
 
+@fast_path
 @router.get("/me", responses=problems(401, 403), summary="The caller's account")
 async def me(principal: SignedIn, ctx: ContextDep) -> UserOut:
     """The account behind the access token."""
@@ -174,6 +175,7 @@ async def confirm_password_reset(body: PasswordResetConfirm, session: SessionDep
     await ctx.password_resets.confirm(session, body.token, body.password)
 
 
+@fast_path
 @router.get("/principal", dependencies=[public()], summary="Who the service takes the caller to be")
 async def principal(caller: CurrentPrincipal) -> PrincipalOut:
     """The caller's identity and known roles, whatever proved them (token, client certificate, or none).

@@ -15,14 +15,14 @@ from library_api.books.repository import Window
 from library_api.books.router import LIST_OK, Cursor, Offset
 from library_api.dependencies import ContextDep, SessionDep
 from library_api.dependencies.permissions import require
-from library_api.http.lean import LeanRoute
+from library_api.http.fast_path import FastPathRoute, fast_path
 from library_api.http.links import Link
 from library_api.http.responses import problems
 from library_api.idempotency.store import KEY_PATTERN, StoredAnswer
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 
-router = APIRouter(prefix="/bookings", tags=["bookings"], route_class=LeanRoute)
+router = APIRouter(prefix="/bookings", tags=["bookings"], route_class=FastPathRoute)
 
 BookingId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 Booker = Annotated[Principal, require(Permission.BOOKINGS_CREATE)]
@@ -81,6 +81,7 @@ async def create_booking(
     return result
 
 
+@fast_path
 @router.get("", responses={200: LIST_OK, **problems(400, 401, 403, 422)}, summary="List bookings")
 async def list_bookings(
     request: Request,
@@ -107,6 +108,7 @@ async def list_bookings(
     return page
 
 
+@fast_path
 @router.get("/{booking_id}", responses=problems(401, 403, 404, 422), summary="One booking")
 async def get_booking(booking_id: BookingId, principal: Viewer, ctx: ContextDep) -> BookingOut:
     """A booking of the caller's (or anyone's, for librarians); others' are reported as not found."""

@@ -74,6 +74,14 @@ _VIEW_COLUMNS = (
 _ANY_BOOKING = HotRead(select(*_VIEW_COLUMNS).where(Booking.id == bindparam("booking_id")))
 _OWN_BOOKING = HotRead(_ANY_BOOKING.statement.where(Booking.user_id == bindparam("user_id")))
 _OWNED = Booking.user_id == bindparam("user_id")
+_OWN_COUNT = HotRead(
+    select(
+        capped_count(
+            select(literal_column("1")).select_from(Booking).where(_OWNED),
+            bindparam("count_limit", type_=Integer),
+        ).label("total")
+    )
+)
 _OWN_PAGE = HotRead(
     select(
         *_VIEW_COLUMNS,
@@ -182,34 +190,25 @@ class BookingService:
         """
         sees_all = principal.can(Permission.BOOKINGS_READ_ANY)
         before = _PAST_EVERY_ID if window.cursor is None else decode_cursor(window.cursor, CURSOR_SORT, (int,))[0]
-        conditions = self._conditions(principal, filters, sees_all=sees_all)
-        matches: Select[*tuple[Any, ...]] = select(literal_column("1")).select_from(Booking).where(*conditions)
-        counted = capped_count(matches, window.total_cap + 1)
-        rows: Sequence[Mapping[Any, Any]]
         if not sees_all and filters == BookingFilters():
+            count_limit = window.total_cap + 1
             parameters = {
                 "user_id": self._owner(principal),
                 "before": before,
-                "count_limit": window.total_cap + 1,
+                "count_limit": count_limit,
                 "limit": window.limit + 1,
                 "offset": window.offset,
             }
             rows = await _OWN_PAGE.fetch(database, parameters)
+            if rows:
+                count = rows[0]["total"]
+            else:  # an empty page has no row to carry the count
+                counts = await _OWN_COUNT.fetch(
+                    database, {"user_id": parameters["user_id"], "count_limit": count_limit}
+                )
+                count = counts[0]["total"]
         else:
-            statement = (
-                select(*_VIEW_COLUMNS, counted.label("total"))
-                .where(*conditions, Booking.id < before)
-                .order_by(Booking.id.desc())
-                .limit(window.limit + 1)
-                .offset(window.offset)
-            )
-            async with database.read_connection() as connection:
-                rows = (await connection.execute(statement)).mappings().all()
-        if rows:
-            count = rows[0]["total"]
-        else:  # an empty page has no row to carry the count
-            async with database.read_connection() as connection:
-                count = (await connection.execute(select(counted))).scalar_one()
+            rows, count = await self._filtered_page(database, principal, filters, window, before, sees_all=sees_all)
         total, relation = total_of(count, window.total_cap)
         more = len(rows) > window.limit
         items = [present_row(row) for row in rows[: window.limit]]
@@ -221,6 +220,34 @@ class BookingService:
             total_relation=relation,
             next_cursor=encode_cursor(CURSOR_SORT, (items[-1].id,)) if more else None,
         )
+
+    async def _filtered_page(
+        self,
+        database: Database,
+        principal: Principal,
+        filters: BookingFilters,
+        window: Window,
+        before: int,
+        *,
+        sees_all: bool,
+    ) -> tuple[Sequence[Mapping[Any, Any]], int]:
+        """A page and its capped count for a librarian's list or a filtered one, built for the filters given."""
+        conditions = self._conditions(principal, filters, sees_all=sees_all)
+        matches: Select[*tuple[Any, ...]] = select(literal_column("1")).select_from(Booking).where(*conditions)
+        counted = capped_count(matches, window.total_cap + 1)
+        statement = (
+            select(*_VIEW_COLUMNS, counted.label("total"))
+            .where(*conditions, Booking.id < before)
+            .order_by(Booking.id.desc())
+            .limit(window.limit + 1)
+            .offset(window.offset)
+        )
+        async with database.read_connection() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+            if rows:
+                return rows, rows[0]["total"]
+        async with database.read_connection() as connection:  # an empty page has no row to carry the count
+            return rows, (await connection.execute(select(counted))).scalar_one()
 
     def _conditions(
         self, principal: Principal, filters: BookingFilters, *, sees_all: bool

@@ -19,13 +19,13 @@ from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, B
 from library_api.dependencies import ContextDep, ReadSessionDep, SessionDep
 from library_api.dependencies.permissions import require
 from library_api.http.conditional import conditional_response
-from library_api.http.lean import LeanRoute
+from library_api.http.fast_path import FastPathRoute, fast_path
 from library_api.http.links import Link
 from library_api.http.problems import ContentTooLarge, NotFound, UnsupportedMediaType
 from library_api.http.responses import problems
 from library_api.security.permissions import Permission
 
-router = APIRouter(prefix="/books", tags=["books"], route_class=LeanRoute)
+router = APIRouter(prefix="/books", tags=["books"], route_class=FastPathRoute)
 
 BookId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 NOT_MODIFIED = {"description": "The client's copy (its `If-None-Match`) is current"}
@@ -141,6 +141,7 @@ async def create_book(body: BookCreate, session: SessionDep, ctx: ContextDep) ->
     return await ctx.books.create(session, body)
 
 
+@fast_path
 @router.get(
     "/{book_id}",
     dependencies=[Reader],

@@ -27,7 +27,6 @@ from starlette.websockets import WebSocketDisconnect
 from library_api.dependencies import ContextDep
 from library_api.dependencies.context import AppContext, get_context
 from library_api.dependencies.permissions import PERMISSION_ATTRIBUTE, require
-from library_api.http.lean import LeanRoute
 from library_api.http.problems import InvalidInput, ServiceUnavailable, Unauthorized, problem_response
 from library_api.http.responses import problems
 from library_api.realtime.admission import (
@@ -69,7 +68,7 @@ logger = logging.getLogger("library_api.realtime")
 router = APIRouter()
 """The WebSocket route, mounted at the root (``/ws/{client_id}``)."""
 
-api_router = APIRouter(tags=["live events"], route_class=LeanRoute)
+api_router = APIRouter(tags=["live events"])
 """HTTP routes of live events, mounted under the API prefix."""
 
 SUBPROTOCOL = "library-api.v1"

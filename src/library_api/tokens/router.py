@@ -9,14 +9,13 @@ from fastapi import APIRouter, Path, status
 
 from library_api.dependencies import ContextDep, ReadSessionDep, SessionDep
 from library_api.dependencies.permissions import require
-from library_api.http.lean import LeanRoute
 from library_api.http.responses import problems
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.tokens.models import ApiToken
 from library_api.tokens.schemas import ApiTokenCreate, ApiTokenIssued, ApiTokenOut
 
-router = APIRouter(prefix="/tokens", tags=["tokens"], route_class=LeanRoute)
+router = APIRouter(prefix="/tokens", tags=["tokens"])
 
 Manager = Annotated[Principal, require(Permission.TOKENS_MANAGE)]
 TokenId = Annotated[int, Path(ge=1, le=2**31 - 1)]

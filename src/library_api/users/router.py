@@ -8,14 +8,13 @@ from fastapi import APIRouter, Path, Query
 
 from library_api.dependencies import ContextDep, ReadSessionDep, SessionDep
 from library_api.dependencies.permissions import require
-from library_api.http.lean import LeanRoute
 from library_api.http.links import Link
 from library_api.http.responses import problems
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.users.schemas import UserAdminUpdate, UserOut, UserPage
 
-router = APIRouter(prefix="/users", tags=["users"], route_class=LeanRoute)
+router = APIRouter(prefix="/users", tags=["users"])
 
 Manager = Annotated[Principal, require(Permission.USERS_MANAGE)]
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]
