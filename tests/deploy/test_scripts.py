@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.support import DEPLOY, run, tool
-from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, free_port, require_postgres
+from tests.support.ports import refused_port
+from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 SCRIPTS = sorted(DEPLOY.glob("*.sh"))
 
@@ -58,7 +59,7 @@ def test_deploy_without_a_command_prints_its_usage() -> None:
 
 
 def test_deploy_health_fails_clearly_when_nothing_answers() -> None:
-    port = free_port()
+    port = refused_port()
     result = shell(
         DEPLOY / "deploy.sh", "health", env=script_env(HEALTH_BASE_URL=f"http://127.0.0.1:{port}", HEALTH_TIMEOUT="2")
     )

@@ -12,7 +12,7 @@ from library_api.realtime.hub import Hub
 from library_api.realtime.redis_broker import RedisBroker
 from tests.conftest import fast_settings
 from tests.support.live import wait_until
-from tests.support.services import free_port
+from tests.support.ports import refused_port
 
 
 def book_event(book_id: int) -> DomainEvent:
@@ -48,7 +48,7 @@ async def test_events_without_a_public_topic_are_not_queued() -> None:
 async def test_events_wait_for_an_unreachable_broker_and_stopping_says_what_was_lost(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", "nowhere", 10, block_ms=100)
+    broker = RedisBroker(f"redis://127.0.0.1:{refused_port()}/0", "nowhere", 10, block_ms=100)
     hub = Hub(fast_settings(broadcast_interval=0), broker, flush_timeout=0.5)
     caplog.set_level(logging.INFO, logger="library_api.realtime")
     await hub.start()

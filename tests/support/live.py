@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.services import free_port
+from tests.support.ports import listening_socket, port_of
 
 
 class QuietServer(uvicorn.Server):
@@ -47,21 +47,22 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def serve_in_loop(app: FastAPI, **options: Any) -> AsyncIterator[Live]:
-    """Run ``app`` under Uvicorn on a free loopback port inside this event loop until the block ends."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws_per_message_deflate=False, **options
-    )
-    server = QuietServer(config)
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started or task.done(), within=15, what="the server to start")
-    if task.done():
-        task.result()
-    try:
-        yield Live(port=port, server=server)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
+    """Run ``app`` under Uvicorn on a loopback port of its own inside this event loop until the block ends.
+
+    The server serves on a socket bound here (port 0), so the port is known at once and no one else can take it.
+    """
+    with listening_socket() as listener:
+        config = uvicorn.Config(app, log_config=None, lifespan="on", ws_per_message_deflate=False, **options)
+        server = QuietServer(config)
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        await wait_until(lambda: server.started or task.done(), within=15, what="the server to start")
+        if task.done():
+            task.result()
+        try:
+            yield Live(port=port_of(listener), server=server)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, timeout=30)
 
 
 async def wait_until(condition: Callable[[], bool], *, within: float, what: str, interval: float = 0.02) -> None:

@@ -1,4 +1,8 @@
-"""``library-api serve`` as a real process on a free loopback port, with its log captured for inspection."""
+"""``library-api serve`` as a real process on a loopback port of its own, with its log captured for inspection.
+
+The port is a listening socket bound here and handed down (``serve --fd``): it is known before the process
+starts, nothing else can take it, and the readiness probe can only be answered by this server.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from typing import Any
 import httpx
 
 from tests.support.cli import invoke
+from tests.support.ports import listening_socket, port_of
 from tests.support.private_services import wait_for
-from tests.support.services import free_port
 
 CLI = Path(sys.executable).with_name("library-api")
 
@@ -24,8 +28,9 @@ CLI = Path(sys.executable).with_name("library-api")
 class LiveServer:
     """One ``serve`` process; ``env`` holds its settings (as the environment of a deployment would)."""
 
-    def __init__(self, env: Mapping[str, str], *, workers: int = 1, port: int | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
+        self.listener = listening_socket()
+        self.port = port_of(self.listener)
         self.workers = workers
         self.directory = Path(tempfile.mkdtemp(prefix="library-live-"))
         self.log_path = self.directory / "server.log"
@@ -43,12 +48,15 @@ class LiveServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def start(self, *, wait: str = "/health", timeout: float = 60) -> LiveServer:
-        """Start the process and wait until ``wait`` answers 200."""
+        """Start the process and wait until ``wait`` answers 200 (again on the same port after a :meth:`stop`)."""
+        if self.listener.fileno() == -1:  # handed to an earlier process, which has let go of the port
+            self.listener = listening_socket(port=self.port)
+        fd = self.listener.fileno()
         command = [str(CLI), "--env-file", str(self.directory / "none.env"), "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
-        with self.log_path.open("ab") as log:
+        command += ["--fd", str(fd), "--workers", str(self.workers)]
+        with self.log_path.open("ab") as log, self.listener:
             self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, pass_fds=(fd,)
             )
         wait_for(lambda: self._answers(wait), timeout, f"the server to answer {wait}", interval=0.1)
         return self
@@ -72,6 +80,7 @@ class LiveServer:
         Uvicorn re-raises the signal it caught once shutdown is complete, so a clean single-process exit is
         "killed by SIGTERM" after "Application shutdown complete"; a supervisor of workers exits with 0.
         """
+        self.listener.close()  # a server stopped before it started: the port is let go of here
         if self.process is None:
             return True
         if self.process.poll() is None:

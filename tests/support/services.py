@@ -41,10 +41,3 @@ def require_redis() -> None:
     host, _, port = REDIS_URL.split("//")[1].split("/")[0].rpartition(":")
     if not port_open(host or "127.0.0.1", int(port or 6379)):
         unavailable(f"Redis is not reachable at {REDIS_URL}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
