@@ -27,6 +27,26 @@ from tests.support.services import require_postgres
 
 BACKENDS = ["sqlite", "postgresql"]
 
+FIGURES_PROPERTY = "reliability figures"
+"""The ``user_properties`` name under which tests report figures for the summary (``tests/reliability``)."""
+_collected_figures: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect reported figures from every test's last report, whether it ran here or in an xdist worker."""
+    if report.when != "teardown":
+        return
+    for name, value in report.user_properties:
+        if name == FIGURES_PROPERTY:
+            _collected_figures.append(f"{report.nodeid}: {value}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if _collected_figures:
+        terminalreporter.section(FIGURES_PROPERTY)
+        for line in _collected_figures:
+            terminalreporter.write_line(line)
+
 
 def fast_settings(**values: object) -> Settings:
     """Settings for tests: cheap (but real argon2id) hashing and everything else at its default."""
