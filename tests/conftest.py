@@ -41,6 +41,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             _collected_figures.append(f"{report.nodeid}: {value}")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, hand out the tests that start processes (``e2e``, ``slow``) before the quick in-process ones.
+
+    Workers take tests in collection order (groups of ``xdist_group`` first, largest first); a slow test left for
+    the end would keep one worker busy while the others idle, whereas quick tests fill the gaps evenly. Every
+    worker sorts the same way, so their collections stay identical; a run without xdist keeps the file order.
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") or item.get_closest_marker("slow") else 1)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if _collected_figures:
         terminalreporter.section(FIGURES_PROPERTY)

@@ -29,7 +29,8 @@ from tests.deploy.support import DEPLOY, run, tool
 from tests.support.measure import unmeasured
 from tests.support.ports import listening_socket, port_of, refused_port
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("nginx")]
 
 COVER_NAME = "0123456789abcdef0123456789abcdef.png"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.support import DEPLOY, run, tool
+from tests.support.measure import unmeasured
 from tests.support.ports import refused_port
 from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
@@ -39,7 +40,8 @@ def test_shellcheck_catches_a_bad_script(tmp_path: Path) -> None:
 
 
 def script_env(**values: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_", "BACKUP_"))}
+    """The scripts' environment; the commands they run are measured by their own tests, not here."""
+    env = {key: value for key, value in unmeasured().items() if not key.startswith(("HEALTH_", "DEPLOY_", "BACKUP_"))}
     env.update(values)
     return env
 

@@ -48,6 +48,7 @@ from tests.deploy.support import (
     tool,
 )
 from tests.support.factories import unique_email, unique_isbn
+from tests.support.measure import unmeasured
 from tests.support.ports import listening_socket, port_of
 from tests.support.services import (
     POSTGRES_HOST,
@@ -57,7 +58,15 @@ from tests.support.services import (
     require_redis,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("deploy-stack"),
+    pytest.mark.timeout(180),  # the first test sets the whole stack up; the drain test starts a second Gunicorn
+]
 
 PASSWORD = "correct-horse-battery-staple"
 SHUTDOWN_TIMEOUT = 10
@@ -98,7 +107,7 @@ class Stack:
 def cli(env: dict[str, str], *arguments: str, cwd: Path) -> str:
     result = subprocess.run(
         [str(VENV_BIN / "library-api"), *arguments],
-        env=env,
+        env=unmeasured(env),  # the commands are measured in tests/cli; here they only set the stack up
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -130,7 +139,9 @@ def gunicorn(env: dict[str, str], listener: socket.socket, work: Path) -> Iterat
     port = port_of(listener)
     command = [str(VENV_BIN / "gunicorn"), "--config", str(DEPLOY / "gunicorn.conf.py")]
     command += ["--bind", f"fd://{listener.fileno()}"]
-    process_env = {**env, "PORT": str(port), "WEB_CONCURRENCY": "2"}
+    # What the stack runs is measured by the tests of each part (tests/server, tests/deploy/test_gunicorn_conf.py);
+    # unmeasured, the service runs here as it does in production.
+    process_env = unmeasured({**env, "PORT": str(port), "WEB_CONCURRENCY": "2"})
     log = work / f"gunicorn-{port}.log"
     with listener, running(command, log=log, env=process_env, cwd=work, pass_fds=(listener.fileno(),)) as process:
         listener.close()

@@ -33,7 +33,9 @@ from tests.reliability.conftest import Record
 from tests.support.factories import PASSWORD
 from tests.support.live_server import LiveServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+# A fuzzing run per role, the first one after the server's set-up: longer than the default per-test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("contract"), pytest.mark.timeout(180)]
 
 ROLES = ("reader", "librarian", "admin")
 CALLERS = ("anonymous", "reader", "revoked-reader", "librarian", "admin")
@@ -47,7 +49,8 @@ def account(role: str) -> str:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    live = LiveServer({"RATE_LIMIT_ENABLED": "false"})
+    # The fuzzer's thousands of requests run code the in-process tests measure already; unmeasured, they run faster.
+    live = LiveServer({"RATE_LIMIT_ENABLED": "false"}, measured=False)
     live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'contract.db'}"
     assert live.run_cli("migrate").returncode == 0
     for role in (*ROLES, "revoked-reader"):

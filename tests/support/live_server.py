@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from tests.support.cli import invoke
+from tests.support.measure import unmeasured
 from tests.support.ports import listening_socket, port_of
 from tests.support.private_services import wait_for
 
@@ -26,9 +27,12 @@ CLI = Path(sys.executable).with_name("library-api")
 
 
 class LiveServer:
-    """One ``serve`` process; ``env`` holds its settings (as the environment of a deployment would)."""
+    """One ``serve`` process; ``env`` holds its settings (as the environment of a deployment would).
 
-    def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
+    ``measured=False``: coverage does not measure the process (see :func:`tests.support.processes.start_server`).
+    """
+
+    def __init__(self, env: Mapping[str, str], *, workers: int = 1, measured: bool = True) -> None:
         self.listener = listening_socket()
         self.port = port_of(self.listener)
         self.workers = workers
@@ -44,6 +48,8 @@ class LiveServer:
             "UPLOAD_DIR": str(self.directory / "uploads"),
             **env,
         }
+        if not measured:  # only serves a client under test; what it runs is covered elsewhere (tests.support.measure)
+            self.env = unmeasured(self.env)
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
 

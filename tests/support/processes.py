@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.measure import unmeasured
 from tests.support.ports import listening_socket, port_of
 
 TEST_ENVIRONMENT = {
@@ -104,16 +105,21 @@ def start_server(
     env: Mapping[str, str] | None = None,
     scheme: str = "http",
     bind_itself: bool = False,
+    measured: bool = True,
 ) -> ServerProcess:
     """Start ``library-api serve`` on a socket of its own with ``directory`` as its working directory.
 
     ``bind_itself`` (implied by ``--reload``): the server binds port 0 on 127.0.0.1 and reports the port it got.
+    ``measured=False``: coverage does not measure the server, for tests that use it only to serve traffic to a
+    client under test, when what it runs is covered elsewhere (``tests.support.measure``).
     """
     if bind_itself or "--reload" in args:
-        return _start(database_url, directory, ("--host", "127.0.0.1", "--port", "0", *args), env, scheme, None)
+        arguments = ("--host", "127.0.0.1", "--port", "0", *args)
+        return _start(database_url, directory, arguments, env, scheme, None, measured=measured)
     with listening_socket() as listener:
         # The child holds the socket once started; this copy is closed, so the port closes when the child is gone.
-        return _start(database_url, directory, ("--fd", str(listener.fileno()), *args), env, scheme, listener)
+        arguments = ("--fd", str(listener.fileno()), *args)
+        return _start(database_url, directory, arguments, env, scheme, listener, measured=measured)
 
 
 def _start(
@@ -123,11 +129,15 @@ def _start(
     env: Mapping[str, str] | None,
     scheme: str,
     listener: socket.socket | None,
+    *,
+    measured: bool,
 ) -> ServerProcess:
     port = port_of(listener) if listener is not None else 0
     environment = {**os.environ, **TEST_ENVIRONMENT, "DATABASE_URL": database_url, "UPLOAD_DIR": str(directory / "up")}
     environment.pop("LIBRARY_API_OVERRIDES", None)
     environment.update(env or {})
+    if not measured:
+        environment = unmeasured(environment)
     log_path = directory / f"server-{port or uuid.uuid4().hex[:8]}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
