@@ -1,7 +1,8 @@
 """Sum test durations per top-level test directory, to see which layer of the suite the time goes to.
 
 Input is either pytest's JUnit XML report (``pytest --junitxml=FILE``: one time per test, setup and teardown
-included) or the text of ``pytest --durations=0`` (one line per phase: ``1.23s call tests/x/test_y.py::test``).
+included) or the text of ``pytest --durations=0`` (one line per phase: ``1.23s call tests/x/test_y.py::test``;
+pytest leaves out phases under 5 ms unless run with ``-vv``, so the JUnit report gives the true test counts).
 Under xdist the figures are test time summed over all workers, not wall time: with N workers the wall time
 of a layer is at best its sum divided by N. docs/testing.md ("Where the time goes") gives the commands.
 
