@@ -47,7 +47,7 @@ def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     runs, so the parent may close its own copy once the child has started. ``port`` binds a given port again
     (a server restarted where its clients expect it), which fails if anything else took it meanwhile.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = _tcp_socket()
     if port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old connections' TIME_WAIT is no owner
     sock.bind((host, port))
@@ -63,9 +63,19 @@ def port_of(sock: socket.socket) -> int:
 def reserved_socket() -> socket.socket:
     """A TCP socket bound to a loopback port the kernel chose, not listening: connections to it are refused until
     it listens, and nothing else can bind the port meanwhile (an in-process server that starts "later")."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = _tcp_socket()
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def _tcp_socket() -> socket.socket:
+    """An IPv4 TCP socket that says it is TCP (``IPPROTO_TCP``, not 0).
+
+    asyncio switches Nagle's algorithm off (``TCP_NODELAY``) only on connections whose socket says so, and an
+    accepted connection inherits the protocol number of the listening socket: an in-process server on a socket
+    made with protocol 0 would hold back small writes (WebSocket frames) until the peer's delayed ACK.
+    """
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
 
 
 def refused_port() -> int:
