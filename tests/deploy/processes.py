@@ -16,10 +16,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,20 +29,8 @@ import httpx
 import trustme
 
 from tests.deploy.support import DEPLOY
+from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import process_listens, said_address_in_use, service_port
-
-
-def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until something accepts connections on 127.0.0.1:``port`` (fail if the process dies first)."""
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process exited with {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def answers(url: str, process: subprocess.Popen[bytes]) -> bool:
@@ -61,14 +47,9 @@ def answers(url: str, process: subprocess.Popen[bytes]) -> bool:
     return True
 
 
-def wait_until(condition: object, timeout: float, message: str) -> None:
-    """Poll ``condition()`` until it is true or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(message)
+def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    """Poll ``condition()`` until it is true or ``timeout`` seconds pass (:func:`tests.support.polling.wait_for`)."""
+    wait_for(condition, timeout, message)
 
 
 @contextmanager
@@ -107,7 +88,12 @@ def running(
 
 @contextmanager
 def on_service_port(
-    command: Callable[[int], list[str]], *, log: Callable[[int], Path], what: str, attempts: int = 5
+    command: Callable[[int], list[str]],
+    *,
+    log: Callable[[int], Path],
+    what: str,
+    env: Mapping[str, str] | None = None,
+    attempts: int = 5,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A server that cannot inherit a socket (Prometheus, an exporter) and its port, from this worker's range.
 
@@ -116,7 +102,7 @@ def on_service_port(
     """
     for _ in range(attempts):
         port = service_port()
-        with running(command(port), log=log(port)) as process:
+        with running(command(port), log=log(port), env=env) as process:
             if process_listens(process, port, 30, what):
                 yield process, port
                 return
@@ -126,19 +112,8 @@ def on_service_port(
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], within: float) -> None:
-    """Wait until ``url`` answers 200 from a server on an inherited socket (connections queue until it accepts)."""
-    deadline = time.monotonic() + within
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode} before {url} answered 200")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not answer 200 within {within:.0f} s")
-        time.sleep(0.1)
+    """Wait until ``url`` answers 200 from ``process`` itself (:func:`tests.support.polling.wait_answering`)."""
+    wait_answering(url, process, within)
 
 
 def substitute(text: str, old: str, new: str) -> str:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.polling import wait_until
 from tests.support.ports import listening_socket, port_of
 
 
@@ -63,15 +64,6 @@ async def serve_in_loop(app: FastAPI, **options: Any) -> AsyncIterator[Live]:
         finally:
             server.should_exit = True
             await asyncio.wait_for(task, timeout=30)
-
-
-async def wait_until(condition: Callable[[], bool], *, within: float, what: str, interval: float = 0.02) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` when ``within`` seconds pass first."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def open_client(live: Live, client_id: str, token: str | None = None, **options: Any) -> ClientConnection:

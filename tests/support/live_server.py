@@ -16,12 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.support.cli import invoke
 from tests.support.measure import unmeasured
+from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import listening_socket, port_of
-from tests.support.private_services import wait_for
 
 CLI = Path(sys.executable).with_name("library-api")
 
@@ -64,21 +62,15 @@ class LiveServer:
             self.process = subprocess.Popen(
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, pass_fds=(fd,)
             )
-        wait_for(lambda: self._answers(wait), timeout, f"the server to answer {wait}", interval=0.1)
+        try:
+            wait_answering(self.base_url + wait, self.process, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log_text()[-4000:]}") from None
         return self
 
     def run_cli(self, *arguments: str) -> subprocess.CompletedProcess[str]:
         """Run another ``library-api`` command (``migrate``, ``users create``) with this server's settings."""
         return invoke(["--env-file", str(self.directory / "none.env"), *arguments], self.env)
-
-    def _answers(self, path: str) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
-        try:
-            return httpx.get(self.base_url + path, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def stop(self) -> bool:
         """SIGTERM and wait; whether the server shut down cleanly.

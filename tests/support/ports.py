@@ -89,6 +89,11 @@ def refused_port() -> int:
     return port_of(sock)
 
 
+def in_xdist() -> bool:
+    """Whether this process is an xdist worker."""
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 def worker_index() -> int:
     """This xdist worker's number (``gw3`` is 3); 0 outside xdist."""
     name = os.environ.get("PYTEST_XDIST_WORKER", "")

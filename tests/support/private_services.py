@@ -23,10 +23,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from tests.support.polling import wait_for
 from tests.support.ports import (
     process_listens,
     said_address_in_use,
@@ -55,15 +54,6 @@ def postgres_bin_dir() -> Path:
 
 
 PG_BIN = postgres_bin_dir()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def accepts(port: int) -> bool:

@@ -15,15 +15,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from tests.support.measure import unmeasured
+from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import listening_socket, port_of
 
 TEST_ENVIRONMENT = {
@@ -66,24 +64,13 @@ class ServerProcess:
     def wait_ready(
         self, path: str = "/health/ready", timeout: float = 120.0, verify: ssl.SSLContext | bool = True
     ) -> None:
-        """Poll until ``path`` answers 200, the process dies, or ``timeout`` passes (``verify``: a TLS client)."""
-        deadline = time.monotonic() + timeout
-        last_error = "no attempt"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            if not self._learn_port():
-                time.sleep(0.05)
-                continue
-            try:
-                response = httpx.get(self.base_url + path, timeout=2.0, verify=verify)
-                if response.status_code == 200:
-                    return
-                last_error = f"status {response.status_code}"
-            except httpx.HTTPError as exc:
-                last_error = repr(exc)
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready after {timeout} s ({last_error}):\n{self.log()}")
+        """Wait until ``path`` answers 200 from this very process (``verify``: a TLS client); fail with its log when
+        it exits or ``timeout`` passes first (:func:`tests.support.polling.wait_answering`)."""
+        try:
+            wait_for(self._learn_port, timeout, "the server to report its port")
+            wait_answering(self.base_url + path, self.process, timeout, verify)
+        except AssertionError as exc:
+            raise AssertionError(f"server not ready ({exc}):\n{self.log()}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``sig`` and wait for the exit code."""
