@@ -96,14 +96,12 @@ class Ports:
     postgres: int = 0
     redis: int = 0
     prometheus: int = 0
+    api: int = 0
+    victim: int = 0
 
-    @property
-    def api(self) -> int:
-        return port_of(self.api_listener)
-
-    @property
-    def victim(self) -> int:
-        return port_of(self.victim_listener)
+    def __post_init__(self) -> None:
+        self.api = port_of(self.api_listener)  # kept: the sockets are closed here once their servers hold them
+        self.victim = port_of(self.victim_listener)
 
 
 @dataclass
