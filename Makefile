@@ -11,11 +11,14 @@ UV := $(BOOTSTRAP)/bin/uv
 UV_VERSION := 0.13.9
 # Fixed: neither the environment nor the command line can lower it (scripts/coverage_gate.py refuses below 90 too).
 override COVERAGE_MIN := 90
-# Tests run in parallel (docs/testing.md): PYTEST_WORKERS xdist workers, tests marked with the same xdist_group on
-# one worker. PYTEST_WORKERS=0 runs everything in this one process.
+# Tests run in parallel (docs/testing.md): PYTEST_WORKERS xdist workers, each test module on one worker (its
+# module-scoped servers start once), modules handed out in collection order (tests/conftest.py puts the ones that
+# start processes first). PYTEST_WORKERS=0 runs everything in this one process.
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 PYTEST_LOG := .cache/pytest.log
+# Every test's time, for scripts/durations_by_layer.py (docs/testing.md, "Where the time goes").
+JUNIT_XML := .cache/junit.xml
 # pytest's closing line, with or without -q: "=== 3 passed, 1 skipped in 9.10s ===", "no tests ran in 0.50s"
 SUMMARY_LINE := ^(=+ )?(no tests ran|[0-9]+ [a-z]+(, [0-9]+ [a-z]+)*) in [0-9.]+s( \([0-9:]+\))?( =+)?$$
 
@@ -52,7 +55,8 @@ pytest: install
 	$(VENV)/bin/python -m compileall -q src/library_api
 	$(VENV)/bin/coverage erase
 	@mkdir -p .cache && rm -f $(PYTEST_LOG)
-	set -o pipefail; $(VENV)/bin/coverage run -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) \
+	set -o pipefail; $(VENV)/bin/coverage run -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--junitxml=$(JUNIT_XML) $(PYTEST_ARGS) \
 		2>&1 | tee $(PYTEST_LOG)
 	$(VENV)/bin/coverage combine --quiet
 	$(VENV)/bin/coverage report

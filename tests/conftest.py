@@ -44,9 +44,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist, hand out the tests that start processes (``e2e``, ``slow``) before the quick in-process ones.
 
-    Workers take tests in collection order (groups of ``xdist_group`` first, largest first); a slow test left for
-    the end would keep one worker busy while the others idle, whereas quick tests fill the gaps evenly. Every
-    worker sorts the same way, so their collections stay identical; a run without xdist keeps the file order.
+    ``make test`` hands out whole modules in the order their first test is collected (``--dist loadfile
+    --no-loadscope-reorder``); a slow module left for the end would keep one worker busy while the others idle,
+    whereas quick modules fill the gaps evenly. Every worker sorts the same way, so their collections stay
+    identical; a run without xdist keeps the file order.
     """
     if not hasattr(config, "workerinput"):
         return
