@@ -14,7 +14,7 @@ override COVERAGE_MIN := 90
 # Tests run in parallel (docs/testing.md): PYTEST_WORKERS xdist workers, each test module on one worker (its
 # module-scoped servers start once), modules handed out in collection order (tests/conftest.py puts the ones that
 # start processes first). PYTEST_WORKERS=0 runs everything in this one process.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 PYTEST_LOG := .cache/pytest.log
 # Every test's time, for scripts/durations_by_layer.py (docs/testing.md, "Where the time goes").
