@@ -27,6 +27,39 @@ from tests.support.services import require_postgres
 
 BACKENDS = ["sqlite", "postgresql"]
 
+FIGURES_PROPERTY = "reliability figures"
+"""The ``user_properties`` name under which tests report figures for the summary (``tests/reliability``)."""
+_collected_figures: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect reported figures from every test's last report, whether it ran here or in an xdist worker."""
+    if report.when != "teardown":
+        return
+    for name, value in report.user_properties:
+        if name == FIGURES_PROPERTY:
+            _collected_figures.append(f"{report.nodeid}: {value}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, hand out the tests that start processes (``e2e``, ``slow``) before the quick in-process ones.
+
+    ``make test`` hands out whole modules in the order their first test is collected (``--dist loadfile
+    --no-loadscope-reorder``); a slow module left for the end would keep one worker busy while the others idle,
+    whereas quick modules fill the gaps evenly. Every worker sorts the same way, so their collections stay
+    identical; a run without xdist keeps the file order.
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") or item.get_closest_marker("slow") else 1)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if _collected_figures:
+        terminalreporter.section(FIGURES_PROPERTY)
+        for line in _collected_figures:
+            terminalreporter.write_line(line)
+
 
 def fast_settings(**values: object) -> Settings:
     """Settings for tests: cheap (but real argon2id) hashing and everything else at its default."""

@@ -54,6 +54,7 @@ async def test_fifty_readers_race_for_two_copies_with_a_real_pool(committed_url:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(180)  # a server with two workers, then fifty readers logging in with argon2id
 async def test_fifty_readers_race_against_two_server_processes(committed_url: str, tmp_path: Path) -> None:
     server = start_server(committed_url, tmp_path, args=("--workers", "2"))
     try:

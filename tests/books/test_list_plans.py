@@ -33,7 +33,8 @@ from library_api.security.principal import CredentialKind, Principal
 from tests.conftest import fast_settings
 from tests.support.services import require_postgres
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# One xdist worker runs this module, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.xdist_group("list-plans")]
 
 BOOKS = 50_000
 TABLES = {"books", "bookings"}

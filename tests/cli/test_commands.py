@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from library_api.cli import app
 from tests.support.databases import DatabaseTemplate
+from tests.support.ports import refused_port
 from tests.support.processes import TEST_ENVIRONMENT
-from tests.support.services import free_port, port_open
+from tests.support.services import port_open
 
 runner = CliRunner()
 
@@ -68,7 +69,7 @@ def test_config_file_and_env_file_options(clean_env: Path) -> None:
 
 
 def test_production_without_secret_stops_before_opening_a_port(clean_env: Path) -> None:
-    port = free_port()
+    port = refused_port()
     env = {**os.environ, "ENVIRONMENT": "production", "ALLOW_HTTP_BEHIND_PROXY": "true", "ALLOWED_HOSTS": "localhost"}
     env.pop("SECRET_KEY", None)
     result = subprocess.run(
@@ -130,7 +131,7 @@ def test_seed_reports_a_bad_catalogue_file(clean_env: Path) -> None:
 
 
 def test_migrate_reports_an_unreachable_database(clean_env: Path) -> None:
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{refused_port()}/nothing"
     code, _, err = invoke(["migrate"], {"DATABASE_URL": url})
     assert code == 1 and err.startswith("error: migration failed:")
 

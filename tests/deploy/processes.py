@@ -1,6 +1,10 @@
 """Real processes for the deployment tests: nginx with the repository's configuration, Uvicorn, Gunicorn,
-Prometheus, and a webhook receiver for Alertmanager. Each runs on free loopback ports in a temporary directory and
-is always stopped.
+Prometheus, and a webhook receiver for Alertmanager. Each runs on loopback ports of its own in a temporary
+directory and is always stopped.
+
+Python servers serve on a listening socket the test binds and hands down (``pass_fds``); nginx and Prometheus,
+which cannot inherit one, take ports from this xdist worker's range (:mod:`tests.support.ports`), start again on
+other ports when theirs are taken, and count as started once their own process listens on them.
 
 The nginx configuration is the repository's own, with only the addresses changed to the test's (each
 substitution must match exactly once, so a change in the real file cannot go unnoticed).
@@ -12,54 +16,63 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trustme
 
 from tests.deploy.support import DEPLOY
-from tests.support.services import free_port
+from tests.support.polling import wait_answering, wait_for
+from tests.support.ports import process_listens, said_address_in_use, service_port
 
 
-def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until something accepts connections on 127.0.0.1:``port`` (fail if the process dies first)."""
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process exited with {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+def answers(url: str, process: subprocess.Popen[bytes]) -> bool:
+    """Whether ``url`` answers at all (any status); fails at once if ``process``, which should answer, has exited.
+
+    For a server on an inherited socket, whose connections queue until it accepts: one that answers is this one.
+    """
+    if process.poll() is not None:
+        raise AssertionError(f"the server exited with {process.returncode} before answering {url}")
+    try:
+        httpx.get(url, timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
-def wait_until(condition: object, timeout: float, message: str) -> None:
-    """Poll ``condition()`` until it is true or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(message)
+def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    """Poll ``condition()`` until it is true or ``timeout`` seconds pass (:func:`tests.support.polling.wait_for`)."""
+    wait_for(condition, timeout, message)
 
 
 @contextmanager
 def running(
-    command: list[str], *, log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    command: list[str],
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A process whose output goes to ``log``; terminated (then killed) on the way out."""
+    """A process whose output goes to ``log``; terminated (then killed) on the way out.
+
+    ``pass_fds`` are descriptors the child inherits (a listening socket it serves on).
+    """
     with log.open("wb") as output:
         process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=dict(env) if env else None, cwd=cwd
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env else None,
+            cwd=cwd,
+            pass_fds=tuple(pass_fds),
         )
         try:
             yield process
@@ -71,6 +84,36 @@ def running(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=10)
+
+
+@contextmanager
+def on_service_port(
+    command: Callable[[int], list[str]],
+    *,
+    log: Callable[[int], Path],
+    what: str,
+    env: Mapping[str, str] | None = None,
+    attempts: int = 5,
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A server that cannot inherit a socket (Prometheus, an exporter) and its port, from this worker's range.
+
+    ``command(port)`` is its command line for a port and ``log(port)`` its log file. It counts as started once the
+    process itself listens on the port; when it finds the port taken, it is started again on another.
+    """
+    for _ in range(attempts):
+        port = service_port()
+        with running(command(port), log=log(port), env=env) as process:
+            if process_listens(process, port, 30, what):
+                yield process, port
+                return
+        if not said_address_in_use(log(port)):
+            raise AssertionError(f"{what} exited with {process.returncode}:\n{log(port).read_text(errors='replace')}")
+    raise AssertionError(f"{what} found its port taken {attempts} times")
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], within: float) -> None:
+    """Wait until ``url`` answers 200 from ``process`` itself (:func:`tests.support.polling.wait_answering`)."""
+    wait_answering(url, process, within)
 
 
 def substitute(text: str, old: str, new: str) -> str:
@@ -128,7 +171,7 @@ def prepare_nginx(directory: Path, *, upstream_port: int, client_certificates: b
     """Copy deploy/nginx into ``directory`` with the test's ports, certificates and uploads directory."""
     conf = directory / "conf"
     shutil.copytree(DEPLOY / "nginx", conf)
-    site = NginxSite(directory, free_port(), free_port(), trustme.CA(), trustme.CA())
+    site = NginxSite(directory, service_port(), service_port(), trustme.CA(), trustme.CA())
     server = site.ca.issue_cert("localhost", "127.0.0.1")
     (conf / "certs").mkdir()
     (conf / "certs" / "privkey.pem").write_bytes(server.private_key_pem.bytes())
@@ -161,23 +204,48 @@ def prepare_nginx(directory: Path, *, upstream_port: int, client_certificates: b
     return site
 
 
+def move_site(site: NginxSite) -> None:
+    """Give the site new ports (its old ones were taken by the time nginx started) and rewrite its listen lines."""
+    servers = site.config.parent / "library-api.conf"
+    text = servers.read_text()
+    http_port, https_port = service_port(), service_port()
+    text = substitute(text, f"listen 127.0.0.1:{site.http_port} ", f"listen 127.0.0.1:{http_port} ")
+    text = substitute(text, f"listen 127.0.0.1:{site.https_port} ", f"listen 127.0.0.1:{https_port} ")
+    servers.write_text(text)
+    site.http_port, site.https_port = http_port, https_port
+
+
+def start_nginx(site: NginxSite, log: Path, attempts: int = 5) -> subprocess.Popen[bytes]:
+    """nginx in the foreground, listening on the site's ports (moved to others when those are taken)."""
+    for _ in range(attempts):
+        with log.open("wb") as output:
+            process = subprocess.Popen(site.command(foreground=True), stdout=output, stderr=subprocess.STDOUT)
+        if process_listens(process, site.https_port, 15, "nginx") and process_listens(
+            process, site.http_port, 15, "nginx"
+        ):
+            return process
+        process.wait(timeout=10)
+        if not said_address_in_use(log):
+            raise AssertionError(f"nginx exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        move_site(site)
+    raise AssertionError(f"nginx found its ports taken {attempts} times")
+
+
 @contextmanager
 def nginx_running(site: NginxSite) -> Iterator[subprocess.Popen[bytes]]:
     """nginx in the foreground on the site's ports; stopped gracefully (SIGQUIT) on the way out."""
     log = site.prefix / "nginx.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(site.command(foreground=True), stdout=output, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(site.https_port, time.monotonic() + 15, process)
-            yield process
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGQUIT)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+    process = start_nginx(site, log)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGQUIT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
 
 @dataclass

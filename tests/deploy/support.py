@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from library_api.config import Settings
+from tests.support.measure import unmeasured
 from tests.support.services import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,9 +198,18 @@ def tool(name: str) -> str:
 
 
 def run(*command: str | Path, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a command, capturing its output as text (never raising on a non-zero exit)."""
+    """Run a tool (a linter, a validator, nginx -t), capturing its output as text (never raising on a non-zero exit).
+
+    Tools run none of the service's code, so coverage does not measure them (``tests.support.measure``).
+    """
     return subprocess.run(
-        [str(part) for part in command], capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+        env=unmeasured(),
     )
 
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ import psutil
 import pytest
 
 from library_api.server.gunicorn_settings import available_cores
-from tests.deploy.processes import running, wait_for_port, wait_until
+from tests.deploy.processes import running, wait_ready, wait_until
 from tests.deploy.support import DEPLOY, VENV_BIN, resolve_gunicorn_configs
-from tests.support.services import free_port
+from tests.support.measure import unmeasured
+from tests.support.ports import listening_socket, port_of
 
 CONTROLLED = {
     "WEB_CONCURRENCY",
@@ -175,7 +175,8 @@ def children(pid: int) -> list[int]:
 
 def test_gunicorn_runs_two_workers_and_keeps_the_metrics_directory_clean(tmp_path: Path) -> None:
     """Real Gunicorn with this configuration: stale files go at start, a dead worker's live gauges go with it."""
-    port = free_port()
+    listener = listening_socket()
+    port = port_of(listener)
     metrics = tmp_path / "prometheus"
     metrics.mkdir()
     (metrics / "counter_424242.db").write_bytes(b"stale")
@@ -192,9 +193,11 @@ def test_gunicorn_runs_two_workers_and_keeps_the_metrics_directory_clean(tmp_pat
         PYTHONWARNINGS="ignore::DeprecationWarning",
     )
     command = [str(VENV_BIN / "gunicorn"), "--config", str(DEPLOY / "gunicorn.conf.py")]
+    command += ["--bind", f"fd://{listener.fileno()}"]  # the test's socket: no one else can answer on the port
     log = tmp_path / "gunicorn.log"
-    with running(command, log=log, env=env, cwd=tmp_path) as master:
-        wait_for_port(port, time.monotonic() + 120, master)
+    with listener, running(command, log=log, env=env, cwd=tmp_path, pass_fds=(listener.fileno(),)) as master:
+        listener.close()
+        wait_ready(f"http://127.0.0.1:{port}/health", master, 120)
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["status"] == "ok"
         assert not (metrics / "counter_424242.db").exists()
         wait_until(lambda: len(children(master.pid)) == 2, 20, "Gunicorn did not start 2 workers")
@@ -232,12 +235,14 @@ def test_gunicorn_runs_two_workers_and_keeps_the_metrics_directory_clean(tmp_pat
 
 def test_the_image_health_check_script(tmp_path: Path) -> None:
     """deploy/healthcheck.py: 0 against a live /health, 1 with the reason when nothing answers."""
-    port = free_port()
+    listener = listening_socket()
+    port = port_of(listener)
     script = [sys.executable, str(DEPLOY / "healthcheck.py")]
 
     def probe() -> subprocess.CompletedProcess[str]:
+        # the script is no part of the package: coverage has nothing to measure in it
         return subprocess.run(
-            script, env=environment(PORT=str(port)), capture_output=True, text=True, timeout=30, check=False
+            script, env=unmeasured(environment(PORT=str(port))), capture_output=True, text=True, timeout=30, check=False
         )
 
     server_env = environment(
@@ -247,9 +252,11 @@ def test_the_image_health_check_script(tmp_path: Path) -> None:
         AUTO_MIGRATE="false",
         SEED_SAMPLE_ON_EMPTY="false",
     )
-    server = [str(VENV_BIN / "library-api"), "serve"]
-    with running(server, log=tmp_path / "serve.log", env=server_env, cwd=tmp_path) as process:
-        wait_for_port(port, time.monotonic() + 120, process)
+    fd = listener.fileno()
+    server = [str(VENV_BIN / "library-api"), "serve", "--fd", str(fd)]
+    with listener, running(server, log=tmp_path / "serve.log", env=server_env, cwd=tmp_path, pass_fds=(fd,)) as process:
+        listener.close()
+        wait_ready(f"http://127.0.0.1:{port}/health", process, 120)
         up = probe()
         assert up.returncode == 0, up.stderr
     down = probe()

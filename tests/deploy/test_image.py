@@ -7,6 +7,8 @@ logs the drain, closes it with 1001 and exits 0 with nothing at error level in t
 
 The image is built once for the module and one http container serves every test that only reads, until the
 stop test stops it; the https and mtls containers then boot side by side, each removed when its test is done.
+Containers share the host's network and cannot inherit a socket: each binds a port of this xdist worker's own
+range (:func:`tests.support.ports.service_port`), and the module runs on one worker (its ``xdist_group``).
 """
 
 from __future__ import annotations
@@ -31,17 +33,24 @@ from websockets.sync.client import ClientConnection, connect
 from library_api.security.issuing import Authority, write_certificate, write_key
 from tests.deploy.containers import UID, Container, Docker, build_image, find_docker, run_once, service
 from tests.support.databases import drop_postgres_database
+from tests.support.ports import refused_port, service_port
 from tests.support.services import (
     POSTGRES_ADMIN_DSN,
     POSTGRES_HOST,
     POSTGRES_PORT,
     REDIS_URL,
-    free_port,
     require_postgres,
     require_redis,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+# One xdist worker runs this module, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("image"),
+]
 
 PASSWORD = "correct-horse-battery-staple"
 SHUTDOWN_TIMEOUT = 3
@@ -117,7 +126,7 @@ def migrated(docker: Docker, image: str, environment: dict[str, str]) -> dict[st
 @pytest.fixture(scope="module")
 def http_service(docker: Docker, image: str, migrated: dict[str, str]) -> Iterator[Container]:
     """The default command in plain HTTP (TLS is a proxy's job here: ALLOW_HTTP_BEHIND_PROXY, as in Compose)."""
-    with service(docker, image, {**migrated, "ALLOW_HTTP_BEHIND_PROXY": "true"}, free_port()) as container:
+    with service(docker, image, {**migrated, "ALLOW_HTTP_BEHIND_PROXY": "true"}, service_port()) as container:
         container.wait_healthy()
         yield container
 
@@ -186,7 +195,7 @@ def test_the_healthcheck_probes_the_service_itself(http_service: Container) -> N
     probe = http_service.exec("python", "/app/healthcheck.py", "/health/ready")
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == f"healthy: http://127.0.0.1:{http_service.port}/health/ready"
-    elsewhere = http_service.exec("python", "/app/healthcheck.py", env={"PORT": str(free_port())})
+    elsewhere = http_service.exec("python", "/app/healthcheck.py", env={"PORT": str(refused_port())})
     assert elsewhere.returncode == 1
     assert "Connection refused" in elsewhere.stderr
 
@@ -295,7 +304,7 @@ def tls_services(
     mount = [f"--volume={certs}:/certs:ro", f"--group-add={certs.stat().st_gid}"]
     with ExitStack() as stack:
         yield {
-            mode: (stack.enter_context(service(docker, image, env, free_port(), options=mount)), certs)
+            mode: (stack.enter_context(service(docker, image, env, service_port(), options=mount)), certs)
             for mode, env in modes.items()
         }
 

@@ -24,31 +24,39 @@ import websockets.sync.client
 
 from library_api.config import Settings
 from library_api.server.gunicorn_settings import process_options
-from tests.deploy.processes import NginxSite, nginx_running, prepare_nginx, running, wait_for_port
+from tests.deploy.processes import NginxSite, answers, nginx_running, prepare_nginx, running, wait_until
 from tests.deploy.support import DEPLOY, run, tool
-from tests.support.services import free_port
+from tests.support.measure import unmeasured
+from tests.support.ports import listening_socket, port_of, refused_port
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("nginx")]
 
 COVER_NAME = "0123456789abcdef0123456789abcdef.png"
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = free_port()
     log = tmp_path_factory.mktemp("upstream") / "uvicorn.log"
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "tests.deploy.echo_upstream:app",
-        "--port",
-        str(port),
-        "--no-access-log",
-    ]
-    with running(command, log=log, cwd=Path(__file__).resolve().parents[2]) as process:
-        wait_for_port(port, time.monotonic() + 20, process)
-        yield port
+    root = Path(__file__).resolve().parents[2]
+    with listening_socket() as listener:  # the upstream serves on it; no stranger can answer nginx instead
+        fd = listener.fileno()
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.deploy.echo_upstream:app",
+            "--fd",
+            str(fd),
+            "--no-access-log",
+        ]
+        # none of the service's code runs in the echo upstream: it is not measured
+        with running(command, log=log, cwd=root, env=unmeasured(), pass_fds=(fd,)) as process:
+            port = port_of(listener)
+            wait_until(
+                lambda: answers(f"http://127.0.0.1:{port}/", process), 30, f"the echo upstream:\n{log.read_text()}"
+            )
+            yield port
 
 
 def start_site(tmp_path_factory: pytest.TempPathFactory, upstream_port: int, *, mtls: bool = False) -> NginxSite:
@@ -90,7 +98,7 @@ def echoed(response: httpx.Response) -> dict[str, Any]:
 
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     tool("nginx")
-    plain = prepare_nginx(tmp_path / "plain", upstream_port=free_port())
+    plain = prepare_nginx(tmp_path / "plain", upstream_port=refused_port())
     result = run(*plain.command("-t"))
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
@@ -98,14 +106,14 @@ def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
 
 def test_nginx_accepts_the_configuration_with_client_certificates(tmp_path: Path) -> None:
     tool("nginx")
-    mutual = prepare_nginx(tmp_path / "mtls", upstream_port=free_port(), client_certificates=True)
+    mutual = prepare_nginx(tmp_path / "mtls", upstream_port=refused_port(), client_certificates=True)
     result = run(*mutual.command("-t"))
     assert result.returncode == 0, result.stderr
 
 
 def test_nginx_rejects_a_broken_configuration(tmp_path: Path) -> None:
     tool("nginx")
-    broken = prepare_nginx(tmp_path / "broken", upstream_port=free_port())
+    broken = prepare_nginx(tmp_path / "broken", upstream_port=refused_port())
     servers = broken.config.parent / "library-api.conf"
     servers.write_text(servers.read_text().replace("proxy_read_timeout 1900s;", "proxy_read_timeout 1900s"))
     assert run(*broken.command("-t")).returncode != 0
@@ -418,7 +426,7 @@ def test_a_certificate_from_another_authority_is_refused_as_a_problem(mtls_site:
 
 
 def test_an_unreachable_service_is_a_502_problem(tmp_path_factory: pytest.TempPathFactory) -> None:
-    prepared = start_site(tmp_path_factory, free_port())
+    prepared = start_site(tmp_path_factory, refused_port())
     with nginx_running(prepared), httpx.Client(verify=client_context(prepared), timeout=10) as http:
         response = http.get(prepared.url("/api/v1/books"))
     assert response.status_code == 502

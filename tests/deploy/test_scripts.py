@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.support import DEPLOY, run, tool
-from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, free_port, require_postgres
+from tests.support.measure import unmeasured
+from tests.support.ports import refused_port
+from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 SCRIPTS = sorted(DEPLOY.glob("*.sh"))
 
@@ -38,7 +40,8 @@ def test_shellcheck_catches_a_bad_script(tmp_path: Path) -> None:
 
 
 def script_env(**values: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HEALTH_", "DEPLOY_", "BACKUP_"))}
+    """The scripts' environment; the commands they run are measured by their own tests, not here."""
+    env = {key: value for key, value in unmeasured().items() if not key.startswith(("HEALTH_", "DEPLOY_", "BACKUP_"))}
     env.update(values)
     return env
 
@@ -58,7 +61,7 @@ def test_deploy_without_a_command_prints_its_usage() -> None:
 
 
 def test_deploy_health_fails_clearly_when_nothing_answers() -> None:
-    port = free_port()
+    port = refused_port()
     result = shell(
         DEPLOY / "deploy.sh", "health", env=script_env(HEALTH_BASE_URL=f"http://127.0.0.1:{port}", HEALTH_TIMEOUT="2")
     )

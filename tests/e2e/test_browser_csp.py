@@ -13,9 +13,11 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 
+from tests.support.measure import unmeasured
+from tests.support.ports import listening_socket, port_of
 from tests.support.private_services import wait_for
 from tests.support.processes import TEST_ENVIRONMENT
-from tests.support.services import free_port, unavailable
+from tests.support.services import unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +37,14 @@ def page_server(tmp_path: Path) -> Iterator[str]:
     """The service with a test page (``tests/support/csp_app.py``) under Uvicorn; yields its base URL."""
     if not CHROMIUM.exists():
         unavailable(f"Chromium is not installed at {CHROMIUM}")
-    port = free_port()
-    env = {**os.environ, **TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'csp.db'}"}
-    command = [sys.executable, "-m", "uvicorn", "tests.support.csp_app:page_app", "--factory", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the headers and page are measured in process (tests/http, tests/web); here only the browser is under test
+    env = unmeasured({**os.environ, **TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'csp.db'}"})
+    with listening_socket() as listener:  # Uvicorn serves on it (--fd): only this server can answer on the port
+        fd, port = listener.fileno(), port_of(listener)
+        command = [sys.executable, "-m", "uvicorn", "tests.support.csp_app:page_app", "--factory", "--fd", str(fd)]
+        server = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(fd,)
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: answers(f"{base}/health"), 60, "the page server")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -30,7 +31,15 @@ import pytest
 import websockets.sync.client
 import yaml
 
-from tests.deploy.processes import NginxSite, nginx_running, prepare_nginx, running, wait_for_port, wait_until
+from tests.deploy.processes import (
+    NginxSite,
+    nginx_running,
+    on_service_port,
+    prepare_nginx,
+    running,
+    wait_ready,
+    wait_until,
+)
 from tests.deploy.support import (
     DEPLOY,
     ROOT,
@@ -39,16 +48,25 @@ from tests.deploy.support import (
     tool,
 )
 from tests.support.factories import unique_email, unique_isbn
+from tests.support.measure import unmeasured
+from tests.support.ports import listening_socket, port_of
 from tests.support.services import (
     POSTGRES_HOST,
     POSTGRES_PORT,
     REDIS_URL,
-    free_port,
     require_postgres,
     require_redis,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("deploy-stack"),
+    pytest.mark.timeout(180),  # the first test sets the whole stack up; the drain test starts a second Gunicorn
+]
 
 PASSWORD = "correct-horse-battery-staple"
 SHUTDOWN_TIMEOUT = 10
@@ -89,7 +107,7 @@ class Stack:
 def cli(env: dict[str, str], *arguments: str, cwd: Path) -> str:
     result = subprocess.run(
         [str(VENV_BIN / "library-api"), *arguments],
-        env=env,
+        env=unmeasured(env),  # the commands are measured in tests/cli; here they only set the stack up
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -112,16 +130,22 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], port: int, work: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The service as the image runs it: Gunicorn with deploy/gunicorn.conf.py, two workers."""
+def gunicorn(env: dict[str, str], listener: socket.socket, work: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The service as the image runs it: Gunicorn with deploy/gunicorn.conf.py, two workers, on ``listener``.
+
+    Gunicorn serves on the listening socket bound here (``--bind fd://N``); this copy is closed once it has
+    started, so only Gunicorn can answer on the port.
+    """
+    port = port_of(listener)
     command = [str(VENV_BIN / "gunicorn"), "--config", str(DEPLOY / "gunicorn.conf.py")]
-    process_env = {**env, "PORT": str(port), "WEB_CONCURRENCY": "2"}
-    with running(command, log=work / f"gunicorn-{port}.log", env=process_env, cwd=work) as process:
-        wait_for_port(port, time.monotonic() + 60, process)
-        deadline = time.monotonic() + 60
-        while httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "the service did not become ready"
-            time.sleep(0.2)
+    command += ["--bind", f"fd://{listener.fileno()}"]
+    # What the stack runs is measured by the tests of each part (tests/server, tests/deploy/test_gunicorn_conf.py);
+    # unmeasured, the service runs here as it does in production.
+    process_env = unmeasured({**env, "PORT": str(port), "WEB_CONCURRENCY": "2"})
+    log = work / f"gunicorn-{port}.log"
+    with listener, running(command, log=log, env=process_env, cwd=work, pass_fds=(listener.fileno(),)) as process:
+        listener.close()
+        wait_ready(f"http://127.0.0.1:{port}/health/ready", process, 120)
         yield process
 
 
@@ -184,6 +208,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[S
         ALLOWED_HOSTS="localhost,127.0.0.1",
         # its own Redis keys (cache and rate-limit counts), whatever else uses the same Redis at the same time
         CACHE_KEY_PREFIX=f"e2e{uuid.uuid4().hex[:8]}_",
+        REALTIME_REDIS_PREFIX=f"e2e-{uuid.uuid4().hex[:8]}:realtime",
         # every test here logs in from the same address (nginx on loopback); production's 10 logins a minute
         # per address would refuse the later ones
         RATE_LIMIT_ROUTES=json.dumps({"POST /api/v1/auth/login": "1000/minute"}),
@@ -195,29 +220,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[S
     cli(env, "users", "create", "--email", librarian, "--role", "librarian", "--password", PASSWORD, cwd=work)
     cli(env, "users", "create", "--email", admin, "--role", "admin", "--password", PASSWORD, cwd=work)
 
-    api_port = free_port()
+    api = listening_socket()
+    api_port = port_of(api)
     # nginx verifies client certificates (optional ones) and is the one peer the service believes for them
     site = prepare_nginx(work / "nginx", upstream_port=api_port, client_certificates=True)
     env.update(FORWARDED_CERT_PROXIES="127.0.0.1/32", TLS_CA_FILE=str(site.client_ca_file))
     with ExitStack() as stack_:
-        process = stack_.enter_context(gunicorn(env, api_port, work))
+        process = stack_.enter_context(gunicorn(env, api, work))
         stack_.enter_context(nginx_running(site))
         with httpx.Client(base_url=site.url(""), verify=ssl.create_default_context(cafile=site.ca_file)) as http:
             admin_token = login(http, admin)
-        prometheus_port = free_port()
         config = prometheus_config(work, api_port, admin_token)
-        prometheus = stack_.enter_context(
-            running(
-                [
+        _, prometheus_port = stack_.enter_context(
+            on_service_port(
+                lambda port: [
                     tool("prometheus"),
                     f"--config.file={config}",
                     f"--storage.tsdb.path={work / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    f"--web.listen-address=127.0.0.1:{port}",
                 ],
-                log=work / "prometheus.log",
+                log=lambda port: work / f"prometheus-{port}.log",
+                what="Prometheus",
             )
         )
-        wait_for_port(prometheus_port, time.monotonic() + 30, prometheus)
         wait_until(
             lambda: httpx.get(f"http://127.0.0.1:{prometheus_port}/-/ready", timeout=2).status_code == 200,
             30,
@@ -407,7 +432,8 @@ def in_progress(port: int, token: str, endpoint: str) -> float:
 def test_sigterm_drains_through_nginx_with_no_5xx_for_requests_in_flight(stack: Stack) -> None:
     """Slow requests (logins: argon2id at production cost) are in progress in both workers when Gunicorn gets
     SIGTERM; every one of them completes through nginx with 200, and Gunicorn exits 0."""
-    port = free_port()
+    listener = listening_socket()
+    port = port_of(listener)
     # A costlier password hash keeps every login in flight for seconds, so all of them are surely in progress
     # (counted by the service itself) when the signal arrives.
     # Every login hashes at once (no queue for a hashing slot to time out in), and each request may take as long
@@ -419,7 +445,7 @@ def test_sigterm_drains_through_nginx_with_no_5xx_for_requests_in_flight(stack: 
         "PASSWORD_HASH_QUEUE_TIMEOUT": "120",
     }
     with ExitStack() as context:
-        master = context.enter_context(gunicorn(env, port, stack.work))
+        master = context.enter_context(gunicorn(env, listener, stack.work))
         site = prepare_nginx(stack.work / f"nginx-drain-{port}", upstream_port=port)
         context.enter_context(nginx_running(site))
         readers = []

@@ -19,7 +19,12 @@ from tests.support.live_server import LiveServer
 from tests.support.private_services import PrivatePostgres, PrivateRedis, accepts
 from tests.support.processes import TEST_ENVIRONMENT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("faults"),
+]
 
 
 @pytest.fixture(scope="module")

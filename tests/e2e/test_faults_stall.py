@@ -34,7 +34,8 @@ from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_book, create_user, token_for
 from tests.support.private_services import PrivatePostgres
 
-pytestmark = [pytest.mark.e2e]
+# One xdist worker runs this module, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-stall")]
 
 STATEMENT_TIMEOUT_MS = 1000
 POOL_TIMEOUT = 2.0

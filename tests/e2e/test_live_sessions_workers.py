@@ -50,6 +50,8 @@ async def server(database_name: str) -> AsyncIterator[LiveServer]:
         "SECRET_KEY": SECRET_KEY,
         "PRINCIPAL_CACHE_TTL": "1",
         "ACCESS_LOG": "false",
+        # one caller opens up to 40 connections until both workers hold one: all of them may land on one worker
+        "WS_MAX_CONNECTIONS_PER_PRINCIPAL": "40",
     }
     live = LiveServer(env, workers=2)
     migrated = await asyncio.to_thread(live.run_cli, "migrate")

@@ -24,10 +24,10 @@ every test may rely on, and a second instance that only the alert test stops.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,15 @@ import pytest
 import yaml
 
 from tests.deploy.compose_shim import deploy_checkout, install_docker_shim, shim_environment
-from tests.deploy.processes import Webhook, running, substitute, wait_for_port, wait_until, webhook_receiver
+from tests.deploy.processes import (
+    Webhook,
+    on_service_port,
+    running,
+    substitute,
+    wait_ready,
+    wait_until,
+    webhook_receiver,
+)
 from tests.deploy.support import (
     DEPLOY,
     EXPORTER_METRICS,
@@ -49,31 +57,51 @@ from tests.deploy.support import (
     tool,
 )
 from tests.e2e.test_deploy_stack import cli, gunicorn, production_environment
+from tests.support.ports import listening_socket, port_of, process_listens, service_port
 from tests.support.services import (
     POSTGRES_HOST,
     POSTGRES_PORT,
     REDIS_URL,
-    free_port,
     require_postgres,
     require_redis,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+# One xdist worker runs this module, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("monitoring-stack"),
+]
 
 NODE_COLLECTORS = ["cpu", "loadavg", "meminfo", "filesystem"]
 
 
 @dataclass
 class Ports:
-    """The loopback ports of every piece, chosen before anything starts (Prometheus's configuration names them)."""
+    """The loopback ports of every piece (Prometheus's configuration names them all).
 
-    api: int = field(default_factory=free_port)
-    victim: int = field(default_factory=free_port)
-    node: int = field(default_factory=free_port)
-    postgres: int = field(default_factory=free_port)
-    redis: int = field(default_factory=free_port)
-    alertmanager: int = field(default_factory=free_port)
-    prometheus: int = field(default_factory=free_port)
+    The two service instances serve on listening sockets bound here (``--fd``, ``fd://N``). The exporters and
+    Prometheus take ports of this xdist worker's range as they start (:func:`tests.deploy.processes.on_service_port`:
+    again elsewhere when theirs is taken, started once their own process listens). Alertmanager starts last, on
+    the configuration ``deploy.sh`` writes, but Prometheus names it from the start: its port is chosen from the
+    same range up front, and it too counts as started only once its own process listens there.
+    """
+
+    api_listener: socket.socket = field(default_factory=listening_socket)
+    victim_listener: socket.socket = field(default_factory=listening_socket)
+    alertmanager: int = field(default_factory=service_port)
+    node: int = 0
+    postgres: int = 0
+    redis: int = 0
+    prometheus: int = 0
+    api: int = 0
+    victim: int = 0
+
+    def __post_init__(self) -> None:
+        self.api = port_of(self.api_listener)  # kept: the sockets are closed here once their servers hold them
+        self.victim = port_of(self.victim_listener)
 
 
 @dataclass
@@ -134,15 +162,15 @@ def prometheus_config(work: Path, ports: Ports, token_file: Path) -> Path:
     assert down["for"] == "1m"
     down["for"] = "2s"
     directory = work / "prometheus"
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)  # written again when Prometheus moves to another port
     (directory / "alerts.yml").write_text(yaml.safe_dump(rules))
     path = directory / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def exporter_commands(ports: Ports, database: str) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """The three exporters' command lines and environments, configured as compose.yaml configures them."""
+def exporter_commands(database: str) -> dict[str, tuple[Callable[[int], list[str]], dict[str, str]]]:
+    """The three exporters' command lines (for a port) and environments, configured as compose.yaml configures them."""
     services = load_yaml(ROOT / "compose.yaml")["services"]
     name = database.rsplit("/", 1)[1]
     postgres = {
@@ -157,19 +185,19 @@ def exporter_commands(ports: Ports, database: str) -> dict[str, tuple[list[str],
     node = [f"--collector.{collector}" for collector in NODE_COLLECTORS]
     return {
         "node": (
-            [
+            lambda port: [
                 tool("prometheus-node-exporter"),
-                f"--web.listen-address=127.0.0.1:{ports.node}",
+                f"--web.listen-address=127.0.0.1:{port}",
                 "--collector.disable-defaults",
                 *node,
             ],
             {},
         ),
         "postgres": (
-            [tool("prometheus-postgres-exporter"), f"--web.listen-address=127.0.0.1:{ports.postgres}"],
+            lambda port: [tool("prometheus-postgres-exporter"), f"--web.listen-address=127.0.0.1:{port}"],
             postgres,
         ),
-        "redis": ([tool("prometheus-redis-exporter"), f"-web.listen-address=127.0.0.1:{ports.redis}"], redis),
+        "redis": (lambda port: [tool("prometheus-redis-exporter"), f"-web.listen-address=127.0.0.1:{port}"], redis),
     }
 
 
@@ -243,35 +271,47 @@ def monitoring(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
         )
         token_file = checkout / "deploy" / "prometheus" / "scrape-token"
         # Everything that does not need the database starts first, and comes up while it is migrated.
-        started = {
-            name: stack.enter_context(running(command, log=work / f"{name}-exporter.log", env={**os.environ, **extra}))
-            for name, (command, extra) in exporter_commands(ports, database).items()
-        }
-        started["prometheus"] = stack.enter_context(
-            running(
-                [
-                    tool("prometheus"),
-                    f"--config.file={prometheus_config(work, ports, token_file)}",
-                    f"--storage.tsdb.path={work / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{ports.prometheus}",
-                ],
-                log=work / "prometheus.log",
+        for name, (command, extra) in exporter_commands(database).items():
+            _, port = stack.enter_context(
+                on_service_port(
+                    command,
+                    log=lambda port, name=name: work / f"{name}-exporter-{port}.log",
+                    what=f"the {name} exporter",
+                    env={**os.environ, **extra},
+                )
             )
+            setattr(ports, name, port)
+
+        def prometheus(port: int) -> list[str]:
+            ports.prometheus = port
+            return [
+                tool("prometheus"),
+                f"--config.file={prometheus_config(work, ports, token_file)}",
+                f"--storage.tsdb.path={work / f'tsdb-{port}'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ]
+
+        stack.enter_context(
+            on_service_port(prometheus, log=lambda port: work / f"prometheus-{port}.log", what="Prometheus")
         )
         cli(env, "migrate", cwd=work)
-        started["victim"] = stack.enter_context(
+        victim_fd = ports.victim_listener.fileno()
+        victim = stack.enter_context(
             running(
-                [str(VENV_BIN / "library-api"), "serve", "--port", str(ports.victim)],
+                [str(VENV_BIN / "library-api"), "serve", "--fd", str(victim_fd)],
                 log=work / "victim.log",
                 env={key: value for key, value in env.items() if key != "PROMETHEUS_MULTIPROC_DIR"},
                 cwd=work,
+                pass_fds=(victim_fd,),
             )
         )
+        ports.victim_listener.close()  # the victim holds the port now: it closes when the victim stops
+        wait_ready(f"http://127.0.0.1:{ports.victim}/health/ready", victim, 120)
         (work / "multiproc-api").mkdir()
-        stack.enter_context(gunicorn({**env, "PROMETHEUS_MULTIPROC_DIR": str(work / "multiproc-api")}, ports.api, work))
-        for name, process in started.items():
-            wait_for_port(getattr(ports, name), time.monotonic() + 60, process)
-        state = Monitoring(work, ports, webhook, started["victim"], token_file, subprocess.CompletedProcess([], 0), "")
+        stack.enter_context(
+            gunicorn({**env, "PROMETHEUS_MULTIPROC_DIR": str(work / "multiproc-api")}, ports.api_listener, work)
+        )
+        state = Monitoring(work, ports, webhook, victim, token_file, subprocess.CompletedProcess([], 0), "")
 
         # Before deploy.sh: the service answers, but without a token every scrape of it is refused.
         api_url = f"http://127.0.0.1:{ports.api}/metrics"
@@ -308,7 +348,9 @@ def monitoring(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
         alertmanager = stack.enter_context(
             running(alertmanager_command(work, written, ports.alertmanager), log=work / "alertmanager.log")
         )
-        wait_for_port(ports.alertmanager, time.monotonic() + 30, alertmanager)
+        if not process_listens(alertmanager, ports.alertmanager, 30, "Alertmanager"):
+            log = (work / "alertmanager.log").read_text(errors="replace")
+            raise AssertionError(f"Alertmanager exited with {alertmanager.returncode} (port chosen up front):\n{log}")
         yield state
 
 

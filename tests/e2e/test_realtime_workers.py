@@ -65,6 +65,8 @@ def server(committed_url: str, tmp_path: Path, redis_prefix: str) -> Iterator[Se
         "BROADCAST_INTERVAL": "0",
         # one reader holds every client of this test: up to all of them on one worker
         "WS_MAX_CONNECTIONS_PER_PRINCIPAL": str(CLIENTS),
+        # its catalogue answers too are its own on the shared Redis
+        "CACHE_KEY_PREFIX": f"{{{redis_prefix}}}cache:",
     }
     process = start_server(committed_url, tmp_path, args=("--workers", "2"), env=env)
     try:

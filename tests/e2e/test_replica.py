@@ -22,7 +22,8 @@ from tests.support.live_server import LiveServer
 from tests.support.private_services import PrivatePostgres, wait_for
 from tests.support.processes import TEST_ENVIRONMENT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# One xdist worker runs this module, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("replica")]
 
 PASSWORD = "replica-test-password"
 

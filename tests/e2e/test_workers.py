@@ -34,7 +34,13 @@ from tests.support.private_services import PrivateRedis, wait_for
 from tests.support.processes import TEST_ENVIRONMENT
 from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.xdist_group("workers"),
+]
 
 DB_PASSWORD = f"db-pw-{uuid.uuid4().hex}"
 REDIS_PASSWORD = f"redis-pw-{uuid.uuid4().hex}"

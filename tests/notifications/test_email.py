@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import ssl
 import threading
 import warnings
@@ -38,7 +39,8 @@ from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_book, create_user, token_for
 from tests.support.live import wait_until
-from tests.support.services import free_port
+from tests.support.ports import port_of, reserved_socket
+from tests.support.smtp import SocketController
 
 
 @dataclass
@@ -90,20 +92,23 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 @dataclass
 class SmtpServer:
-    """An SMTP server on loopback that requires STARTTLS before it takes any mail."""
+    """An SMTP server on loopback that requires STARTTLS before it takes any mail.
 
-    port: int
+    Its port is reserved from the start: refused until :meth:`start`, and no one else's meanwhile.
+    """
+
     inbox: Inbox
     tls: Tls
+    listener: socket.socket = field(default_factory=reserved_socket)
     controller: Controller | None = None
 
+    @property
+    def port(self) -> int:
+        return port_of(self.listener)
+
     def start(self) -> None:
-        self.controller = Controller(
-            self.inbox,
-            hostname="127.0.0.1",
-            port=self.port,
-            tls_context=self.tls.server_context,
-            require_starttls=True,
+        self.controller = SocketController(
+            self.inbox, self.listener, tls_context=self.tls.server_context, require_starttls=True
         )
         self.controller.start()
 
@@ -117,11 +122,12 @@ class SmtpServer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
+        self.listener.close()
 
 
 @pytest.fixture
 def smtp(tls: Tls) -> Iterator[SmtpServer]:
-    server = SmtpServer(port=free_port(), inbox=Inbox(), tls=tls)
+    server = SmtpServer(inbox=Inbox(), tls=tls)
     server.start()
     yield server
     server.stop()
@@ -243,7 +249,7 @@ async def test_a_permanent_refusal_is_not_retried(smtp: SmtpServer, start_app: S
 
 
 async def test_mail_waits_for_an_smtp_server_that_is_down(start_app: StartApp, tls: Tls) -> None:
-    down = SmtpServer(port=free_port(), inbox=Inbox(), tls=tls)
+    down = SmtpServer(inbox=Inbox(), tls=tls)
     ctx = await start_app(down.port)
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from tests.notifications.test_email import Inbox, StartApp, book_one, outbox
 from tests.support.cli import invoke
 from tests.support.factories import create_book, create_user, token_for
 from tests.support.live import wait_until
-from tests.support.services import free_port
+from tests.support.ports import port_of, refused_port, reserved_socket
+from tests.support.smtp import SocketController
 
 DOMAIN = "library.example.com"
 
@@ -56,12 +58,17 @@ class PlainSmtpServer:
     """An SMTP server on loopback speaking plain SMTP: these tests are about delivery, not transport security
     (``test_smtp_security`` covers STARTTLS, implicit TLS and AUTH)."""
 
-    port: int
     inbox: Inbox
+    listener: socket.socket = field(default_factory=reserved_socket)
     controller: Controller | None = None
 
+    @property
+    def port(self) -> int:
+        """Reserved from the start: refused until :meth:`start`, and no one else's meanwhile."""
+        return port_of(self.listener)
+
     def start(self) -> None:
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller = SocketController(self.inbox, self.listener)
         self.controller.start()
 
     def stop(self) -> None:
@@ -69,12 +76,13 @@ class PlainSmtpServer:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+        self.listener.close()
 
 
 @pytest.fixture
 def smtp() -> Iterator[PlainSmtpServer]:
     """This module's SMTP server: plain SMTP, started for the test and stopped after it."""
-    server = PlainSmtpServer(port=free_port(), inbox=Inbox())
+    server = PlainSmtpServer(inbox=Inbox())
     server.start()
     yield server
     server.stop()
@@ -107,7 +115,7 @@ async def one_queued_mail(ctx: AppContext, notifier: Notifier) -> int:
 async def test_an_outage_far_beyond_the_attempt_budget_ends_delivered_once(start_app: StartApp) -> None:
     ctx = await start_app(None)
     clock = Clock()
-    server = PlainSmtpServer(port=free_port(), inbox=Inbox())  # not started: connections are refused
+    server = PlainSmtpServer(inbox=Inbox())  # not started: connections are refused
     notifier = sender(server.port, clock, ctx, email_max_attempts=2)
     email_id = await one_queued_mail(ctx, notifier)
     started = clock.now
@@ -147,7 +155,7 @@ async def test_temporary_refusals_still_count_and_the_age_limit_ends_an_outage(
     assert (row.status, row.refusals) == (EmailStatus.FAILED, 2)
     assert "451" in (row.last_error or "")
 
-    down = sender(free_port(), clock, ctx, email_max_age_hours=1)
+    down = sender(refused_port(), clock, ctx, email_max_age_hours=1)
     await one_queued_mail(ctx, down)
     clock.advance_to(clock.now + timedelta(hours=1))
     assert await down.deliver_due() == 1
@@ -175,7 +183,7 @@ async def test_a_sender_that_dies_in_quit_after_the_data_was_accepted_sends_noth
     ctx = await start_app(None)
     clock = Clock()
     inbox = QuitHangs()
-    server = PlainSmtpServer(port=free_port(), inbox=inbox)
+    server = PlainSmtpServer(inbox=inbox)
     server.start()
     try:
         notifier = sender(server.port, clock, ctx, smtp_timeout=30)
@@ -203,7 +211,7 @@ async def test_failed_mails_are_listed_and_requeued_from_the_command_line(
 ) -> None:
     ctx = await start_app(None)
     clock = Clock()
-    down = sender(free_port(), clock, ctx, email_max_age_hours=1)
+    down = sender(refused_port(), clock, ctx, email_max_age_hours=1)
     first = await one_queued_mail(ctx, down)
     second_booking_mail = await one_queued_mail(ctx, down)
     clock.advance_to(clock.now + timedelta(hours=2))
@@ -261,10 +269,9 @@ def login_as(user: str, password: str) -> Any:
 async def test_login_then_send(start_app: StartApp) -> None:
     ctx = await start_app(None)
     inbox = Inbox()
-    port = free_port()
-    controller = Controller(
-        inbox, hostname="127.0.0.1", port=port, auth_require_tls=False, authenticator=login_as("mailer", "s3cret")
-    )
+    sock = reserved_socket()
+    port = port_of(sock)
+    controller = SocketController(inbox, sock, auth_require_tls=False, authenticator=login_as("mailer", "s3cret"))
     controller.start()
     try:
         notifier = sender(port, Clock(), ctx, smtp_user="mailer", smtp_password="s3cret")
@@ -283,7 +290,7 @@ async def test_login_then_send(start_app: StartApp) -> None:
 async def test_a_refused_recipient(start_app: StartApp, reply: str, status: EmailStatus) -> None:
     ctx = await start_app(None)
     inbox = Picky()
-    server = PlainSmtpServer(port=free_port(), inbox=inbox)
+    server = PlainSmtpServer(inbox=inbox)
     server.start()
     try:
         notifier = sender(server.port, Clock(), ctx)

@@ -23,7 +23,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from library_api.config import ConfigError, Settings, load_settings
 from library_api.notifications.mailer import DeliveryError, Failure, Mailer, message_id_for
 from tests.conftest import fast_settings
-from tests.support.services import free_port
+from tests.support.ports import port_of, reserved_socket
+from tests.support.smtp import SocketController
 
 USER = "library@example.org"
 PASSWORD = "relay-password-123"
@@ -89,8 +90,8 @@ def start_relay(pki: Pki) -> Iterator[Any]:
 
     def start(security: str, *, auth: bool = False, mechanisms: tuple[str, ...] = ("LOGIN", "PLAIN")) -> Server:
         relay = Relay()
-        port = free_port()
-        options: dict[str, Any] = {"hostname": "127.0.0.1", "port": port}
+        sock = reserved_socket()
+        options: dict[str, Any] = {}
         if security == "starttls":
             options.update(tls_context=pki.server_context, require_starttls=True)
         elif security == "tls":
@@ -99,10 +100,10 @@ def start_relay(pki: Pki) -> Iterator[Any]:
         if auth:
             excluded = [name for name in ("LOGIN", "PLAIN") if name not in mechanisms]
             options.update(authenticator=relay.authenticate, auth_required=True, auth_exclude_mechanism=excluded)
-        controller = Controller(relay, **options)
+        controller = SocketController(relay, sock, **options)
         controller.start()
         controllers.append(controller)
-        return Server(port=port, relay=relay)
+        return Server(port=port_of(sock), relay=relay)
 
     yield start
     for controller in controllers:

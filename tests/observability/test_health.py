@@ -8,7 +8,7 @@ from pathlib import Path
 from library_api.db import migrate
 from tests.conftest import AppFactory
 from tests.support.http import client_for
-from tests.support.services import free_port
+from tests.support.ports import refused_port
 
 CLOSED_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:{port}/nothing"
 MACHINE_INDEPENDENT = {
@@ -56,7 +56,7 @@ async def test_all_probes_green_on_a_healthy_service(app_factory: AppFactory) ->
 
 async def test_unreachable_database(app_factory: AppFactory) -> None:
     app = await app_factory(
-        database_url=CLOSED_DATABASE.format(port=free_port()),
+        database_url=CLOSED_DATABASE.format(port=refused_port()),
         database_retry_attempts=2,
         database_retry_base_delay=0.01,
         database_retry_max_delay=0.02,
@@ -117,7 +117,7 @@ async def test_draining_server_is_not_ready_but_alive(app_factory: AppFactory) -
 
 
 async def test_redis_down_is_degraded_not_unready(app_factory: AppFactory) -> None:
-    app = await app_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_socket_timeout=0.2)
+    app = await app_factory(redis_url=f"redis://127.0.0.1:{refused_port()}/0", redis_socket_timeout=0.2)
     async with client_for(app) as client:
         ready = await client.get("/health/ready")
         detailed = await client.get("/health/detailed")

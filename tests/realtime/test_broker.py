@@ -24,7 +24,8 @@ from library_api.realtime.broker import (
 from library_api.realtime.redis_broker import RedisBroker
 from library_api.realtime.topics import Subscription
 from tests.support.live import wait_until
-from tests.support.services import REDIS_URL, free_port, require_redis
+from tests.support.ports import refused_port
+from tests.support.services import REDIS_URL, require_redis
 
 BOOKS = Subscription("books", "books")
 BOOK_1 = Subscription("book:1", "book:1")
@@ -211,7 +212,7 @@ async def test_a_dropped_connection_loses_nothing(redis_prefix: str) -> None:
 
 
 async def test_an_unreachable_redis_is_reported_not_raised_raw() -> None:
-    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", "unreachable", 10)
+    broker = RedisBroker(f"redis://127.0.0.1:{refused_port()}/0", "unreachable", 10)
     try:
         with pytest.raises(BrokerUnavailable):
             await broker.publish("x", [BOOKS], {})

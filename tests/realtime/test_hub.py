@@ -9,7 +9,7 @@ from library_api.realtime.hub import Hub
 from library_api.realtime.redis_broker import RedisBroker
 from library_api.realtime.topics import Subscription
 from tests.conftest import fast_settings
-from tests.support.services import free_port
+from tests.support.ports import refused_port
 
 BOOKS = [Subscription("books", "books"), Subscription("book:1", "book:1")]
 
@@ -31,7 +31,7 @@ async def test_publishing_numbers_per_stream_and_a_known_key_is_not_numbered_aga
 
 
 async def test_an_unreachable_broker_is_counted_and_raised() -> None:
-    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", "nowhere", 10, block_ms=100)
+    broker = RedisBroker(f"redis://127.0.0.1:{refused_port()}/0", "nowhere", 10, block_ms=100)
     hub = Hub(fast_settings(broadcast_interval=0), broker)
     await hub.start()
     try:

@@ -41,8 +41,9 @@ from tests.conftest import fast_settings
 from tests.realtime.conftest import SQLITE_ONLY
 from tests.support.factories import unique_isbn
 from tests.support.live import wait_until
+from tests.support.ports import refused_port
 from tests.support.private_services import PrivateRedis
-from tests.support.services import REDIS_URL, free_port, require_redis
+from tests.support.services import REDIS_URL, require_redis
 
 
 @pytest_asyncio.fixture
@@ -258,7 +259,7 @@ async def test_stopping_during_an_outage_keeps_the_rows_and_says_so(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="library_api.realtime.relay")
-    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", "nowhere", 10, block_ms=100)
+    broker = RedisBroker(f"redis://127.0.0.1:{refused_port()}/0", "nowhere", 10, block_ms=100)
     hub = Hub(fast_settings(broadcast_interval=0), broker)
     await hub.start()
     measured: list[Backlog] = []
@@ -311,7 +312,7 @@ async def test_with_a_bound_database_rows_are_published_inline_or_kept(
         await relay.on_domain_event(event)
         assert titles((await broker.history("book:7", 0, broker.epoch)).messages) == [(1, "inline")]
 
-        unreachable = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", "nowhere", 10, block_ms=100)
+        unreachable = RedisBroker(f"redis://127.0.0.1:{refused_port()}/0", "nowhere", 10, block_ms=100)
         failing = Relay(bound, Hub(fast_settings(broadcast_interval=0), unreachable).publish, poll_interval=1)
         await write(bound, [event])
         caplog.set_level(logging.WARNING, logger="library_api.realtime.relay")

@@ -1,7 +1,9 @@
 """Figures the reliability tests measure (examples run, cells checked, races lost), printed after the run.
 
 ``docs/reliability.md`` records these figures with the command that produced them; the summary at the end of a
-pytest run is where they are read from.
+pytest run is where they are read from. Each line travels in its test's report (``user_properties``), so that
+under xdist the figures measured in the workers reach the summary printed by the controller
+(:func:`tests.conftest.pytest_terminal_summary`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 
-_FIGURES_KEY = pytest.StashKey[list[str]]()
+from tests.conftest import FIGURES_PROPERTY
 
 Record = Callable[..., None]
 
@@ -19,18 +21,9 @@ Record = Callable[..., None]
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Record:
     """``figures(**values)``: remember one line of figures for this test, shown in the terminal summary."""
-    store = request.config.stash.setdefault(_FIGURES_KEY, [])
 
     def record(**values: Any) -> None:
         shown = ", ".join(f"{key}={value}" for key, value in values.items())
-        store.append(f"{request.node.nodeid}: {shown}")
+        request.node.user_properties.append((FIGURES_PROPERTY, shown))
 
     return record
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    lines = config.stash.get(_FIGURES_KEY, [])
-    if lines:
-        terminalreporter.section("reliability figures")
-        for line in lines:
-            terminalreporter.write_line(line)

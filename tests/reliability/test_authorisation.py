@@ -65,6 +65,9 @@ OUTSIDE_PEER = "203.0.113.7"
 CERTIFICATE_PROXY = "203.0.113.9"
 """The proxy named in ``FORWARDED_CERT_PROXIES``: the forger's best position, a peer whose headers are read."""
 
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = pytest.mark.xdist_group("authorisation")
+
 
 @dataclass
 class World:
@@ -388,7 +391,8 @@ def certificate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cer
     database_url = f"sqlite+aiosqlite:///{directory}/library.db"
     args = ("--mode", "mtls", "--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
     environment = {"MONITORING_ALLOWED_NETWORKS": "192.0.2.0/24", "RATE_LIMIT_ENABLED": "false"}
-    process = start_server(database_url, directory, args=args, env=environment, scheme="https")
+    # It serves the matrix's requests; the routes and checks it runs are measured in the in-process tests.
+    process = start_server(database_url, directory, args=args, env=environment, scheme="https", measured=False)
     try:
         process.wait_ready(verify=pki.client_context("monitor"))
         yield CertificateServer(process, pki, database_url, directory / "up")

@@ -27,15 +27,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from tests.reliability import budget
 from tests.reliability.conftest import Record
 from tests.support.factories import PASSWORD
 from tests.support.live_server import LiveServer
-from tests.support.services import free_port
+from tests.support.ports import reserved_socket
+from tests.support.smtp import SocketController
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+# A fuzzing run per role, the first one after the server's set-up: longer than the default per-test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("contract"), pytest.mark.timeout(180)]
 
 ROLES = ("reader", "librarian", "admin")
 CALLERS = ("anonymous", "reader", "revoked-reader", "librarian", "admin")
@@ -56,8 +58,9 @@ class AcceptEverything:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    mail = Controller(AcceptEverything(), hostname="127.0.0.1", port=free_port())
+    mail = SocketController(AcceptEverything(), reserved_socket())
     mail.start()
+    # The fuzzer's thousands of requests run code the in-process tests measure already; unmeasured, they run faster.
     live = LiveServer(
         {
             "RATE_LIMIT_ENABLED": "false",
@@ -66,7 +69,8 @@ def server() -> Iterator[LiveServer]:
             "SMTP_SECURITY": "none",
             "EMAIL_FROM": "noreply@library.example.com",
             "PASSWORD_RESET_URL": "http://127.0.0.1/reset-password",
-        }
+        },
+        measured=False,
     )
     live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'contract.db'}"
     assert live.run_cli("migrate").returncode == 0

@@ -31,7 +31,8 @@ from tests.support.factories import PASSWORD, unique_isbn
 from tests.support.images import png
 from tests.support.live_server import LiveServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("hostile-input")]
 
 HEAD_TIMEOUT = 1.0
 WS_MAX_SIZE = 4096

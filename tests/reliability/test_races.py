@@ -31,7 +31,8 @@ from tests.support.factories import PASSWORD, bearer, unique_isbn
 from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, start_server
 from tests.support.services import require_postgres
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow, pytest.mark.xdist_group("races")]
 
 ADMIN_EMAIL = "race-admin@example.org"
 
@@ -64,7 +65,8 @@ async def track(postgres_template: DatabaseTemplate, directory: Path) -> AsyncIt
     url = await postgres_template.clone(directory)
     created = await asyncio.to_thread(_create_admin, url, directory)
     assert created.returncode == 0, created.stderr
-    server = start_server(url, directory, args=("--workers", "2"), env={"RATE_LIMIT_ENABLED": "false"})
+    # What it runs under the race is measured elsewhere: unmeasured, it races at the speed it would in production.
+    server = start_server(url, directory, args=("--workers", "2"), env={"RATE_LIMIT_ENABLED": "false"}, measured=False)
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:

@@ -32,7 +32,8 @@ from tests.reliability.conftest import Record
 from tests.support.certs import PKI, make_pki
 from tests.support.processes import ServerProcess, start_server
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("tls-audit")]
 
 REFUSED_VERSIONS = ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites")
 """sslyze results for protocol versions the server must not speak at all."""
@@ -61,7 +62,9 @@ def tls_server(
     args: tuple[str, ...] = ("--mode", mode, "--cert", str(pki.cert("server")), "--key", str(pki.key("server")))
     if mode == "mtls":
         args += ("--ca", str(pki.ca))
-    server = start_server(f"sqlite+aiosqlite:///{directory}/library.db", directory, args=args, scheme="https")
+    # The audit reads the server's TLS configuration from outside; the code behind it is measured in tests/server.
+    url = f"sqlite+aiosqlite:///{directory}/library.db"
+    server = start_server(url, directory, args=args, scheme="https", measured=False)
     try:
         server.wait_ready(verify=pki.client_context("reader"))
         yield mode, server

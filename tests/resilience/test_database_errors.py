@@ -9,11 +9,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from library_api.resilience.database import is_database_unavailable
-from tests.support.services import POSTGRES_ADMIN_DSN, free_port, require_postgres
+from tests.support.ports import refused_port
+from tests.support.services import POSTGRES_ADMIN_DSN, require_postgres
 
 
 async def test_refused_connection_is_unavailable() -> None:
-    engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{refused_port()}/x")
     with pytest.raises(OSError) as caught:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))

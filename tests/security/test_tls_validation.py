@@ -17,8 +17,9 @@ from library_api.config import load_settings
 from library_api.config.tls_files import check_tls_files
 from library_api.security.issuing import Authority, write_certificate, write_key, write_revocation_list
 from tests.support.certs import PKI, make_pki
+from tests.support.ports import refused_port
 from tests.support.processes import TEST_ENVIRONMENT
-from tests.support.services import free_port, port_open
+from tests.support.services import port_open
 
 runner = CliRunner()
 
@@ -202,7 +203,7 @@ def test_check_tls_files_reports_unreadable_ca_and_crl(tmp_path: Path) -> None:
 
 
 def test_serve_with_a_bad_certificate_exits_2_before_opening_a_port(pki: PKI, tmp_path: Path) -> None:
-    port = free_port()
+    port = refused_port()
     env = {**os.environ, **TEST_ENVIRONMENT}
     env.pop("LIBRARY_API_OVERRIDES", None)
     command = [sys.executable, "-m", "library_api", "serve", "--port", str(port), "--mode", "mtls"]

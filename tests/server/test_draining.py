@@ -43,6 +43,7 @@ def wait_for(condition: object, within: float, what: str) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(240)  # four worker start-ups and a drain, each a fresh interpreter importing the service
 async def test_a_killed_worker_is_replaced_and_the_rest_stop_cleanly(tmp_path: Path) -> None:
     server = start_server(f"sqlite+aiosqlite:///{tmp_path}/workers.db", tmp_path, args=("--workers", "2"))
     try:
@@ -78,6 +79,7 @@ async def test_a_killed_worker_is_replaced_and_the_rest_stop_cleanly(tmp_path: P
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(180)  # two worker start-ups that fail, and the supervisor's wait for both
 async def test_workers_that_cannot_start_stop_the_supervisor(tmp_path: Path) -> None:
     # The database "file" is a directory: every worker's start-up (its migration) fails the same way.
     server = start_server(f"sqlite+aiosqlite:///{tmp_path}", tmp_path, args=("--workers", "2"))

@@ -19,8 +19,9 @@ import pytest
 from library_api.config import ConfigError, load_settings
 from tests.conftest import AppFactory
 from tests.support.http import client_for
+from tests.support.ports import refused_port
 from tests.support.processes import start_server
-from tests.support.services import free_port, port_open
+from tests.support.services import port_open
 
 PRODUCTION = {
     "ENVIRONMENT": "production",
@@ -81,7 +82,7 @@ async def test_a_production_server_refuses_a_foreign_host_instead_of_redirecting
 
 @pytest.mark.e2e
 def test_a_production_server_with_any_host_stops_before_opening_a_port(tmp_path: Path) -> None:
-    port = free_port()
+    port = refused_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LIBRARY_API_", "ALLOWED_"))}
     env.update(PRODUCTION, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/hosts.db")
     result = subprocess.run(

@@ -107,6 +107,7 @@ def test_hypercorn_with_two_forked_workers_serves_tls_and_stops_on_sigterm(pki: 
         path,
         args=(*args, "--server", "hypercorn", "--workers", "2"),
         scheme="https",
+        bind_itself=True,  # Hypercorn binds port 0 itself and reports the port it got
     )
     try:
         process.wait_ready(verify=pki.client_context())

@@ -21,7 +21,8 @@ from tests.support.certs import PKI, make_pki
 from tests.support.factories import unique_isbn
 from tests.support.processes import ServerProcess, start_server
 
-pytestmark = pytest.mark.e2e
+# One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("tls-servers")]
 
 SERVERS = {
     "uvicorn": (),

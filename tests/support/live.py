@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.services import free_port
+from tests.support.polling import wait_until
+from tests.support.ports import listening_socket, port_of
 
 
 class QuietServer(uvicorn.Server):
@@ -47,30 +48,22 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def serve_in_loop(app: FastAPI, **options: Any) -> AsyncIterator[Live]:
-    """Run ``app`` under Uvicorn on a free loopback port inside this event loop until the block ends."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws_per_message_deflate=False, **options
-    )
-    server = QuietServer(config)
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started or task.done(), within=15, what="the server to start")
-    if task.done():
-        task.result()
-    try:
-        yield Live(port=port, server=server)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
+    """Run ``app`` under Uvicorn on a loopback port of its own inside this event loop until the block ends.
 
-
-async def wait_until(condition: Callable[[], bool], *, within: float, what: str, interval: float = 0.02) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` when ``within`` seconds pass first."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(interval)
+    The server serves on a socket bound here (port 0), so the port is known at once and no one else can take it.
+    """
+    with listening_socket() as listener:
+        config = uvicorn.Config(app, log_config=None, lifespan="on", ws_per_message_deflate=False, **options)
+        server = QuietServer(config)
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        await wait_until(lambda: server.started or task.done(), within=15, what="the server to start")
+        if task.done():
+            task.result()
+        try:
+            yield Live(port=port_of(listener), server=server)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, timeout=30)
 
 
 async def open_client(live: Live, client_id: str, token: str | None = None, **options: Any) -> ClientConnection:

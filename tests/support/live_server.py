@@ -1,4 +1,8 @@
-"""``library-api serve`` as a real process on a free loopback port, with its log captured for inspection."""
+"""``library-api serve`` as a real process on a loopback port of its own, with its log captured for inspection.
+
+The port is a listening socket bound here and handed down (``serve --fd``): it is known before the process
+starts, nothing else can take it, and the readiness probe can only be answered by this server.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.support.cli import invoke
-from tests.support.private_services import wait_for
-from tests.support.services import free_port
+from tests.support.measure import unmeasured
+from tests.support.polling import wait_answering, wait_for
+from tests.support.ports import listening_socket, port_of
 
 CLI = Path(sys.executable).with_name("library-api")
 
 
 class LiveServer:
-    """One ``serve`` process; ``env`` holds its settings (as the environment of a deployment would)."""
+    """One ``serve`` process; ``env`` holds its settings (as the environment of a deployment would).
 
-    def __init__(self, env: Mapping[str, str], *, workers: int = 1, port: int | None = None) -> None:
-        self.port = port or free_port()
+    ``measured=False``: coverage does not measure the process (see :func:`tests.support.processes.start_server`).
+    """
+
+    def __init__(self, env: Mapping[str, str], *, workers: int = 1, measured: bool = True) -> None:
+        self.listener = listening_socket()
+        self.port = port_of(self.listener)
         self.workers = workers
         self.directory = Path(tempfile.mkdtemp(prefix="library-live-"))
         self.log_path = self.directory / "server.log"
@@ -39,32 +46,31 @@ class LiveServer:
             "UPLOAD_DIR": str(self.directory / "uploads"),
             **env,
         }
+        if not measured:  # only serves a client under test; what it runs is covered elsewhere (tests.support.measure)
+            self.env = unmeasured(self.env)
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def start(self, *, wait: str = "/health", timeout: float = 60) -> LiveServer:
-        """Start the process and wait until ``wait`` answers 200."""
+        """Start the process and wait until ``wait`` answers 200 (again on the same port after a :meth:`stop`)."""
+        if self.listener.fileno() == -1:  # handed to an earlier process, which has let go of the port
+            self.listener = listening_socket(port=self.port)
+        fd = self.listener.fileno()
         command = [str(CLI), "--env-file", str(self.directory / "none.env"), "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
-        with self.log_path.open("ab") as log:
+        command += ["--fd", str(fd), "--workers", str(self.workers)]
+        with self.log_path.open("ab") as log, self.listener:
             self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, pass_fds=(fd,)
             )
-        wait_for(lambda: self._answers(wait), timeout, f"the server to answer {wait}", interval=0.1)
+        try:
+            wait_answering(self.base_url + wait, self.process, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log_text()[-4000:]}") from None
         return self
 
     def run_cli(self, *arguments: str) -> subprocess.CompletedProcess[str]:
         """Run another ``library-api`` command (``migrate``, ``users create``) with this server's settings."""
         return invoke(["--env-file", str(self.directory / "none.env"), *arguments], self.env)
-
-    def _answers(self, path: str) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
-        try:
-            return httpx.get(self.base_url + path, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def stop(self) -> bool:
         """SIGTERM and wait; whether the server shut down cleanly.
@@ -72,6 +78,7 @@ class LiveServer:
         Uvicorn re-raises the signal it caught once shutdown is complete, so a clean single-process exit is
         "killed by SIGTERM" after "Application shutdown complete"; a supervisor of workers exits with 0.
         """
+        self.listener.close()  # a server stopped before it started: the port is let go of here
         if self.process is None:
             return True
         if self.process.poll() is None:

@@ -1,13 +1,21 @@
-"""Private PostgreSQL and Redis servers that a test starts, stops and restarts for real, on free ports.
+"""Private PostgreSQL and Redis servers that a test starts, stops and restarts for real, on ports of their own.
 
 The machine's own servers are shared by everyone; fault tests need servers of their own to kill. PostgreSQL comes
-from the Debian binaries (``/usr/lib/postgresql/15/bin``, run as the ``postgres`` user when the tests run as root,
-since PostgreSQL refuses to run as root), Redis from ``redis-server`` on PATH. Every wait polls a condition with
-a deadline.
+from the Debian binaries (:data:`PG_BIN`: ``TEST_PG_BIN``, else ``pg_config --bindir``, else the newest
+``/usr/lib/postgresql/<major>/bin``; run as the ``postgres`` user when the tests run as root, since PostgreSQL
+refuses to run as root), Redis from ``redis-server`` on PATH. Every wait polls a condition with a deadline.
+
+Neither server can inherit a listening socket, so each takes a port from this xdist worker's own range
+(:func:`tests.support.ports.service_port`), starts again on the next one when it finds the address in use, and is
+ready only once the port's listening socket belongs to the very process started (not to whatever answers there).
+
+``initdb`` runs once per test process: every private cluster is a copy of that never-started template directory.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import pwd
 import shutil
@@ -15,22 +23,37 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.services import free_port, unavailable
+from tests.support.polling import wait_for
+from tests.support.ports import (
+    process_listens,
+    said_address_in_use,
+    service_port,
+    start_on_service_port,
+    wait_listening,
+)
+from tests.support.services import unavailable
 
-PG_BIN = Path(os.environ.get("TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def postgres_bin_dir() -> Path:
+    """Where PostgreSQL's server binaries are: ``TEST_PG_BIN``, ``pg_config --bindir``, or the newest Debian major."""
+    if configured := os.environ.get("TEST_PG_BIN"):
+        return Path(configured)
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False, timeout=30)
+        candidate = Path(found.stdout.strip())
+        if found.returncode == 0 and (candidate / "initdb").exists():
+            return candidate
+    majors = sorted(
+        (path for path in Path("/usr/lib/postgresql").glob("*/bin") if (path / "initdb").exists()),
+        key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+    )
+    return majors[-1] if majors else Path("/usr/lib/postgresql/bin")
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+PG_BIN = postgres_bin_dir()
 
 
 def accepts(port: int) -> bool:
@@ -49,19 +72,55 @@ def _pg_user() -> tuple[str | None, int | None, int | None]:
     return "postgres", entry.pw_uid, entry.pw_gid
 
 
+@functools.cache
+def _template_cluster() -> Path:
+    """A cluster made by ``initdb`` once per test process and never started, for :meth:`PrivatePostgres.create`."""
+    root = _private_directory()
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    template = root / "template"
+    subprocess.run(
+        [
+            *(str(PG_BIN / "initdb"), "-D", str(template), "-U", "postgres", "--auth=trust"),
+            *("-E", "UTF8", "--no-sync", "--no-instructions"),
+        ],
+        check=True,
+        capture_output=True,
+        user=_pg_user()[0],
+        timeout=120,
+    )
+    return template
+
+
+def _copy_cluster(template: Path, data_dir: Path) -> None:
+    """Copy a stopped cluster's directory, owned by the user PostgreSQL runs as (it refuses any other owner)."""
+    shutil.copytree(template, data_dir, symlinks=True)
+    _, uid, gid = _pg_user()
+    if uid is None or gid is None:
+        return
+    for directory, subdirectories, files in os.walk(data_dir):
+        os.chown(directory, uid, gid)
+        for name in (*subdirectories, *files):
+            os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+
+
 class PrivatePostgres:
-    """A PostgreSQL cluster in a temporary directory, started with ``pg_ctl`` on a free port."""
+    """A PostgreSQL cluster in a temporary directory, started with ``pg_ctl`` on a port of this worker's range."""
 
     def __init__(self, data_dir: Path, port: int, root: Path, *, durable: bool = False) -> None:
         self.data_dir = data_dir
         self.port = port
         self.root = root
         self.durable = durable
-        self.log = root / f"postgres-{port}.log"
+        self.started_once = False
+
+    @property
+    def log(self) -> Path:
+        """The server's log (one per port it was started on)."""
+        return self.root / f"postgres-{self.port}.log"
 
     @classmethod
     def create(cls, *, durable: bool = False) -> PrivatePostgres:
-        """Initialise a new primary cluster (trust authentication, replication allowed from loopback).
+        """A new primary cluster (trust authentication, replication allowed from loopback), copied from the template.
 
         Clusters are fast and crash-unsafe (no fsync, asynchronous commit) unless ``durable``: a test that crashes
         the server and counts what survived needs every acknowledged commit on disk.
@@ -69,19 +128,14 @@ class PrivatePostgres:
         if not (PG_BIN / "initdb").exists():
             unavailable(f"PostgreSQL binaries not found in {PG_BIN}")
         root = _private_directory()
-        instance = cls(root / "data", free_port(), root, durable=durable)
-        instance._run(
-            [
-                *(str(PG_BIN / "initdb"), "-D", str(instance.data_dir), "-U", "postgres", "--auth=trust"),
-                *("-E", "UTF8", "--no-sync", "--no-instructions"),
-            ]
-        )
+        instance = cls(root / "data", service_port(), root, durable=durable)
+        _copy_cluster(_template_cluster(), instance.data_dir)
         return instance
 
     def standby(self) -> PrivatePostgres:
         """A streaming replica of this (running) cluster, made with ``pg_basebackup -R``; not started yet."""
         root = _private_directory()
-        replica = PrivatePostgres(root / "data", free_port(), root)
+        replica = PrivatePostgres(root / "data", service_port(), root)
         replica._run(
             [
                 *(str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"),
@@ -104,14 +158,52 @@ class PrivatePostgres:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c shared_buffers=16MB -c max_connections=60"
-        )
+        """Start the server and wait until its postmaster listens on the port.
+
+        The first start moves to another port of the range when this one is taken; later starts (a restart the
+        service's ``DATABASE_URL`` already names) must get the same port back.
+        """
+        if self.started_once:
+            if not self._start_on(self.port):
+                raise AssertionError(f"PostgreSQL could not listen on port {self.port} again:\n{self._log_tail()}")
+            return
+        if not self._start_on(self.port):
+            self.port = start_on_service_port(self._start_on, "PostgreSQL")
+        self.started_once = True
+
+    def _start_on(self, port: int) -> bool:
+        self.port = port
+        options = f"-p {port} -c listen_addresses=127.0.0.1 -k {self.root} -c shared_buffers=16MB -c max_connections=60"
         if not self.durable:
             options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
-        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log), "-o", options, "-w", "start"])
-        wait_for(lambda: accepts(self.port), 30, f"PostgreSQL on port {self.port}")
+        user, _, _ = _pg_user()
+        started = subprocess.run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log), "-o", options, "-w", "start"],
+            capture_output=True,
+            user=user,
+            timeout=120,
+            check=False,
+        )
+        if started.returncode != 0:
+            if said_address_in_use(self.log) and not self.started_once:
+                return False
+            raise AssertionError(f"pg_ctl start failed ({started.returncode}):\n{self._log_tail()}")
+        wait_listening(self.postmaster_pid, port, lambda: True, 30, "PostgreSQL")
+        return True
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's process id, from ``postmaster.pid`` (None while there is none)."""
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+        except OSError:
+            return None
+        return int(first) if first.isdigit() else None
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no log)"
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: sessions are disconnected) and wait until the port is closed."""
@@ -161,7 +253,7 @@ def _private_directory() -> Path:
 
 
 class PrivateRedis:
-    """A ``redis-server`` process on a free port; stop and start it at will.
+    """A ``redis-server`` process on a port of this worker's range; stop and start it at will.
 
     Without persistence by default (a restart is empty, as after a crash); ``durable`` keeps an append-only file
     written with ``appendfsync always``, so a killed server restarts with every write it acknowledged.
@@ -170,10 +262,13 @@ class PrivateRedis:
     def __init__(self, password: str | None = None, *, durable: bool = False) -> None:
         if shutil.which("redis-server") is None:
             unavailable("redis-server is not on PATH")
-        self.port = free_port()
+        self.port = service_port()
         self.password = password
-        self.directory = Path(tempfile.mkdtemp(prefix="library-redis-")) if durable else None
+        self.durable = durable
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_once = False
+        self.directory = Path(tempfile.mkdtemp(prefix="library-redis-"))
+        atexit.register(shutil.rmtree, self.directory, ignore_errors=True)
 
     @property
     def url(self) -> str:
@@ -182,16 +277,42 @@ class PrivateRedis:
         return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        if self.directory is None:
-            command += ["--appendonly", "no"]
-        else:
-            command += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)]
+        """Start the server and wait until it listens on its port.
+
+        The first start moves to another port of the range when this one is taken; a restart keeps the port that
+        the service's ``REDIS_URL`` names.
+        """
+        if not self._start_on(self.port):
+            if self.started_once:
+                raise AssertionError(f"redis-server could not listen on port {self.port} again")
+            self.port = start_on_service_port(self._start_on, "redis-server")
+        self.started_once = True
+
+    def _start_on(self, port: int) -> bool:
+        self.port = port
+        command = [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.directory),
+        ]
+        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         if self.password:
             command += ["--requirepass", self.password]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: accepts(self.port), 15, f"Redis on port {self.port}")
+        log = self.directory / f"redis-{port}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        if process_listens(process, port, 15, "redis-server"):
+            self.process = process
+            return True
+        if said_address_in_use(log):
+            return False
+        raise AssertionError(f"redis-server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
 
     def stop(self) -> None:
         """Kill the server and wait until the port is closed."""

@@ -1,4 +1,10 @@
-"""Reaching the real PostgreSQL and Redis: skip locally with a reason when they are down, fail in CI."""
+"""Reaching the real PostgreSQL and Redis: skip locally with a reason when they are down, fail in CI.
+
+Under xdist each worker has a Redis database number of its own (``/1``, ``/2``, ... of the machine's Redis;
+``/0`` outside xdist), so keys one worker's tests write (rate-limit counters, cache generations, streams) are
+never seen by another's. ``TEST_REDIS_URL`` overrides it, database number included. PostgreSQL databases are
+already private: every test database is created under a unique name.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,17 @@ import socket
 
 import pytest
 
+from tests.support.ports import in_xdist, service_port, worker_index
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 POSTGRES_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 POSTGRES_PORT = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_DATABASES = 16
+"""Redis's default ``databases``: numbers 1-15 go to xdist workers (wrapping around beyond 15 workers)."""
+REDIS_URL = os.environ.get(
+    "TEST_REDIS_URL", f"redis://127.0.0.1:6379/{worker_index() % (REDIS_DATABASES - 1) + 1 if in_xdist() else 0}"
+)
 
 
 def unavailable(reason: str) -> None:
@@ -44,7 +56,9 @@ def require_redis() -> None:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port of this xdist worker's own range (:func:`tests.support.ports.service_port`), for older call sites.
+
+    Prefer :func:`tests.support.ports.listening_socket` for a server that can inherit a socket and
+    :func:`tests.support.ports.refused_port` for "nothing listens here": both keep the port bound throughout.
+    """
+    return service_port()

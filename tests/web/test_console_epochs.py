@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,18 +22,23 @@ from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, create_book, create_user
 from tests.support.live import QuietServer, wait_until
-from tests.support.services import free_port, unavailable
+from tests.support.ports import listening_socket, port_of
+from tests.support.services import unavailable
 from tests.web.test_console import ARGS, CHROMIUM
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
 
 @contextlib.asynccontextmanager
-async def serve_on(app: FastAPI, port: int) -> AsyncIterator[None]:
-    """Run ``app`` on ``port`` (the same port again after a restart, as a restarted service would be)."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+async def serve_on(app: FastAPI, listener: socket.socket) -> AsyncIterator[None]:
+    """Run ``app`` on ``listener`` (the same port again after a restart, as a restarted service would be).
+
+    The server gets a copy of the socket and closes it when it stops; the test's copy keeps the port bound and
+    listening between the two lives, so no one else can take it (connections made meanwhile wait in its queue).
+    """
+    config = uvicorn.Config(app, log_config=None, lifespan="on")
     server = QuietServer(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[listener.dup()]))
     await wait_until(lambda: server.started or task.done(), within=15, what="the server to start")
     if task.done():
         task.result()
@@ -46,7 +52,8 @@ async def serve_on(app: FastAPI, port: int) -> AsyncIterator[None]:
 async def test_the_console_resyncs_after_the_service_restarts(committed_url: str, tmp_path: Path) -> None:
     if shutil.which(CHROMIUM) is None:
         unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    port = free_port()
+    listener = listening_socket()
+    port = port_of(listener)
 
     def app() -> FastAPI:
         return create_app(fast_settings(database_url=committed_url, upload_dir=tmp_path, broadcast_interval=0))
@@ -62,7 +69,7 @@ async def test_the_console_resyncs_after_the_service_restarts(committed_url: str
             page = await (await browser.new_context()).new_page()
             page.on("websocket", watch)
             first = app()
-            async with serve_on(first, port):
+            async with serve_on(first, listener):
                 ctx: AppContext = first.state.context
                 reader = await create_user(ctx, Role.READER)
                 await page.goto(f"http://127.0.0.1:{port}/")
@@ -82,7 +89,7 @@ async def test_the_console_resyncs_after_the_service_restarts(committed_url: str
                 await expect(feed).to_have_count(3)
 
             second = app()
-            async with serve_on(second, port):
+            async with serve_on(second, listener):
                 ctx = second.state.context
                 for n in range(5):
                     await create_book(ctx, title=f"second life {n}")
@@ -95,6 +102,7 @@ async def test_the_console_resyncs_after_the_service_restarts(committed_url: str
             await expect(feed).to_have_count(4)
         finally:
             await browser.close()
+            listener.close()
 
     resumes = [m for m in sent if m.get("type") == "subscribe" and m.get("last_event_id") is not None]
     assert resumes, sent

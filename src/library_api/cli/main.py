@@ -56,8 +56,13 @@ def serve(
     ca: Annotated[Path | None, typer.Option(help="CA of client certificates, PEM [TLS_CA_FILE].")] = None,
     crl: Annotated[Path | None, typer.Option(help="Revocation list of --ca, PEM [TLS_CRL_FILE].")] = None,
     server: Annotated[str | None, typer.Option(help="uvicorn, hypercorn or gunicorn [SERVER].")] = None,
+    fd: Annotated[
+        int | None,
+        typer.Option(help="Serve on this inherited, listening socket instead of binding --host/--port."),
+    ] = None,
 ) -> None:
     """Run the HTTP server (validating the whole configuration before any port is opened)."""
+    from library_api.server.listener import ListenerError, inherited_listener
     from library_api.server.runner import run
 
     flags = {
@@ -68,12 +73,20 @@ def serve(
         **security_flags(mode=mode, cert=cert, key=key, ca=ca, crl=crl, server=server),
     }
     settings = settings_from(ctx, **flags)
+    listener = None
+    if fd is not None:
+        if settings.reload:
+            raise fail(["--fd: reload binds a socket of its own; leave out --reload"], EXIT_CONFIG)
+        try:
+            listener = inherited_listener(fd)
+        except ListenerError as exc:
+            raise fail([str(exc)], EXIT_CONFIG) from None
     state: CliState = ctx.obj
     overrides = {key: value for key, value in flags.items() if value is not None}
     if state.config_file is not None:
         overrides["config_file"] = str(state.config_file)
     try:
-        exit_code = run(settings, overrides)
+        exit_code = run(settings, overrides, listener)
     except ConfigError as exc:  # a server's own keys, checked as it starts (e.g. Gunicorn's TIMEOUT)
         raise fail(exc.problems, EXIT_CONFIG) from None
     if exit_code:

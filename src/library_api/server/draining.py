@@ -2,7 +2,7 @@
 
 Uvicorn's own multi-process supervisor always runs its stock server class in the children, and that class
 closes every WebSocket at once with 1012 on SIGTERM. :class:`WorkerSupervisor` runs ``--workers N`` itself:
-it binds the socket once, starts N spawned children that each run a
+it binds the socket once (or takes the one handed down with ``serve --fd``), starts N spawned children that each run a
 :class:`~library_api.server.uvicorn.DrainingServer`, forwards every stop signal to them, replaces a child that
 dies while serving, and waits for all of them to finish draining before it exits.
 """
@@ -39,20 +39,28 @@ def serve_worker(config: uvicorn.Config, listener: socket.socket) -> None:
 
 
 class WorkerSupervisor:
-    """Runs several :class:`DrainingServer` processes on one listening socket and stops them gracefully."""
+    """Runs several :class:`DrainingServer` processes on one listening socket and stops them gracefully.
+
+    ``listener``, when given, is a socket the parent handed down (``serve --fd``); it is served on instead of
+    binding ``HOST:PORT``, and, like a bound one, closed in this process on the first stop signal.
+    """
 
     def __init__(
-        self, config: uvicorn.Config, workers: int, listener: socket.socket | None = None, poll_interval: float = 0.2
+        self,
+        config: uvicorn.Config,
+        workers: int,
+        poll_interval: float = 0.2,
+        *,
+        listener: socket.socket | None = None,
     ) -> None:
         self.config = config
-        self.listener = listener
-        """The bound socket to serve on (Uvicorn's ``bind_socket`` when not given)."""
         self.workers = workers
         self.poll_interval = poll_interval
         self._context = multiprocessing.get_context("spawn")
         self._pending: list[int] = []
         self._stopping = False
         self._listener: socket.socket | None = None
+        self._inherited = listener
 
     def _record(self, sig: int, frame: FrameType | None) -> None:
         self._pending.append(sig)
@@ -65,7 +73,7 @@ class WorkerSupervisor:
 
     def run(self) -> int:
         """Serve until every worker has stopped; the exit code is 0 unless a worker could not start."""
-        listener = self._listener = self.listener or self.config.bind_socket()
+        listener = self._listener = self._inherited if self._inherited is not None else self.config.bind_socket()
         previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
         processes = [self._start(listener) for _ in range(self.workers)]
         exit_code = 0

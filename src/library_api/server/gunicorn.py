@@ -6,7 +6,8 @@ settings are not used, so its default cipher string never applies), the protocol
 extension into every scope, and the :class:`~library_api.server.uvicorn.DrainingServer`, so the SIGTERM Gunicorn
 sends a stopping worker first drains the application's WebSocket clients. ``deploy/gunicorn.conf.py`` finds this
 class by itself and sets ``graceful_timeout`` above the drain; :func:`run_gunicorn` (``library-api serve --server
-gunicorn``) does the same, from the same process settings (:mod:`library_api.server.gunicorn_settings`).
+gunicorn``) does the same, from the same process settings (:mod:`library_api.server.gunicorn_settings`), binding
+``fd://N`` for a socket handed down with ``serve --fd N``.
 
 Uvicorn's own forwarded-header handling is off (``proxy_headers=False``), as under ``serve --server uvicorn``:
 Uvicorn's worker would otherwise believe ``X-Forwarded-For``/``-Proto`` from Gunicorn's ``forwarded_allow_ips``
@@ -110,18 +111,19 @@ class GunicornService(BaseApplication):  # type: ignore[misc]
         return self._load()
 
 
-def gunicorn_options(settings: Settings) -> dict[str, Any]:
+def gunicorn_options(settings: Settings, fd: int | None = None) -> dict[str, Any]:
     """Gunicorn's settings for the service, from the process settings ``deploy/gunicorn.conf.py`` uses.
 
     The same keys with the same checks (:func:`~library_api.server.gunicorn_settings.process_options`), and
-    ``--workers`` (``WORKERS``) first when it is given. Raises :class:`~library_api.config.ConfigError` on a bad
-    key.
+    ``--workers`` (``WORKERS``) first when it is given. ``fd`` is a listening socket handed down by the parent
+    (``serve --fd``): Gunicorn serves on it (``fd://N``) instead of binding ``HOST:PORT``. Raises
+    :class:`~library_api.config.ConfigError` on a bad key.
     """
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     explicit = settings.workers if "workers" in settings.model_fields_set else None
     return {
         **process_options(settings, workers=explicit),
-        "bind": [f"{host}:{settings.port}"],
+        "bind": [f"fd://{fd}"] if fd is not None else [f"{host}:{settings.port}"],
         "worker_class": WORKER_CLASS,
         "accesslog": None,
         "proc_name": "library-api",
@@ -129,13 +131,20 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_gunicorn(settings: Settings, overrides: Mapping[str, Any]) -> None:
-    """Serve with Gunicorn and its Uvicorn workers (the count checked against the settings before start)."""
+def run_gunicorn(settings: Settings, overrides: Mapping[str, Any], listener: socket.socket | None = None) -> None:
+    """Serve with Gunicorn and its Uvicorn workers (on ``listener`` when the parent handed one down).
+
+    The worker count is checked against the settings before start. Gunicorn takes over a handed-down descriptor
+    and closes it once it has its own copy, so the socket object is detached first: nothing else may close that
+    descriptor number later.
+    """
     from library_api.server.asgi import create_app_from_environment  # noqa: PLC0415 - loaded in the workers
 
-    options = gunicorn_options(settings)
+    options = gunicorn_options(settings, listener.fileno() if listener is not None else None)
     settings = with_workers(settings, options["workers"])
     hand_down_overrides(overrides)
     hand_down_workers(options["workers"])
     prepare_worker_metrics(settings)
+    if listener is not None:
+        listener.detach()
     GunicornService(options, create_app_from_environment).run()

@@ -16,6 +16,7 @@ public building blocks (its ``Config`` for sockets and timeouts, ``Lifespan``, `
 * ``WS_MAX_SIZE`` holds against clients that ignore close 1009, and permessage-deflate is agreed only with
   ``WS_PER_MESSAGE_DEFLATE`` (:mod:`library_api.server.hypercorn_ws`).
 
+With ``serve --fd N`` the handed-down listening socket is served on instead of binding ``HOST:PORT``.
 With ``WORKERS`` above one, the parent binds the sockets and forks that many workers, forwarding the stop
 signal to each; every worker builds its own application and SSL context after the fork.
 """
@@ -163,14 +164,20 @@ def _worker(settings: Settings, sockets: list[socket.socket], tls: ServerTLS | N
     asyncio.run(serve(create_app(settings), hypercorn_config(settings), sockets, tls))
 
 
-def run_hypercorn(settings: Settings, _overrides: Mapping[str, Any]) -> None:
-    """Serve with Hypercorn: in this process for one worker, in forked workers for several."""
+def run_hypercorn(settings: Settings, _overrides: Mapping[str, Any], listener: socket.socket | None = None) -> None:
+    """Serve with Hypercorn: in this process for one worker, in forked workers for several.
+
+    ``listener`` is a socket handed down by the parent (``--fd``), served on instead of binding ``HOST:PORT``.
+    """
     config = hypercorn_config(settings)
     tls = ServerTLS.from_settings(settings, ALPN_PROTOCOLS)
     config.certfile = str(settings.tls_cert_file) if tls is not None else None
     config.keyfile = str(settings.tls_key_file) if tls is not None else None
-    bound = config.create_sockets()
-    sockets = bound.secure_sockets + bound.insecure_sockets
+    if listener is not None:
+        sockets = [listener]
+    else:
+        bound = config.create_sockets()
+        sockets = bound.secure_sockets + bound.insecure_sockets
     if settings.workers == 1:
         _worker(settings, sockets, tls)
         return

@@ -11,6 +11,9 @@ and the reason for it are logged, as are certificate warnings (expiry within 30 
   :func:`library_api.server.asgi.create_app_from_environment` rebuilds it;
 * **hypercorn**: :mod:`library_api.server.hypercorn` (HTTP/2 over TLS via ALPN);
 * **gunicorn**: :mod:`library_api.server.gunicorn`, Uvicorn workers managed by Gunicorn.
+
+With ``serve --fd N`` (:mod:`library_api.server.listener`) every adapter serves on the listening socket its
+parent handed down instead of binding ``HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from library_api.config.tls_files import check_tls_files
 from library_api.observability.logging import configure_logging
 from library_api.observability.multiprocess import prepare_worker_metrics
 from library_api.server.draining import STARTUP_FAILURE, WorkerSupervisor
+from library_api.server.listener import address_of
 from library_api.server.tls import ServerTLS
 from library_api.server.uvicorn import DrainingServer, listen, uvicorn_options
 
@@ -51,45 +55,46 @@ def announce(settings: Settings) -> None:
         logger.warning("%s", warning)
 
 
-def run(settings: Settings, overrides: Mapping[str, Any]) -> int:
+def run(settings: Settings, overrides: Mapping[str, Any], listener: socket.socket | None = None) -> int:
     """Serve until stopped and return the process exit code; ``overrides`` are the command-line flags.
 
+    ``listener`` is a socket handed down by the parent (``--fd``), served on instead of binding ``HOST:PORT``.
     Every server drains the application on the first stop signal before its own shutdown; reload, a
-    development aid, is the exception and uses Uvicorn's own reloader.
+    development aid, is the exception and uses Uvicorn's own reloader (and binds its own socket).
     """
     configure_logging(settings.log_level, settings.effective_log_format)
     announce(settings)
     if settings.server == "hypercorn":
         from library_api.server.hypercorn import run_hypercorn  # noqa: PLC0415 - only this server needs it
 
-        run_hypercorn(settings, overrides)
+        run_hypercorn(settings, overrides, listener)
         return 0
     if settings.server == "gunicorn":
         from library_api.server.gunicorn import run_gunicorn  # noqa: PLC0415 - only this server needs it
 
-        run_gunicorn(settings, overrides)
+        run_gunicorn(settings, overrides, listener)
         return 0
     tls = ServerTLS.from_settings(settings)
     options = uvicorn_options(settings, tls)
     scheme = "https" if tls is not None else "http"
+    address = address_of(listener) if listener is not None else f"{settings.host}:{settings.port}"
+    inherited = " (inherited socket)" if listener is not None else ""
     if settings.reload:
         hand_down_overrides(overrides)
-        logger.info("starting uvicorn on %s://%s:%d with reload", scheme, settings.host, settings.port)
+        logger.info("starting uvicorn on %s://%s with reload", scheme, address)
         uvicorn.run(APP_FACTORY, factory=True, reload=True, reload_dirs=["src"], **options)
         return 0
+    listener = listener if listener is not None else _listen(settings, tls)
+    if listener is None:
+        return STARTUP_FAILURE
     if settings.workers > 1:
         hand_down_overrides(overrides)
         prepare_worker_metrics(settings)
-        logger.info(
-            "starting uvicorn on %s://%s:%d with %d workers", scheme, settings.host, settings.port, settings.workers
-        )
+        logger.info("starting uvicorn on %s://%s%s with %d workers", scheme, address, inherited, settings.workers)
         config = uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options)
-        listener = _listen(settings, tls)
-        return STARTUP_FAILURE if listener is None else WorkerSupervisor(config, settings.workers, listener).run()
+        return WorkerSupervisor(config, settings.workers, listener=listener).run()
+    logger.info("starting uvicorn on %s://%s%s", scheme, address, inherited)
     server = DrainingServer(uvicorn.Config(create_app(settings), **options))
-    listener = _listen(settings, tls)
-    if listener is None:
-        return STARTUP_FAILURE
     server.run(sockets=[listener])
     return 0 if server.started else STARTUP_FAILURE
 
