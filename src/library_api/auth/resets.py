@@ -137,6 +137,7 @@ class PasswordResets:
         self._notifier = notifier
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     # ----- asking -----
 
@@ -177,17 +178,20 @@ class PasswordResets:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drain(), timeout=5)
+        # A cancellation can reach the loop as a database error, which it logs and survives: the flag ends it.
+        self._stopping.set()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        self._stopping.clear()
 
     async def _drain(self) -> None:
         while not self._queue.empty():
             await self._handle(self._queue.get_nowait())
 
     async def _work(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self._handle(await self._queue.get())
 
     async def _handle(self, email: str) -> None:

@@ -83,6 +83,7 @@ class Notifier:
         self._new_bookings: asyncio.Queue[int] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self.queued = 0
         self.sent = 0
         self.retried = 0
@@ -105,6 +106,7 @@ class Notifier:
         """Start the background work (nothing when e-mail is off)."""
         if not self.enabled or self._tasks:
             return
+        self._stopping.clear()
         logger.info(
             "e-mail notifications on: %s:%d (%s), from %s",
             self.settings.smtp_host,
@@ -124,6 +126,10 @@ class Notifier:
         if not self._new_bookings.empty():
             with contextlib.suppress(TimeoutError, SQLAlchemyError, OSError):
                 await asyncio.wait_for(self._confirm_batch(self._take_all()), timeout=5)
+        # A cancellation can reach a loop as a database error (the driver closes the connection it interrupted),
+        # which the loop would log and survive: the flag ends each loop at its next turn whatever the error was.
+        self._stopping.set()
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -140,7 +146,7 @@ class Notifier:
         return ids
 
     async def _confirm_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             ids = [await self._new_bookings.get(), *self._take_all()]
             try:
                 await self._confirm_batch(ids)
@@ -245,7 +251,7 @@ class Notifier:
     # ----- delivery -----
 
     async def _deliver_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.scan()
                 while await self.deliver_due() == BATCH:
@@ -254,6 +260,8 @@ class Notifier:
                 logger.warning(
                     "e-mail delivery round failed (%s); retrying in %.0f s", exc, self.settings.email_poll_interval
                 )
+            if self._stopping.is_set():
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.email_poll_interval)

@@ -106,6 +106,7 @@ class CredentialGuard:
         self.expired = 0
         self.dropped = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     # ----- lifecycle -----
 
@@ -118,12 +119,16 @@ class CredentialGuard:
         """Stop the periodic check."""
         task, self._task = self._task, None
         if task is not None:
+            # A cancellation can reach the sweep as a database error, which the loop logs and survives: the flag
+            # ends the loop at its next turn whatever the error was.
+            self._stopping.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self._stopping.clear()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await asyncio.sleep(self.interval)
             try:
                 await self.sweep()
