@@ -11,20 +11,28 @@ import typer
 
 client_app = typer.Typer(help="Clients of a running service.", no_args_is_help=True)
 
+DEFAULT_URL = "http://127.0.0.1:8000"
+ServiceUrl = Annotated[str, typer.Option("--url", help="Base URL of the service (http(s)://host:port).")]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", envvar="LIBRARY_API_TOKEN", help="Access or API token [LIBRARY_API_TOKEN].")
+]
+EmailOption = Annotated[str | None, typer.Option("--email", help="Log in with this account instead of --token.")]
+PasswordOption = Annotated[
+    str | None,
+    typer.Option("--password", envvar="LIBRARY_API_PASSWORD", help="Password for --email (prompted if omitted)."),
+]
+"""The options every client command shares: where the service is and how to sign in."""
+
 STRESS_SECONDS = 300.0
 """How long ``client ws --stress`` runs without ``--duration``: the brief's 5 minutes (with its 10 clients)."""
 
 
 @client_app.command("ws")
 def client_ws(
-    url: Annotated[str, typer.Option(help="Base URL of the service (http(s)://host:port).")] = "http://127.0.0.1:8000",
-    token: Annotated[
-        str | None, typer.Option(envvar="LIBRARY_API_TOKEN", help="Access or API token [LIBRARY_API_TOKEN].")
-    ] = None,
-    email: Annotated[str | None, typer.Option(help="Log in with this account instead of --token.")] = None,
-    password: Annotated[
-        str | None, typer.Option(envvar="LIBRARY_API_PASSWORD", help="Password for --email (prompted if omitted).")
-    ] = None,
+    url: ServiceUrl = DEFAULT_URL,
+    token: TokenOption = None,
+    email: EmailOption = None,
+    password: PasswordOption = None,
     client_id: Annotated[str | None, typer.Option(help="Connection id (default: host and process id).")] = None,
     topic: Annotated[list[str] | None, typer.Option("--topic", "-t", help="Topic to follow (repeatable).")] = None,
     clients: Annotated[int, typer.Option(min=1, max=20_000, help="Number of concurrent connections.")] = 1,

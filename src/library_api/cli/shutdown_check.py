@@ -30,7 +30,14 @@ import typer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from library_api.cli.client_app import client_app
+from library_api.cli.client_app import (
+    DEFAULT_URL,
+    EmailOption,
+    PasswordOption,
+    ServiceUrl,
+    TokenOption,
+    client_app,
+)
 from library_api.cli.common import EXIT_CONFIG, fail
 from library_api.realtime.client import login_session, make_ssl_context
 
@@ -216,14 +223,10 @@ class ShutdownCheck:
 
 @client_app.command("shutdown-test")
 def client_shutdown_test(
-    url: Annotated[str, typer.Option(help="Base URL of the service (http(s)://host:port).")] = "http://127.0.0.1:8000",
-    token: Annotated[
-        str | None, typer.Option(envvar="LIBRARY_API_TOKEN", help="Access or API token [LIBRARY_API_TOKEN].")
-    ] = None,
-    email: Annotated[str | None, typer.Option(help="Log in with this account instead of --token.")] = None,
-    password: Annotated[
-        str | None, typer.Option(envvar="LIBRARY_API_PASSWORD", help="Password for --email (prompted if omitted).")
-    ] = None,
+    url: ServiceUrl = DEFAULT_URL,
+    token: TokenOption = None,
+    email: EmailOption = None,
+    password: PasswordOption = None,
     clients: Annotated[int, typer.Option(min=1, max=1000, help="WebSocket clients to connect.")] = 4,
     leave: Annotated[
         int | None, typer.Option(min=0, help="How many leave by themselves when told (default: half).")
