@@ -3,16 +3,16 @@
 The Node watcher (``examples/node/watch.mjs`` on the shared ``examples/live-client/liveClient.mjs``, the same
 logic the React hook uses) must get every broadcast once and in order across a disconnection made by the
 server, the missed one replayed when it resumes from its last id, and a position of another epoch must be
-answered with ``resync``. Skips without Node.js locally; fails in CI, where ``.ci/run`` installs it.
+answered with ``resync``. It runs as a user runs it: its dependencies installed by ``npm ci`` from its lock
+file (``tests.support.npm``), with plain ``node`` and no flag, so under Node 18 to 21 (no global WebSocket) it
+uses the ``ws`` package and under Node 22+ the built-in WebSocket. Skips without Node.js and npm locally;
+fails in CI, where ``.ci/run`` installs them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,23 +25,17 @@ from library_api.security.permissions import Role
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.factories import create_user, token_for
 from tests.support.live import wait_until
-
-WATCH = Path(__file__).resolve().parents[2] / "examples" / "node" / "watch.mjs"
-NODE = shutil.which("node")
+from tests.support.npm import node_major, stage, tool
 
 pytestmark = [pytest.mark.parametrize(**SQLITE_ONLY)]
 
 
-def node_command() -> list[str]:
-    """``node`` with the flag Node 20 needs for its global WebSocket (Node 22 has it without)."""
-    if NODE is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Node.js is not installed (.ci/run installs Debian's nodejs)")
-        pytest.skip("Node.js is not installed: apt-get install nodejs")
-    major = int(
-        subprocess.run([NODE, "--version"], capture_output=True, text=True, check=True).stdout[1:].split(".")[0]
-    )
-    return [NODE, "--experimental-websocket"] if major < 22 else [NODE]
+@pytest.fixture(scope="module")
+def watch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``watch.mjs`` staged with the ``ws`` package its lock file pins (Node 18 or later)."""
+    if node_major() < 18:
+        pytest.skip("the examples need Node.js 18 or later")
+    return stage("node", tmp_path_factory.mktemp("node-example")) / "watch.mjs"
 
 
 class Watcher:
@@ -69,9 +63,9 @@ class Watcher:
         ]
 
 
-async def watcher(live_http: str, token: str, client_id: str, *extra: str) -> AsyncIterator[Watcher]:
+async def watcher(watch: Path, live_http: str, token: str, client_id: str, *extra: str) -> AsyncIterator[Watcher]:
     process = await asyncio.create_subprocess_exec(
-        *node_command(), str(WATCH), "--url", live_http, "--token", token, "--client-id", client_id,
+        tool("node"), str(watch), "--url", live_http, "--token", token, "--client-id", client_id,
         "--topic", "broadcast", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -92,11 +86,13 @@ def following(ctx: AppContext, client_id: str) -> bool:
 
 
 async def test_the_node_client_resumes_after_a_disconnection_without_loss_or_duplicates(
-    start_live: StartLive,
+    start_live: StartLive, watch: Path
 ) -> None:
     live, ctx = await start_live()
     token = token_for(ctx, await create_user(ctx, Role.READER))
-    async for node in watcher(live.http, token, "node-resume"):
+    async for node in watcher(watch, live.http, token, "node-resume"):
+        starting = await node.until(lambda line: line.get("state") == "starting")
+        assert starting["websocket"] == ("global" if node_major() >= 22 else "ws")  # Node 18-21: the ws package
         await node.until(lambda line: line.get("state") == "subscribed")
         await broadcast(ctx, "one")
         await broadcast(ctx, "two")
@@ -116,10 +112,12 @@ async def test_the_node_client_resumes_after_a_disconnection_without_loss_or_dup
         assert replayed["replayed"] == 1
 
 
-async def test_a_position_of_another_epoch_gets_resync_and_the_client_carries_on(start_live: StartLive) -> None:
+async def test_a_position_of_another_epoch_gets_resync_and_the_client_carries_on(
+    start_live: StartLive, watch: Path
+) -> None:
     live, ctx = await start_live()
     token = token_for(ctx, await create_user(ctx, Role.READER))
-    async for node in watcher(live.http, token, "node-stale", "--resume", "broadcast:5:stale-epoch"):
+    async for node in watcher(watch, live.http, token, "node-stale", "--resume", "broadcast:5:stale-epoch"):
         resync = await node.until(lambda line: line.get("kind") == "resync")
         assert resync["topic"] == "broadcast"
         assert resync["reason"] == "epoch"
@@ -129,9 +127,9 @@ async def test_a_position_of_another_epoch_gets_resync_and_the_client_carries_on
         assert event["data"]["message"] == "after resync"
 
 
-async def test_a_refused_token_stops_the_node_client(start_live: StartLive) -> None:
+async def test_a_refused_token_stops_the_node_client(start_live: StartLive, watch: Path) -> None:
     live, _ = await start_live()
-    async for node in watcher(live.http, "forged", "node-forged"):
+    async for node in watcher(watch, live.http, "forged", "node-forged"):
         stopped = await node.until(lambda line: line.get("state") == "stopped")
         assert stopped["code"] == 4401
         assert await asyncio.wait_for(node.process.wait(), timeout=10) == 1
