@@ -46,10 +46,15 @@ def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     Pass ``sock.fileno()`` in ``pass_fds`` (and as ``--fd``); the child's copy keeps the port for as long as it
     runs, so the parent may close its own copy once the child has started. ``port`` binds a given port again
     (a server restarted where its clients expect it), which fails if anything else took it meanwhile.
+
+    ``SO_REUSEADDR`` is set on every such socket, not only on a rebinding one: the connections a server accepted
+    inherit the flag from its listening socket, and Linux lets a restart bind the port while the old server's
+    closed connections linger (``TIME-WAIT``, or ``FIN-WAIT-2`` while a browser still holds its end of a
+    keep-alive connection) only if those connections carry the flag too. It never lets two sockets listen on one
+    port, so a port another process listens on still cannot be taken.
     """
     sock = _tcp_socket()
-    if port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old connections' TIME_WAIT is no owner
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(socket.SOMAXCONN)
     return sock

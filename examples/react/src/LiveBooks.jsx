@@ -5,8 +5,8 @@ export function LiveBooks({ baseUrl, token, reload }) {
   const { events, status } = useLiveEvents({ baseUrl, token, topics: ["books"], onResync: reload });
   return (
     <section>
-      <p>Live: {status.state}</p>
-      <ul>
+      <p data-testid="live-status">Live: {status.state}</p>
+      <ul data-testid="live-events">
         {events.map((event) => (
           <li key={`${event.epoch}:${event.id}`}>
             {event.type}: {event.data?.title ?? event.data?.id}

@@ -5,7 +5,7 @@
 // Positions are kept in sessionStorage, so a page reload resumes where it left off; on `resync` the hook calls
 // `onResync` (reload the list from the REST API) and clears the events it held for that topic.
 import { useEffect, useRef, useState } from "react";
-import { LiveClient } from "../live-client/liveClient.mjs";
+import { LiveClient } from "../../live-client/liveClient.mjs";
 
 const STORAGE_KEY = "library-api.live-positions";
 
