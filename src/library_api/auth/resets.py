@@ -39,11 +39,11 @@ from library_api.auth.models import PasswordReset
 from library_api.config import Settings
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
-from library_api.http.problems import BadRequest, Forbidden, NotFound, ProblemError, ServiceUnavailable, TooManyRequests
-from library_api.http.rate_limit_policies import RateLimiter, build_policy, ratelimit_header
 from library_api.notifications.messages import render_password_reset
 from library_api.notifications.models import EmailKind
 from library_api.notifications.service import Notifier
+from library_api.problems import BadRequest, Forbidden, NotFound, ProblemError, ServiceUnavailable, TooManyRequests
+from library_api.resilience.rate_limits import RateLimiter, build_policy, ratelimit_header
 from library_api.security.password_checks import account_key
 from library_api.security.passwords import PasswordService
 from library_api.security.tokens import digest_token

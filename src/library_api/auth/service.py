@@ -28,7 +28,7 @@ from library_api.auth.models import RefreshFamily, RefreshToken
 from library_api.auth.schemas import TokenPair
 from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
-from library_api.http.problems import Forbidden, Unauthorized
+from library_api.problems import Forbidden, Unauthorized
 from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.tokens import TokenService, digest_token, new_refresh_token

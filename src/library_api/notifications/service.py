@@ -39,12 +39,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.bookings.models import Booking, BookingStatus
 from library_api.books.models import Book
 from library_api.config import Settings
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.events import DomainEvent
+from library_api.holdings.models import Booking, BookingStatus
 from library_api.notifications.mailer import DeliveryError, Failure, Mailer, message_id_for
 from library_api.notifications.messages import redact_reset_token, render
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail

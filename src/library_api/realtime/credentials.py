@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from library_api.http.problems import Unauthorized
+from library_api.problems import Unauthorized
 from library_api.realtime.held_credential import NO_CREDENTIAL, Credential, Held
 from library_api.realtime.topics import TopicError, control, resolve
 from library_api.security.authentication import API_KEY_HEADER, Authenticator

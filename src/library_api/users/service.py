@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from library_api.auth.models import PasswordReset, RefreshFamily
 from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
-from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
+from library_api.problems import Conflict, Forbidden, InvalidInput, NotFound
 from library_api.security.password_checks import PasswordChecks, account_name
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import USER_ROLES, Role
