@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from library_api.auth.resets import PasswordResets
 from library_api.auth.router import LINKS as AUTH_LINKS
 from library_api.auth.router import router as auth_router
-from library_api.auth.service import AuthService
+from library_api.auth.service import AuthService, revoke_credentials
 from library_api.bookings.router import LINKS as BOOKING_LINKS
 from library_api.bookings.router import router as bookings_router
 from library_api.bookings.service import BookingService
@@ -189,7 +189,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
     tokens = TokenService(settings)
     accounts = AccountStateCache(database.reader, settings.principal_cache_ttl)
     api_tokens = ApiTokenService(policy, database.reader, settings.principal_cache_ttl)
-    users = UserService(passwords, password_checks, accounts, settings.password_min_length)
+    users = UserService(passwords, password_checks, accounts, settings.password_min_length, revoke_credentials)
     books = BookService(events, CoverStore(settings.upload_dir), settings.api_v1_str)
     cache_type = settings.effective_cache_type
     backend: CacheBackend = (
