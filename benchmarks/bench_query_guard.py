@@ -24,8 +24,8 @@ from starlette.requests import Request
 
 from library_api.books.router import router as books_router
 from library_api.config import Settings
-from library_api.http.problems import ProblemError
 from library_api.http.query import single_valued_names, single_valued_query
+from library_api.problems import ProblemError
 
 SIZES = (1000, 2000, 4000, 8000)
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from library_api.app import create_app
 from library_api.dependencies.context import AppContext
-from library_api.http.problems import PROBLEM_CONTENT_TYPE
+from library_api.problems import PROBLEM_CONTENT_TYPE
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for
 

@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from library_api.auth.resets import PasswordResets
 from library_api.auth.router import LINKS as AUTH_LINKS
 from library_api.auth.router import router as auth_router
-from library_api.auth.service import AuthService
+from library_api.auth.service import AuthService, revoke_credentials
 from library_api.bookings.router import LINKS as BOOKING_LINKS
 from library_api.bookings.router import router as bookings_router
 from library_api.bookings.service import BookingService
@@ -41,10 +41,7 @@ from library_api.events import EventBus
 from library_api.http.fast_dispatch import install_fast_path
 from library_api.http.links import add_links
 from library_api.http.networks import Networks
-from library_api.http.problems import install_problem_handlers
 from library_api.http.query import single_valued_query
-from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies, builtin_route_limits
-from library_api.http.responses import add_problem_responses, use_problem_media_type
 from library_api.http.stack import install_middleware
 from library_api.idempotency.store import IdempotencyStore
 from library_api.lifecycle.shutdown import ShutdownCoordinator
@@ -55,6 +52,8 @@ from library_api.observability.metrics import Metrics
 from library_api.observability.router import router as health_router
 from library_api.observability.scrape import router as metrics_router
 from library_api.observability.sentry import init_sentry
+from library_api.problems import install_problem_handlers
+from library_api.problems.responses import add_problem_responses, use_problem_media_type
 from library_api.realtime.admission import Admission
 from library_api.realtime.broker import Broker, MemoryBroker
 from library_api.realtime.credentials import CredentialGuard
@@ -64,6 +63,7 @@ from library_api.realtime.router import api_router as realtime_router
 from library_api.realtime.router import router as websocket_router
 from library_api.resilience.breaker import CircuitBreaker, CircuitState
 from library_api.resilience.database import install_database_unavailable_handler
+from library_api.resilience.rate_limits import RateLimiter, RateLimitPolicies, builtin_route_limits
 from library_api.resilience.redis import GuardedRedis
 from library_api.resilience.retry import Backoff
 from library_api.resilience.schema import SchemaWatch
@@ -189,7 +189,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
     tokens = TokenService(settings)
     accounts = AccountStateCache(database.reader, settings.principal_cache_ttl)
     api_tokens = ApiTokenService(policy, database.reader, settings.principal_cache_ttl)
-    users = UserService(passwords, password_checks, accounts, settings.password_min_length)
+    users = UserService(passwords, password_checks, accounts, settings.password_min_length, revoke_credentials)
     books = BookService(events, CoverStore(settings.upload_dir), settings.api_v1_str)
     cache_type = settings.effective_cache_type
     backend: CacheBackend = (

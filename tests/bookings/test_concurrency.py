@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 from library_api.app import create_app
-from library_api.bookings.models import Booking
 from library_api.db.base import utcnow
 from library_api.dependencies.context import AppContext
+from library_api.holdings.models import Booking
 from tests.conftest import fast_settings
 from tests.support.cli import invoke
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_isbn

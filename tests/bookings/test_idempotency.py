@@ -12,9 +12,9 @@ import httpx
 from sqlalchemy import func, select, update
 
 from library_api.app import create_app
-from library_api.bookings.models import Booking
 from library_api.db.base import utcnow
 from library_api.dependencies.context import AppContext
+from library_api.holdings.models import Booking
 from library_api.idempotency.models import IdempotencyRecord
 from library_api.idempotency.store import IdempotencyStore
 from tests.conftest import fast_settings

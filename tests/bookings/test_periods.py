@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from library_api.bookings.periods import peak_overlap
+from library_api.holdings.periods import peak_overlap
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

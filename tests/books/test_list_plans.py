@@ -22,13 +22,13 @@ from benchmarks.scale_data import populate
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from library_api.bookings.models import BookingStatus
 from library_api.bookings.service import _OWN_PAGE, BookingFilters, BookingService
 from library_api.books.repository import BookFilters, BookRepository, Window
 from library_api.books.schemas import BookSort
 from library_api.db import migrate
 from library_api.db.engine import Database, create_engine
 from library_api.events import EventBus
+from library_api.holdings.models import BookingStatus
 from library_api.security.principal import CredentialKind, Principal
 from tests.conftest import fast_settings
 from tests.support.services import require_postgres

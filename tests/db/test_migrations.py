@@ -14,7 +14,7 @@ from library_api.config import Settings
 from library_api.db import migrate
 from library_api.db.engine import create_engine
 from library_api.db.migrate import include_object
-from library_api.db.models import metadata
+from library_api.tables import metadata
 from tests.support.databases import DatabaseTemplate
 
 

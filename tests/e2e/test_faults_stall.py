@@ -24,11 +24,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from library_api.app import create_app
-from library_api.bookings.models import Booking
 from library_api.db import migrate
 from library_api.db.base import utcnow
 from library_api.db.engine import DEFAULT_CONNECT_TIMEOUT, DRIVER_TIMEOUT_GRACE, create_engine, driver_timeouts
 from library_api.dependencies.context import AppContext
+from library_api.holdings.models import Booking
 from library_api.resilience.database import is_database_timeout
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_book, create_user, token_for

@@ -22,8 +22,8 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.storage import memory as limits_memory
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from library_api.http.rate_limit_policies import LocalWindows, RateLimiter, RateLimitPolicies
 from library_api.resilience.breaker import CircuitBreaker
+from library_api.resilience.rate_limits import LocalWindows, RateLimiter, RateLimitPolicies
 from library_api.resilience.redis import GuardedRedis
 from tests.support.services import REDIS_URL, require_redis
 

@@ -30,10 +30,10 @@ from fastapi import FastAPI
 from sqlalchemy import select, update
 
 from library_api.app import create_app
-from library_api.bookings.models import Booking, BookingStatus
 from library_api.config import ConfigError, load_settings
 from library_api.db.base import utcnow
 from library_api.dependencies.context import AppContext
+from library_api.holdings.models import Booking, BookingStatus
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings

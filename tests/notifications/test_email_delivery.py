@@ -22,9 +22,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from library_api.bookings.models import Booking
 from library_api.db.base import utcnow
 from library_api.dependencies.context import AppContext
+from library_api.holdings.models import Booking
 from library_api.notifications.mailer import message_id_for
 from library_api.notifications.models import EmailKind, EmailStatus
 from library_api.notifications.service import LEASE, Notifier

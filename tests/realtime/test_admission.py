@@ -23,9 +23,9 @@ from websockets.exceptions import InvalidStatus
 
 from library_api.config import Settings
 from library_api.dependencies.context import AppContext
-from library_api.http.rate_limit_policies import RateLimiter
 from library_api.realtime.admission import Admission, Denied, Refusal
 from library_api.realtime.router import _deny
+from library_api.resilience.rate_limits import RateLimiter
 from library_api.security.permissions import Role
 from library_api.security.principal import CredentialKind, Principal
 from tests.realtime.conftest import SQLITE_ONLY, StartLive

@@ -30,7 +30,7 @@ from library_api.db.base import utcnow
 from library_api.db.engine import Database, create_database
 from library_api.dependencies.context import AppContext
 from library_api.events import DomainEvent
-from library_api.http.problems import Conflict
+from library_api.problems import Conflict
 from library_api.realtime.broker import BrokerUnavailable, MemoryBroker
 from library_api.realtime.hub import Hub
 from library_api.realtime.models import LiveEventRow

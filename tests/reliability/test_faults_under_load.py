@@ -29,8 +29,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from library_api.bookings.periods import peak_overlap
 from library_api.db.base import utcnow
+from library_api.holdings.periods import peak_overlap
 from tests.reliability.conftest import Record
 from tests.support.factories import PASSWORD, bearer, unique_isbn
 from tests.support.live_server import LiveServer

@@ -39,11 +39,12 @@ from library_api.auth.models import PasswordReset
 from library_api.config import Settings
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
-from library_api.http.problems import BadRequest, Forbidden, NotFound, ProblemError, ServiceUnavailable, TooManyRequests
-from library_api.http.rate_limit_policies import RateLimiter, build_policy, ratelimit_header
+from library_api.lifecycle.loops import Loops
 from library_api.notifications.messages import render_password_reset
 from library_api.notifications.models import EmailKind
 from library_api.notifications.service import Notifier
+from library_api.problems import BadRequest, Forbidden, NotFound, ProblemError, ServiceUnavailable, TooManyRequests
+from library_api.resilience.rate_limits import RateLimiter, build_policy, ratelimit_header
 from library_api.security.password_checks import account_key
 from library_api.security.passwords import PasswordService
 from library_api.security.tokens import digest_token
@@ -136,8 +137,7 @@ class PasswordResets:
         self._limiter = limiter
         self._notifier = notifier
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loops = Loops()
 
     # ----- asking -----
 
@@ -169,30 +169,24 @@ class PasswordResets:
 
     def start(self) -> None:
         """Start the background task that issues and mails links (nothing when reset by e-mail is off)."""
-        if self.enabled and self._task is None:
-            self._task = asyncio.create_task(self._work(), name="password-resets")
+        if self.enabled and not self._loops.running:
+            self._loops.start("password-resets", self._work)
 
     async def stop(self) -> None:
         """Finish the requests already accepted (bounded), then stop."""
-        if self._task is None:
+        if not self._loops.running:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drain(), timeout=5)
-        # A cancellation can reach the loop as a database error, which it logs and survives: the flag ends it.
-        self._stopping.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        self._stopping.clear()
+        await self._loops.stop()
 
     async def _drain(self) -> None:
         while not self._queue.empty():
             await self._handle(self._queue.get_nowait())
 
     async def _work(self) -> None:
-        while not self._stopping.is_set():
-            await self._handle(await self._queue.get())
+        """One round of the background task: the next accepted request (its errors are logged by ``_handle``)."""
+        await self._handle(await self._queue.get())
 
     async def _handle(self, email: str) -> None:
         try:

@@ -18,9 +18,9 @@ from library_api.dependencies import ContextDep, SessionDep
 from library_api.dependencies.permissions import CurrentPrincipal, public, require
 from library_api.http.fast_path import FastPathRoute, fast_path
 from library_api.http.links import Link
-from library_api.http.problems import Forbidden
 from library_api.http.request_origin import client_address
-from library_api.http.responses import problems
+from library_api.problems import Forbidden
+from library_api.problems.responses import problems
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.users.schemas import UserCreate, UserOut, UserSelfUpdate

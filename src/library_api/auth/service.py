@@ -24,11 +24,11 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.auth.models import RefreshFamily, RefreshToken
+from library_api.auth.models import PasswordReset, RefreshFamily, RefreshToken
 from library_api.auth.schemas import TokenPair
 from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
-from library_api.http.problems import Forbidden, Unauthorized
+from library_api.problems import Forbidden, Unauthorized
 from library_api.security.password_checks import PasswordChecks
 from library_api.security.passwords import PasswordService
 from library_api.security.tokens import TokenService, digest_token, new_refresh_token
@@ -166,3 +166,23 @@ class AuthService:
             refresh_token=refresh,
             refresh_expires_in=int(self._refresh_lifetime.total_seconds()),
         )
+
+
+async def revoke_credentials(session: AsyncSession, user_id: int, *, reason: str) -> None:
+    """End an account's live refresh token families and unused reset links, in the caller's transaction.
+
+    The :class:`~library_api.users.service.CredentialRevoker` the factory hands the account service: it calls this
+    whenever the account's sessions end (logout everywhere, a new password, role or state).
+    """
+    now = utcnow()
+    await session.execute(
+        update(RefreshFamily)
+        .where(RefreshFamily.user_id == user_id, RefreshFamily.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+    await session.execute(
+        update(PasswordReset)
+        .where(PasswordReset.user_id == user_id, PasswordReset.used_at.is_(None))
+        .where(PasswordReset.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, status
 from starlette.responses import Response
 
-from library_api.bookings.models import BookingStatus
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.bookings.service import BookingFilters
 from library_api.books.paging import check_window, link_header
@@ -15,10 +14,11 @@ from library_api.books.repository import Window
 from library_api.books.router import LIST_OK, Cursor, Offset
 from library_api.dependencies import ContextDep, SessionDep
 from library_api.dependencies.permissions import require
+from library_api.holdings.models import BookingStatus
 from library_api.http.fast_path import FastPathRoute, fast_path
 from library_api.http.links import Link
-from library_api.http.responses import problems
 from library_api.idempotency.store import KEY_PATTERN, StoredAnswer
+from library_api.problems.responses import problems
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from library_api.bookings.models import BookingStatus
+from library_api.holdings.models import BookingStatus
 from library_api.http.fields import WholeNumber
 
 

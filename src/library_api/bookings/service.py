@@ -19,8 +19,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Select, bindparam, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.bookings.models import Booking, BookingStatus
-from library_api.bookings.periods import peak_overlap
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.books.paging import capped_count, decode_cursor, encode_cursor, total_of
 from library_api.books.repository import BookRepository, Window
@@ -28,8 +26,10 @@ from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.db.reads import HotRead
 from library_api.events import DomainEvent, EventBus
-from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
+from library_api.holdings.models import Booking, BookingStatus
+from library_api.holdings.periods import peak_overlap
 from library_api.idempotency.store import Claim, IdempotencyStore, StoredAnswer
+from library_api.problems import Conflict, Forbidden, InvalidInput, NotFound
 from library_api.realtime.outbox import record
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal

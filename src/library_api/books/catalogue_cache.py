@@ -47,8 +47,8 @@ from library_api.books.service import BookService
 from library_api.cache.backends import CacheBackend, Lookup
 from library_api.db.engine import Database
 from library_api.events import DomainEvent
-from library_api.http.problems import NotFound
 from library_api.observability.metrics import Metrics
+from library_api.problems import NotFound
 from library_api.resilience.database import is_database_unavailable
 from library_api.resilience.redis import RedisUnavailable
 from library_api.resilience.retry import Backoff, retry

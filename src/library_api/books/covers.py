@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 from anyio import Path as AsyncPath
 
-from library_api.http.problems import InsufficientStorage
+from library_api.problems import InsufficientStorage
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlunsplit
 
 from sqlalchemy import BindParameter, ScalarSelect, Select, func, select
 
-from library_api.http.problems import ProblemError
+from library_api.problems import ProblemError
 
 TotalRelation = Literal["eq", "gte"]
 """Whether ``total`` is the exact number of matches (``eq``) or a lower bound at the cap (``gte``)."""

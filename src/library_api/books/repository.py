@@ -20,7 +20,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.bookings.models import Booking, BookingStatus
 from library_api.books.models import Book, BookAuthor, BookTag, author_rows
 from library_api.books.ordering import AUTHOR_ORDERINGS, ORDERINGS
 from library_api.books.paging import TotalRelation, capped_count, decode_cursor, encode_cursor, total_of
@@ -38,6 +37,7 @@ from library_api.books.search import (
     substring_match,
 )
 from library_api.db.base import UTCDateTime
+from library_api.holdings.models import Booking, BookingStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from library_api.dependencies.permissions import require
 from library_api.http.conditional import conditional_response
 from library_api.http.fast_path import FastPathRoute, fast_path
 from library_api.http.links import Link
-from library_api.http.problems import ContentTooLarge, NotFound, UnsupportedMediaType
-from library_api.http.responses import problems
+from library_api.problems import ContentTooLarge, NotFound, UnsupportedMediaType
+from library_api.problems.responses import problems
 from library_api.security.permissions import Permission
 
 router = APIRouter(prefix="/books", tags=["books"], route_class=FastPathRoute)

@@ -12,7 +12,6 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.bookings.periods import peak_overlap
 from library_api.books.covers import CoverStore, ImageKind
 from library_api.books.models import Book
 from library_api.books.repository import BookFilters, BookRepository, Window, search_text
@@ -20,7 +19,8 @@ from library_api.books.schemas import BookCreate, BookOut, BookPage, BookSort, B
 from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
 from library_api.events import DomainEvent, EventBus
-from library_api.http.problems import Conflict, NotFound
+from library_api.holdings.periods import peak_overlap
+from library_api.problems import Conflict, NotFound
 from library_api.realtime.outbox import record
 
 

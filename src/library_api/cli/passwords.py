@@ -41,7 +41,7 @@ def users_reset_password(
     """Mail the owner a reset link (default), print one, or set a new password; every way ends older links."""
     from library_api.app import build_context
     from library_api.db.engine import create_database
-    from library_api.http.problems import ProblemError
+    from library_api.problems import ProblemError
 
     settings = settings_from(ctx)
     if print_link and password_stdin:

@@ -24,7 +24,7 @@ def tokens_create(
     """Issue a token and print it once; only its SHA-256 digest is stored."""
     from datetime import timedelta
 
-    from library_api.http.problems import ProblemError
+    from library_api.problems import ProblemError
 
     settings = settings_from(ctx)
     lifetime = None if expires_in_days is None else timedelta(days=expires_in_days)
@@ -76,7 +76,7 @@ def tokens_revoke(
     token_id: Annotated[int, typer.Argument(min=1, help="The id shown by 'tokens list'.")],
 ) -> None:
     """Revoke a token; running workers refuse it within PRINCIPAL_CACHE_TTL seconds."""
-    from library_api.http.problems import ProblemError
+    from library_api.problems import ProblemError
 
     settings = settings_from(ctx)
 

@@ -27,7 +27,7 @@ def users_create(
     ] = None,
 ) -> None:
     """Create an account with any role: how the first administrator comes to exist."""
-    from library_api.http.problems import ProblemError
+    from library_api.problems import ProblemError
     from library_api.security.permissions import USER_ROLES, Role
     from library_api.users.schemas import normalise_email
 

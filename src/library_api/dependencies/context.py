@@ -20,7 +20,6 @@ from library_api.config import Settings
 from library_api.db.engine import Database
 from library_api.events import EventBus
 from library_api.http.networks import Networks
-from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies
 from library_api.lifecycle.shutdown import ShutdownCoordinator
 from library_api.notifications.service import Notifier
 from library_api.observability.health import HealthMonitor
@@ -29,6 +28,7 @@ from library_api.realtime.admission import Admission
 from library_api.realtime.credentials import CredentialGuard
 from library_api.realtime.hub import Hub
 from library_api.realtime.relay import Relay
+from library_api.resilience.rate_limits import RateLimiter, RateLimitPolicies
 from library_api.resilience.redis import GuardedRedis
 from library_api.security.authentication import Authenticator
 from library_api.security.password_checks import PasswordChecks

@@ -16,7 +16,7 @@ from fastapi.security import OAuth2PasswordBearer
 from fastapi.security.base import SecurityBase
 
 from library_api.dependencies.context import get_context
-from library_api.http.problems import Forbidden, Unauthorized
+from library_api.problems import Forbidden, Unauthorized
 from library_api.security.permissions import Permission
 from library_api.security.principal import PRINCIPAL_SCOPE_KEY, Principal
 

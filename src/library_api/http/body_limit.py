@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from library_api.http.problems import problem_response
+from library_api.problems import problem_response
 
 
 @dataclass(frozen=True, slots=True)

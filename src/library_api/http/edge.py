@@ -22,11 +22,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from library_api.http.problems import problem_response
 from library_api.http.request_origin import REQUEST_ID_HEADER, RequestOrigin, forwarded_certificate_error
 from library_api.http.security_headers import SecurityHeaders
 from library_api.http.telemetry import Telemetry
 from library_api.observability.logging import request_id_var
+from library_api.problems import problem_response
 
 
 class EdgeMiddleware:

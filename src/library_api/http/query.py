@@ -26,7 +26,7 @@ from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from library_api.http.problems import InvalidInput, ProblemError
+from library_api.problems import InvalidInput, ProblemError
 
 _SEQUENCES = (list, tuple, set, frozenset)
 

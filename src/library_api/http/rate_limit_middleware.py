@@ -26,11 +26,11 @@ from collections.abc import Iterable
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from library_api.http.problems import problem_response
-from library_api.http.rate_limit_policies import Policy, RateLimiter, RateLimitPolicies, limit_headers
 from library_api.http.request_origin import client_address
 from library_api.http.routes import ROUTE_TEMPLATE_KEY, RouteTable
 from library_api.observability.metrics import Metrics
+from library_api.problems import problem_response
+from library_api.resilience.rate_limits import Policy, RateLimiter, RateLimitPolicies, limit_headers
 from library_api.security.authentication import Authenticator
 from library_api.security.principal import PRINCIPAL_SCOPE_KEY, Principal
 

@@ -39,7 +39,6 @@ from library_api.http.edge import EdgeMiddleware
 from library_api.http.gzip import GZipMiddleware
 from library_api.http.networks import Networks
 from library_api.http.rate_limit_middleware import RateLimitMiddleware
-from library_api.http.rate_limit_policies import RateLimiter, RateLimitPolicies
 from library_api.http.request_origin import CertificateCheck, RequestOrigin
 from library_api.http.routes import RouteTable
 from library_api.http.security_headers import SecurityHeaders
@@ -47,6 +46,7 @@ from library_api.http.telemetry import Telemetry
 from library_api.http.trusted_hosts import TrustedHostMiddleware
 from library_api.observability.health import PROBE_PATHS
 from library_api.observability.metrics import Metrics
+from library_api.resilience.rate_limits import RateLimiter, RateLimitPolicies
 from library_api.security.authentication import Authenticator
 from library_api.security.forwarded_certificates import ForwardedCertificateVerifier
 

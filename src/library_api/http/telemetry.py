@@ -24,10 +24,10 @@ from typing import Any
 from starlette.types import Scope
 
 from library_api.config import HTTP_METHODS
-from library_api.http.problems import problem_response
 from library_api.http.routes import ROUTE_TEMPLATE_KEY, RouteTable
 from library_api.observability.logging import ACCESS_LOGGER
 from library_api.observability.metrics import Metrics
+from library_api.problems import problem_response
 from library_api.security.principal import PRINCIPAL_SCOPE_KEY
 
 access_logger = logging.getLogger(ACCESS_LOGGER)

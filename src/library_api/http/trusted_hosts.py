@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from library_api.http.problems import problem_response
+from library_api.problems import problem_response
 
 
 def _host_of(scope: Scope) -> str:

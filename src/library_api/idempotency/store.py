@@ -33,8 +33,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from library_api.db.base import utcnow
-from library_api.http.problems import Conflict, InvalidInput
 from library_api.idempotency.models import IdempotencyRecord
+from library_api.problems import Conflict, InvalidInput
 
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 """An ``Idempotency-Key``: 1 to 255 visible ASCII characters (a UUID is the usual choice)."""

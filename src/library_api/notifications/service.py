@@ -39,12 +39,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.bookings.models import Booking, BookingStatus
 from library_api.books.models import Book
 from library_api.config import Settings
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.events import DomainEvent
+from library_api.holdings.models import Booking, BookingStatus
+from library_api.lifecycle.loops import Loops
 from library_api.notifications.mailer import DeliveryError, Failure, Mailer, message_id_for
 from library_api.notifications.messages import redact_reset_token, render
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail
@@ -82,8 +83,7 @@ class Notifier:
         self._mailer = Mailer(settings) if self.enabled else None
         self._new_bookings: asyncio.Queue[int] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
+        self._loops = Loops()
         self.queued = 0
         self.sent = 0
         self.retried = 0
@@ -104,9 +104,8 @@ class Notifier:
 
     async def start(self) -> None:
         """Start the background work (nothing when e-mail is off)."""
-        if not self.enabled or self._tasks:
+        if not self.enabled or self._loops.running:
             return
-        self._stopping.clear()
         logger.info(
             "e-mail notifications on: %s:%d (%s), from %s",
             self.settings.smtp_host,
@@ -114,28 +113,20 @@ class Notifier:
             self.settings.smtp_security,
             self.settings.email_from,
         )
-        self._tasks = [
-            asyncio.create_task(self._confirm_loop(), name="email-confirmations"),
-            asyncio.create_task(self._deliver_loop(), name="email-delivery"),
-        ]
+        self._wake.set()  # the first delivery round runs at once
+        self._loops.start("email-confirmations", self._confirm_round)
+        self._loops.start(
+            "email-delivery", self._deliver_round, errors=(SQLAlchemyError, OSError), on_error=self._round_failed
+        )
 
     async def stop(self) -> None:
         """Write the confirmations still in memory (bounded), then stop; unsent rows wait for the next start."""
-        if not self._tasks:
+        if not self._loops.running:
             return
         if not self._new_bookings.empty():
             with contextlib.suppress(TimeoutError, SQLAlchemyError, OSError):
                 await asyncio.wait_for(self._confirm_batch(self._take_all()), timeout=5)
-        # A cancellation can reach a loop as a database error (the driver closes the connection it interrupted),
-        # which the loop would log and survive: the flag ends each loop at its next turn whatever the error was.
-        self._stopping.set()
-        self._wake.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._loops.stop()
 
     # ----- queueing -----
 
@@ -145,14 +136,13 @@ class Notifier:
             ids.append(self._new_bookings.get_nowait())
         return ids
 
-    async def _confirm_loop(self) -> None:
-        while not self._stopping.is_set():
-            ids = [await self._new_bookings.get(), *self._take_all()]
-            try:
-                await self._confirm_batch(ids)
-            except (SQLAlchemyError, OSError) as exc:
-                logger.warning("could not queue booking confirmations %s (%s); the scan will retry", ids, exc)
-            self._wake.set()
+    async def _confirm_round(self) -> None:
+        ids = [await self._new_bookings.get(), *self._take_all()]
+        try:
+            await self._confirm_batch(ids)
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("could not queue booking confirmations %s (%s); the scan will retry", ids, exc)
+        self._wake.set()
 
     async def _confirm_batch(self, booking_ids: list[int]) -> None:
         await self.enqueue(EmailKind.BOOKING_CONFIRMATION, Booking.id.in_(booking_ids))
@@ -250,21 +240,20 @@ class Notifier:
 
     # ----- delivery -----
 
-    async def _deliver_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.scan()
-                while await self.deliver_due() == BATCH:
-                    pass
-            except (SQLAlchemyError, OSError) as exc:
-                logger.warning(
-                    "e-mail delivery round failed (%s); retrying in %.0f s", exc, self.settings.email_poll_interval
-                )
-            if self._stopping.is_set():
-                return
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.email_poll_interval)
+    async def _deliver_round(self) -> None:
+        """Wait for due mail (woken by a new one, or the poll interval), then queue and send what is due.
+
+        The wait comes first, so that a failed round (logged by :meth:`_round_failed`) is retried after it; the
+        first round does not wait (:meth:`start` wakes it).
+        """
+        await self._loops.pause(self.settings.email_poll_interval, self._wake)
+        self._wake.clear()
+        await self.scan()
+        while await self.deliver_due() == BATCH and not self._loops.stopping:
+            pass
+
+    def _round_failed(self, exc: Exception) -> None:
+        logger.warning("e-mail delivery round failed (%s); retrying in %.0f s", exc, self.settings.email_poll_interval)
 
     async def deliver_due(self) -> int:
         """Claim the rows that are due, send them, record each outcome; how many were claimed."""

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from library_api.dependencies.context import get_context
 from library_api.dependencies.monitoring import monitoring
-from library_api.http.responses import problems
+from library_api.problems.responses import problems
 from library_api.security.permissions import Permission
 
 router = APIRouter(tags=["observability"])

@@ -28,7 +28,7 @@ from enum import StrEnum
 from limits import parse_many
 
 from library_api.config import Settings
-from library_api.http.rate_limit_policies import RateLimiter
+from library_api.resilience.rate_limits import RateLimiter
 from library_api.security.principal import Principal
 
 CLOSE_MESSAGE_TOO_BIG = 1009

@@ -27,8 +27,6 @@ a token of another subject, or one that is not valid, is answered with an ``erro
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from library_api.http.problems import Unauthorized
+from library_api.lifecycle.loops import Loops
+from library_api.problems import Unauthorized
 from library_api.realtime.held_credential import NO_CREDENTIAL, Credential, Held
 from library_api.realtime.topics import TopicError, control, resolve
 from library_api.security.authentication import API_KEY_HEADER, Authenticator
@@ -49,6 +48,11 @@ if TYPE_CHECKING:
     from library_api.realtime.hub import Hub
 
 logger = logging.getLogger("library_api.realtime")
+
+
+def _round_failed(_exc: Exception) -> None:
+    logger.exception("checking the credentials of WebSocket connections failed; retrying")
+
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -105,35 +109,24 @@ class CredentialGuard:
         self.revoked = 0
         self.expired = 0
         self.dropped = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loops = Loops()
 
     # ----- lifecycle -----
 
     def start(self) -> None:
         """Start the periodic check (idempotent)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="realtime-credentials")
+        if not self._loops.running:
+            # Any error ends a round only: a database outage must not end the checks for good.
+            self._loops.start("realtime-credentials", self._round, errors=(Exception,), on_error=_round_failed)
 
     async def stop(self) -> None:
         """Stop the periodic check."""
-        task, self._task = self._task, None
-        if task is not None:
-            # A cancellation can reach the sweep as a database error, which the loop logs and survives: the flag
-            # ends the loop at its next turn whatever the error was.
-            self._stopping.set()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._stopping.clear()
+        await self._loops.stop()
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep()
-            except Exception:  # a database outage must not end the checks for good
-                logger.exception("checking the credentials of WebSocket connections failed; retrying")
+    async def _round(self) -> None:
+        await self._loops.pause(self.interval)
+        if not self._loops.stopping:
+            await self.sweep()
 
     # ----- what a connection proved -----
 

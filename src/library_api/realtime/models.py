@@ -1,6 +1,6 @@
 """The live event outbox's table: events of committed changes waiting for the relay to publish them.
 
-A model module of its own, so that the table list Alembic reads (:mod:`library_api.db.models`) names it without
+A model module of its own, so that the table list Alembic reads (:mod:`library_api.tables`) names it without
 importing the real-time layer's logic.
 """
 

@@ -55,6 +55,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, begin_write
 from library_api.events import DomainEvent
+from library_api.lifecycle.loops import Loops
 from library_api.realtime.broker import BrokerUnavailable
 from library_api.realtime.models import LiveEventRow
 from library_api.realtime.outbox import decode_routes
@@ -122,8 +123,9 @@ class Relay:
         self._inline = database.bound is not None
         self._turn = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loops = Loops()
+        self._delay = BASE_DELAY
+        self._measured = 0.0
         self._failing = False
         self._begun = 0
         self._ended = 0
@@ -143,29 +145,24 @@ class Relay:
 
     async def start(self) -> None:
         """Start the background loop (nothing with a bound database: rows are then published inline)."""
-        if self._task is None and not self._inline:
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._run(), name="realtime-outbox-relay")
+        if not self._loops.running and not self._inline:
+            self._delay, self._measured = BASE_DELAY, 0.0
+            self._loops.start("realtime-outbox-relay", self._round)
 
     async def stop(self, flush_timeout: float = FLUSH_TIMEOUT) -> None:
         """Finish the current round, publish what is left within ``flush_timeout``, and say what still waits."""
-        task, self._task = self._task, None
-        if task is None:
+        if not self._loops.running:
             return
-        self._stopping.set()
         self._wake.set()
         try:
             async with asyncio.timeout(flush_timeout):
-                await task
+                await self._loops.finish()
                 while await self.relay_once() == self._batch:
                     pass
         except (TimeoutError, BrokerUnavailable, SQLAlchemyError, OSError) as exc:
             logger.info("stopped publishing live events: %s", exc or type(exc).__name__)
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await self._loops.stop()  # what the deadline interrupted
             self._begun += 1  # releases every waiting request
             self._round_ended()
         with contextlib.suppress(SQLAlchemyError, OSError):
@@ -180,7 +177,7 @@ class Relay:
         """
         if not self._inline:
             self._wake.set()
-            if self._task is None or self._failing:
+            if not self._loops.running or self._loops.stopping or self._failing:
                 return
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append((self._begun + 1, waiter))
@@ -260,40 +257,37 @@ class Relay:
 
     # ----- the loop -----
 
-    async def _run(self) -> None:
-        delay = BASE_DELAY
-        measured = 0.0
-        while not self._stopping.is_set():
-            self._wake.clear()
-            self._begun += 1
-            outcome: int | Exception | None
-            try:
-                outcome = await self.relay_once()
-            except (BrokerUnavailable, SQLAlchemyError, OSError) as exc:
-                outcome = exc
-            finally:
-                self._round_ended()
-            if isinstance(outcome, Exception):
-                self.failures += 1
-                if not self._failing:
-                    logger.warning("cannot publish live events (%s); they wait in the outbox, retrying", outcome)
-                self._failing = True
-                measured = await self._measure()
-                await self._pause(delay)
-                delay = min(delay * 2, MAX_DELAY)
-                continue
-            if self._failing:
-                logger.info("live events: publishing from the outbox again")
-                self._failing = False
-                delay = BASE_DELAY
-            if outcome is None:
-                self.waited += 1
-                await self._pause(LOCK_RETRY)
-            elif outcome < self._batch:
-                if time.monotonic() - measured >= self._poll_interval:
-                    measured = await self._measure()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+    async def _round(self) -> None:
+        """One turn of the background loop: a round, then a pause (backing off while the broker or database fail)."""
+        self._wake.clear()
+        self._begun += 1
+        outcome: int | Exception | None
+        try:
+            outcome = await self.relay_once()
+        except (BrokerUnavailable, SQLAlchemyError, OSError) as exc:
+            outcome = exc
+        finally:
+            self._round_ended()
+        if isinstance(outcome, Exception):
+            self.failures += 1
+            if not self._failing:
+                logger.warning("cannot publish live events (%s); they wait in the outbox, retrying", outcome)
+            self._failing = True
+            self._measured = await self._measure()
+            await self._loops.pause(self._delay)
+            self._delay = min(self._delay * 2, MAX_DELAY)
+            return
+        if self._failing:
+            logger.info("live events: publishing from the outbox again")
+            self._failing = False
+            self._delay = BASE_DELAY
+        if outcome is None:
+            self.waited += 1
+            await self._loops.pause(LOCK_RETRY)
+        elif outcome < self._batch:
+            if time.monotonic() - self._measured >= self._poll_interval:
+                self._measured = await self._measure()
+            await self._loops.pause(self._poll_interval, self._wake)
 
     def _round_ended(self) -> None:
         """Release the requests waiting for a round that has now ended."""
@@ -306,11 +300,6 @@ class Relay:
             else:
                 waiting.append((target, waiter))
         self._waiters = waiting
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if stopping begins."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _measure(self) -> float:
         if self._on_backlog is not None:

@@ -27,8 +27,8 @@ from starlette.websockets import WebSocketDisconnect
 from library_api.dependencies import ContextDep
 from library_api.dependencies.context import AppContext, get_context
 from library_api.dependencies.permissions import PERMISSION_ATTRIBUTE, require
-from library_api.http.problems import InvalidInput, ServiceUnavailable, Unauthorized, problem_response
-from library_api.http.responses import problems
+from library_api.problems import InvalidInput, ServiceUnavailable, Unauthorized, problem_response
+from library_api.problems.responses import problems
 from library_api.realtime.admission import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TOO_MANY_CONNECTIONS,

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.responses import Response
 
-from library_api.http.problems import problem_response
+from library_api.problems import problem_response
 from library_api.resilience.schema import SchemaWatch, schema_behind_response
 
 logger = logging.getLogger("library_api.resilience")

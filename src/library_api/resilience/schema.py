@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from library_api.db import migrate
-from library_api.http.problems import ServiceUnavailable, problem_response
+from library_api.problems import ServiceUnavailable, problem_response
 
 logger = logging.getLogger("library_api.schema")
 

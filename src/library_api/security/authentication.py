@@ -22,7 +22,7 @@ from typing import Protocol
 
 from starlette.requests import HTTPConnection
 
-from library_api.http.problems import Unauthorized
+from library_api.problems import Unauthorized
 from library_api.security.certificates import CertificateReader
 from library_api.security.permissions import PermissionPolicy, Role
 from library_api.security.principal import CredentialKind, Principal

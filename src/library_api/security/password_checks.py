@@ -30,8 +30,8 @@ from contextlib import asynccontextmanager
 
 from limits import RateLimitItem, parse
 
-from library_api.http.problems import TooManyRequests
-from library_api.http.rate_limit_policies import Decision, Policy, RateLimiter, build_policy, ratelimit_header
+from library_api.problems import TooManyRequests
+from library_api.resilience.rate_limits import Decision, Policy, RateLimiter, build_policy, ratelimit_header
 from library_api.security.passwords import PasswordCheckBusy, PasswordService
 
 ACCOUNT_ADDRESS_POLICY = "login-account-address"

@@ -21,7 +21,7 @@ from anyio import to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from library_api.http.problems import ServiceUnavailable
+from library_api.problems import ServiceUnavailable
 
 _DUMMY_PASSWORD = "timing-equaliser-for-unknown-accounts"  # noqa: S105 - not a credential
 

@@ -77,32 +77,32 @@ def run(settings: Settings, overrides: Mapping[str, Any], listener: socket.socke
     tls = ServerTLS.from_settings(settings)
     options = uvicorn_options(settings, tls)
     scheme = "https" if tls is not None else "http"
-    address = address_of(listener) if listener is not None else f"{settings.host}:{settings.port}"
     inherited = " (inherited socket)" if listener is not None else ""
     if settings.reload:
         hand_down_overrides(overrides)
-        logger.info("starting uvicorn on %s://%s with reload", scheme, address)
+        logger.info("starting uvicorn on %s://%s:%d with reload", scheme, settings.host, settings.port)
         uvicorn.run(APP_FACTORY, factory=True, reload=True, reload_dirs=["src"], **options)
         return 0
-    listener = listener if listener is not None else _listen(settings, tls)
+    listener = listener if listener is not None else _listen(settings)
     if listener is None:
         return STARTUP_FAILURE
+    # The one line that says where the server listens: the bound port, even when PORT=0 asked the kernel for one.
+    workers = f" with {settings.workers} workers" if settings.workers > 1 else ""
+    logger.info("uvicorn running on %s://%s%s%s", scheme, address_of(listener), inherited, workers)
     if settings.workers > 1:
         hand_down_overrides(overrides)
         prepare_worker_metrics(settings)
-        logger.info("starting uvicorn on %s://%s%s with %d workers", scheme, address, inherited, settings.workers)
         config = uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options)
         return WorkerSupervisor(config, settings.workers, listener=listener).run()
-    logger.info("starting uvicorn on %s://%s%s", scheme, address, inherited)
     server = DrainingServer(uvicorn.Config(create_app(settings), **options))
     server.run(sockets=[listener])
     return 0 if server.started else STARTUP_FAILURE
 
 
-def _listen(settings: Settings, tls: ServerTLS | None) -> socket.socket | None:
+def _listen(settings: Settings) -> socket.socket | None:
     """The bound listening socket, or ``None`` (logged) when the address cannot be bound."""
     try:
-        return listen(settings, tls)
+        return listen(settings)
     except OSError as exc:
         logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         return None

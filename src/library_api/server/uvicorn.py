@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import signal
 import socket
 from collections.abc import Callable
@@ -37,8 +36,6 @@ from library_api.config import Settings
 from library_api.server.handshakes import HandshakeGate
 from library_api.server.protocols import HeadDeadlineProtocol
 from library_api.server.tls import ConnectionTLS, ServerTLS, find_shutdown
-
-logger = logging.getLogger("library_api.server")
 
 
 @dataclass(slots=True)
@@ -62,14 +59,11 @@ def _attach_tls(protocol: Any, transport: asyncio.BaseTransport) -> None:
     protocol.app = ConnectionTLS(protocol.config.loaded_app, factory.tls.extension(ssl_object))
 
 
-def listen(settings: Settings, tls: ServerTLS | None) -> socket.socket:
-    """Bind the listening socket (Uvicorn's own would log ``http://`` for a TLS server) and log where it listens."""
+def listen(settings: Settings) -> socket.socket:
+    """Bind the listening socket (Uvicorn's own would log ``http://`` for a TLS server); the runner logs where."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     listener = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
     listener.set_inheritable(True)
-    host, port = listener.getsockname()[:2]
-    scheme = "https" if tls is not None else "http"
-    logger.info("uvicorn running on %s://%s:%d", scheme, f"[{host}]" if family == socket.AF_INET6 else host, port)
     return listener
 
 

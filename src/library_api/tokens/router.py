@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, status
 
 from library_api.dependencies import ContextDep, ReadSessionDep, SessionDep
 from library_api.dependencies.permissions import require
-from library_api.http.responses import problems
+from library_api.problems.responses import problems
 from library_api.security.permissions import Permission
 from library_api.security.principal import Principal
 from library_api.tokens.models import ApiToken

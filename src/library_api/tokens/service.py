@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from library_api.cache.local import TimedCache
 from library_api.db.base import utcnow
-from library_api.http.problems import Forbidden, InvalidInput, NotFound
+from library_api.problems import Forbidden, InvalidInput, NotFound
 from library_api.security.permissions import PermissionPolicy, Role, grants
 from library_api.security.tokens import API_TOKEN_PREFIX, digest_token
 from library_api.tokens.models import ApiToken

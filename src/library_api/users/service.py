@@ -12,15 +12,14 @@ not change meanwhile (409 otherwise).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from library_api.auth.models import PasswordReset, RefreshFamily
-from library_api.db.base import utcnow
 from library_api.db.engine import begin_write
-from library_api.http.problems import Conflict, Forbidden, InvalidInput, NotFound
+from library_api.problems import Conflict, Forbidden, InvalidInput, NotFound
 from library_api.security.password_checks import PasswordChecks, account_name
 from library_api.security.passwords import PasswordService
 from library_api.security.permissions import USER_ROLES, Role
@@ -59,6 +58,19 @@ class AccountChanged(Conflict):
         super().__init__("The account changed while this request was checking its password; try again.")
 
 
+class CredentialRevoker(Protocol):
+    """Ends what an account's sessions hold besides its access tokens, in the caller's transaction.
+
+    The account decides when its sessions end (logout everywhere, a new password, role or state); what they hold
+    (refresh token families, unused password-reset links) belongs to :mod:`library_api.auth`, which builds on
+    accounts, so the factory passes it in here rather than this package importing it.
+    """
+
+    async def __call__(self, session: AsyncSession, user_id: int, *, reason: str) -> None:
+        """Revoke them for ``user_id``, recording ``reason``."""
+        ...
+
+
 class UserService:
     """Operations on user accounts; each method runs in the caller's session and commits its own work."""
 
@@ -68,11 +80,13 @@ class UserService:
         checks: PasswordChecks,
         accounts: AccountStateCache,
         password_min_length: int,
+        revoke_credentials: CredentialRevoker,
     ) -> None:
         self._passwords = passwords
         self._checks = checks
         self._accounts = accounts
         self._min_length = password_min_length
+        self._revoke_credentials = revoke_credentials
 
     def _check_password(self, password: str) -> None:
         if len(password) < self._min_length:
@@ -254,17 +268,7 @@ class UserService:
 
     async def _end_sessions(self, session: AsyncSession, user: User, *, reason: str) -> None:
         user.token_version += 1
-        await session.execute(
-            update(RefreshFamily)
-            .where(RefreshFamily.user_id == user.id, RefreshFamily.revoked_at.is_(None))
-            .values(revoked_at=utcnow(), revoked_reason=reason)
-        )
-        await session.execute(
-            update(PasswordReset)
-            .where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
-            .where(PasswordReset.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
+        await self._revoke_credentials(session, user.id, reason=reason)
 
     def _remember(self, user: User) -> None:
         self._accounts.remember(user.id, AccountState.of(user))

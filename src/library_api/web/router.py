@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from library_api.dependencies.permissions import public
-from library_api.http.problems import NotFound
+from library_api.problems import NotFound
 
 STATIC_DIR = Path(__file__).parent / "static"
 

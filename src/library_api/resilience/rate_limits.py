@@ -8,6 +8,10 @@ is documented as the degraded mode.
 The in-process count is ours (:class:`LocalWindows`, tested to decide exactly as ``limits`` does): the
 library's in-memory store expires entries from a task that hops to the thread pool on every call, which
 nothing on this service's request path may use, and its per-call layers cost more than the count itself.
+
+It sits with the other protections against overload, below the HTTP middleware: the route policies of the rate
+limit middleware, the password checks of :mod:`library_api.security.password_checks`, the password-reset
+requests and the WebSocket admission all count here.
 """
 
 from __future__ import annotations
@@ -120,20 +124,20 @@ class RateLimiter:
         if self.shared is not None and self.redis is not None:
             shared = self.shared
             try:
-                return await self.redis.call(lambda _client: _hit(shared, items, identity, shared=True))
+                return await self.redis.call(lambda _client: _shared_decision(shared, items, identity, record=True))
             except RedisUnavailable:
                 pass
-        return self._hit_local(items, identity)
+        return self._local_decision(items, identity)
 
     async def peek(self, items: Sequence[RateLimitItem], *identity: str) -> Decision:
         """What :meth:`hit` would decide now, without counting anything."""
         if self.shared is not None and self.redis is not None:
             shared = self.shared
             try:
-                return await self.redis.call(lambda _client: _peek(shared, items, identity))
+                return await self.redis.call(lambda _client: _shared_decision(shared, items, identity, record=False))
             except RedisUnavailable:
                 pass
-        return self._hit_local(items, identity, record=False)
+        return self._local_decision(items, identity, record=False)
 
     async def clear(self, items: Sequence[RateLimitItem], *identity: str) -> None:
         """Forget every hit counted for ``identity`` under these items."""
@@ -147,52 +151,60 @@ class RateLimiter:
         for item in items:
             self.local.clear(item.key_for(*identity))
 
-    def _hit_local(self, items: Sequence[RateLimitItem], identity: Sequence[str], *, record: bool = True) -> Decision:
-        tightest: Decision | None = None
+    def _local_decision(
+        self, items: Sequence[RateLimitItem], identity: Sequence[str], *, record: bool = True
+    ) -> Decision:
+        count = self.local.count if record else self.local.peek
+        tightest = _Tightest()
         for item in items:
             expiry = item.get_expiry()
-            key = item.key_for(*identity)
-            count = self.local.count if record else self.local.peek
-            admitted, oldest, hits = count(key, item.amount, expiry)
+            admitted, oldest, hits = count(item.key_for(*identity), item.amount, expiry)
             reset_after = max(0, math.ceil(oldest + expiry - self.local.clock()))
-            decision = Decision(admitted, item, max(item.amount - hits, 0), reset_after, False)
-            if not admitted:
-                return decision
-            if tightest is None or decision.remaining < tightest.remaining:
-                tightest = decision
-        assert tightest is not None, "a policy has at least one limit"
-        return tightest
+            if tightest.refused(Decision(admitted, item, max(item.amount - hits, 0), reset_after, False)):
+                break
+        return tightest.decision()
 
 
-async def _hit(
-    limiter: MovingWindowRateLimiter, items: Sequence[RateLimitItem], identity: Sequence[str], *, shared: bool
-) -> Decision:
-    tightest: Decision | None = None
-    for item in items:
-        allowed = await limiter.hit(item, *identity)
-        stats = await limiter.get_window_stats(item, *identity)
-        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
-        decision = Decision(allowed, item, max(stats.remaining, 0), reset_after, shared)
-        if not allowed:
-            return decision
-        if tightest is None or decision.remaining < tightest.remaining:
-            tightest = decision
-    assert tightest is not None, "a policy has at least one limit"
-    return tightest
+class _Tightest:
+    """The decision a list of limits reports, found one item at a time.
 
+    The first refusal ends the search (the items after it are not counted); without one, the admitting item with
+    the fewest requests left.
+    """
 
-async def _peek(limiter: MovingWindowRateLimiter, items: Sequence[RateLimitItem], identity: Sequence[str]) -> Decision:
-    tightest: Decision | None = None
-    for item in items:
-        stats = await limiter.get_window_stats(item, *identity)
-        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
-        decision = Decision(stats.remaining > 0, item, max(stats.remaining, 0), reset_after, True)
+    __slots__ = ("_found",)
+
+    def __init__(self) -> None:
+        self._found: Decision | None = None
+
+    def refused(self, decision: Decision) -> bool:
+        """Note one item's decision; whether it refuses (and so ends the search)."""
         if not decision.allowed:
-            return decision
-        if tightest is None or decision.remaining < tightest.remaining:
-            tightest = decision
-    assert tightest is not None, "a policy has at least one limit"
-    return tightest
+            self._found = decision
+            return True
+        if self._found is None or decision.remaining < self._found.remaining:
+            self._found = decision
+        return False
+
+    def decision(self) -> Decision:
+        """The refusing or the tightest decision noted."""
+        assert self._found is not None, "a policy has at least one limit"
+        return self._found
+
+
+async def _shared_decision(
+    limiter: MovingWindowRateLimiter, items: Sequence[RateLimitItem], identity: Sequence[str], *, record: bool
+) -> Decision:
+    """The decision counted in Redis: a hit on each item in turn (``record``), or what a hit would decide."""
+    tightest = _Tightest()
+    for item in items:
+        counted = await limiter.hit(item, *identity) if record else None
+        stats = await limiter.get_window_stats(item, *identity)
+        allowed = stats.remaining > 0 if counted is None else counted
+        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+        if tightest.refused(Decision(allowed, item, max(stats.remaining, 0), reset_after, True)):
+            break
+    return tightest.decision()
 
 
 async def _clear(limiter: MovingWindowRateLimiter, items: Sequence[RateLimitItem], identity: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""The ``bookings`` table."""
+"""The ``bookings`` table: one copy of a book held by a reader for a period (see the package docs)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from library_api.http.problems import PROBLEM_CONTENT_TYPE, Problem
+from library_api.problems import PROBLEM_CONTENT_TYPE, Problem
 
 _DESCRIPTIONS = {
     400: "Malformed request",
