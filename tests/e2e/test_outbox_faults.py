@@ -1,6 +1,7 @@
 """Live events of changes made while Redis is down survive the service's death: real processes, real signals.
 
-A private PostgreSQL and a private Redis are started for each test; the service runs as ``library-api serve``
+A private Redis is started for each test (it is the part that fails), the database is a new one on the machine's
+PostgreSQL (which stays up throughout); the service runs as ``library-api serve``
 with two workers. WebSocket clients follow ``books``; Redis is killed; books are created (201); then the whole
 service is killed with ``SIGKILL`` (supervisor and both workers: nothing in any worker's memory survives) or
 stopped gracefully with ``SIGTERM`` during the outage. Redis and the service are started again, the clients
@@ -19,10 +20,11 @@ import os
 import signal
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import psutil
@@ -30,11 +32,13 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support.databases import empty_postgres_database
 from tests.support.factories import PASSWORD, bearer, unique_isbn
 from tests.support.live import read_until_sentinel, receive, receive_until
 from tests.support.live_server import LiveServer
-from tests.support.private_services import PrivatePostgres, PrivateRedis, wait_for
+from tests.support.private_services import PrivateRedis
 from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,19 +47,18 @@ CLIENTS = 6
 DURING = 10
 
 
-@pytest.fixture
-def postgres() -> Iterator[PrivatePostgres]:
-    cluster = PrivatePostgres.create()
-    cluster.start()
-    cluster.sql("CREATE DATABASE library")
-    yield cluster
-    cluster.destroy()
+@pytest_asyncio.fixture
+async def database() -> AsyncIterator[str]:
+    """The name of a new, empty database on the machine's PostgreSQL (the service migrates it)."""
+    require_postgres()
+    async with empty_postgres_database("library_outbox") as name:
+        yield name
 
 
-def environment(postgres: PrivatePostgres, redis: PrivateRedis) -> dict[str, str]:
+def environment(database: str, redis: PrivateRedis) -> dict[str, str]:
     return {
         **TEST_ENVIRONMENT,
-        "DATABASE_URL": postgres.database_url("library"),
+        "DATABASE_URL": f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}",
         "REDIS_URL": redis.url,
         "CACHE_KEY_PREFIX": f"outbox{uuid.uuid4().hex[:6]}_",
         "RATE_LIMIT_ENABLED": "false",
@@ -168,21 +171,21 @@ async def started() -> AsyncIterator[list[LiveServer]]:
     ids=["killed-redis-keeps-data", "graceful-stop-redis-keeps-data", "killed-redis-restarts-empty"],
 )
 async def test_events_of_changes_made_while_redis_was_down_outlive_the_service(
-    postgres: PrivatePostgres, started: list[LiveServer], stop: str, durable_redis: bool
+    database: str, started: list[LiveServer], stop: str, durable_redis: bool
 ) -> None:
     redis = PrivateRedis(durable=durable_redis)
     redis.start()
     try:
-        await run_scenario(postgres, redis, started, stop=stop, durable_redis=durable_redis)
+        await run_scenario(database, redis, started, stop=stop, durable_redis=durable_redis)
     finally:
         if redis.process is not None:
             redis.stop()
 
 
 async def run_scenario(
-    postgres: PrivatePostgres, redis: PrivateRedis, started: list[LiveServer], *, stop: str, durable_redis: bool
+    database: str, redis: PrivateRedis, started: list[LiveServer], *, stop: str, durable_redis: bool
 ) -> None:
-    env = environment(postgres, redis)
+    env = environment(database, redis)
     first = LiveServer(env, workers=2)
     started.append(first)
     assert (await asyncio.to_thread(first.run_cli, "migrate")).returncode == 0
@@ -244,9 +247,16 @@ async def run_scenario(
             # Redis forgot its streams: whatever a client did not receive, it was told to reload.
             assert missed == [] or follower.resyncs, f"{follower.name} silently missed {missed}"
     # The relay deletes a batch once the broker took all of it, just after the last of it may have arrived.
-    await asyncio.to_thread(
-        wait_for,
-        lambda: postgres.sql("SELECT count(*) FROM live_event_outbox", "library") == "0",
-        30,
-        "the outbox to be emptied",
-    )
+    await wait_until_empty(database)
+
+
+async def wait_until_empty(database: str) -> None:
+    """Wait until the relay has deleted every row of the outbox (it deletes a batch once the broker took it)."""
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}")
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while (remaining := await connection.fetchval("SELECT count(*) FROM live_event_outbox")) != 0:
+            assert asyncio.get_running_loop().time() < deadline, f"{remaining} row(s) still in the outbox after 30 s"
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
