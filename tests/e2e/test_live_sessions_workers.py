@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.e2e.pinning import one_connection, pinned_workers
 from tests.e2e.test_revocation_workers import admin_headers, bearer, register
 from tests.support.databases import empty_postgres_database
 from tests.support.live_server import LiveServer
@@ -50,32 +51,41 @@ async def server(database_name: str) -> AsyncIterator[LiveServer]:
         "SECRET_KEY": SECRET_KEY,
         "PRINCIPAL_CACHE_TTL": "1",
         "ACCESS_LOG": "false",
-        # one caller opens up to 40 connections until both workers hold one: all of them may land on one worker
-        "WS_MAX_CONNECTIONS_PER_PRINCIPAL": "40",
     }
     live = LiveServer(env, workers=2)
     migrated = await asyncio.to_thread(live.run_cli, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     await asyncio.to_thread(live.start, timeout=180)
+    # Both workers proven to serve (the readiness probe reached one of them) before a test counts on each.
+    async with pinned_workers(lambda: one_connection(live.base_url), 2):
+        pass
     yield live
     assert await asyncio.to_thread(live.stop)
 
 
-async def on_both_workers(server: LiveServer, headers: dict[str, str]) -> list[ClientConnection]:
-    """Connections of one caller until both workers hold at least one (all of them are returned)."""
-    clients: list[ClientConnection] = []
-    workers: set[str] = set()
-    for attempt in range(40):
-        url = f"ws://127.0.0.1:{server.port}/ws/c{attempt}"
-        client = await connect(url, additional_headers=headers, open_timeout=10)
+async def on_both_workers(server: LiveServer, headers: dict[str, str], within: float = 120) -> list[ClientConnection]:
+    """One subscribed connection of this caller on each of the two workers.
+
+    The workers share one listening socket and the kernel hands each new connection to whichever accepts first, so
+    connections are opened one at a time until both workers hold one; one that lands on a worker already held is
+    closed at once (the caller stays far below its per-caller cap however long the kernel favours one worker).
+    """
+    held: dict[str, ClientConnection] = {}
+    deadline = time.monotonic() + within
+    attempt = 0
+    while len(held) < 2:
+        assert time.monotonic() < deadline, f"only worker(s) {sorted(held)} took a connection within {within} s"
+        attempt += 1
+        client = await connect(f"ws://127.0.0.1:{server.port}/ws/c{attempt}", additional_headers=headers)
         welcome = orjson.loads(await asyncio.wait_for(client.recv(), timeout=10))
         assert welcome["type"] == "welcome", welcome
-        clients.append(client)
-        workers.add(welcome["data"]["worker"])
+        worker = welcome["data"]["worker"]
+        if worker in held:
+            await client.close()
+            continue
+        held[worker] = client
         await client.send('{"type": "subscribe", "topic": "books"}')
-        if len(workers) == 2:
-            return clients
-    raise AssertionError(f"40 connections all landed on worker(s) {sorted(workers)}")
+    return list(held.values())
 
 
 async def close_code(client: ClientConnection, within: float) -> int | None:
