@@ -12,6 +12,9 @@ then publishes ``--broadcasts`` broadcasts one after another (each once the prev
 connection opened last) and records, for every message at every client, the time from its ``ts`` (stamped
 when the broadcast began) to its receipt. Memory per connection is the servers' resident-set growth divided
 by N. At the end the clients leave and the server gets SIGTERM: the time to exit is recorded.
+The CPU time of the servers and of the load clients during the broadcasts (per broadcast), the load average and,
+with several workers, the connections each one held are reported too: on a shared machine they tell the work
+done apart from the waiting for a core.
 
     .venv/bin/python -m benchmarks.bench_realtime --sizes 1000 5000 10000 --two-workers 10000
 
@@ -59,6 +62,14 @@ class Result:
     max_ms: float
     kib_per_connection: float
     sigterm_to_exit_s: float
+    server_cpu_ms: float
+    """CPU time of every server process (user + system) per broadcast: the work, whatever the neighbours did."""
+    client_cpu_ms: float
+    """CPU time of the load clients per broadcast: what the same two cores also had to run."""
+    load_average: float
+    """The machine's one-minute load average when the broadcasts began."""
+    per_worker: list[int]
+    """Connections each server process held (from the welcome messages), largest first."""
 
 
 def raise_fd_limit(needed: int) -> None:
@@ -73,6 +84,17 @@ def raise_fd_limit(needed: int) -> None:
 def rss_bytes(pid: int) -> int:
     process = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
+def cpu_seconds(pids: list[int], *, children: bool) -> float:
+    """User + system CPU time of the processes ``pids`` (and their children when asked), so far."""
+    total = 0.0
+    for pid in pids:
+        process = psutil.Process(pid)
+        for p in [process, *(process.children(recursive=True) if children else [])]:
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def wait_http(url: str, timeout: float = 120) -> None:
@@ -186,9 +208,10 @@ async def start_clients(port: int, size: int, procs: int, token: str | None) -> 
     return clients
 
 
-async def finish_clients(clients: list[asyncio.subprocess.Process]) -> tuple[int, list[float]]:
+async def finish_clients(clients: list[asyncio.subprocess.Process]) -> tuple[int, list[float], list[int]]:
     received, latencies = 0, []
     slowest: dict[str, float] = {}
+    workers: dict[str, int] = {}
     for client in clients:
         assert client.stdin is not None
         client.stdin.write(b"done\n")
@@ -200,8 +223,10 @@ async def finish_clients(clients: list[asyncio.subprocess.Process]) -> tuple[int
         latencies += report["latencies"]
         for key, value in report["slowest"].items():
             slowest[key] = max(slowest.get(key, 0.0), value)
+        for key, value in report["workers"].items():
+            workers[key] = workers.get(key, 0) + value
     print("   slowest delivery per broadcast (ms):", " ".join(f"{v * 1000:.0f}" for v in slowest.values()))
-    return received, latencies
+    return received, latencies, sorted(workers.values(), reverse=True)
 
 
 async def run_broadcasts(
@@ -210,7 +235,12 @@ async def run_broadcasts(
     """Publish one broadcast at a time, each once every load client has reported the previous one delivered."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     path = "/api/v1/broadcast" if service else "/broadcast"
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as http:
+    # A connection per broadcast: a delivery that takes longer than the server's keep-alive timeout (5 s) would
+    # otherwise let the next request meet the server closing the idle connection (a read error, not a result).
+    # The latency is unaffected: it starts at the message's ``ts``, stamped by the server.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=300, limits=limits) as http:
         for n in range(count):
             response = await http.post(path, json={"message": f"benchmark broadcast {n}"})
             response.raise_for_status()
@@ -240,8 +270,14 @@ async def scenario(
             clients = await start_clients(server.port, size, procs, token)
             await asyncio.sleep(2)
             after = rss_bytes(server.process.pid)
+            load_average = os.getloadavg()[0]
+            client_pids = [client.pid for client in clients]
+            server_cpu = cpu_seconds([server.process.pid], children=True)
+            client_cpu = cpu_seconds(client_pids, children=False)
             await run_broadcasts(server.port, token, broadcasts, contender == "service", clients)
-            received, latencies = await finish_clients(clients)
+            server_cpu = cpu_seconds([server.process.pid], children=True) - server_cpu
+            client_cpu = cpu_seconds(client_pids, children=False) - client_cpu
+            received, latencies, per_worker = await finish_clients(clients)
             await asyncio.sleep(1)
             exit_time = server.sigterm_to_exit()
         finally:
@@ -260,19 +296,25 @@ async def scenario(
         max_ms=round(max(latencies) * 1000 if latencies else float("nan"), 1),
         kib_per_connection=round((after - before) / size / 1024, 1),
         sigterm_to_exit_s=round(exit_time, 2),
+        server_cpu_ms=round(server_cpu / broadcasts * 1000, 1),
+        client_cpu_ms=round(client_cpu / broadcasts * 1000, 1),
+        load_average=round(load_average, 1),
+        per_worker=per_worker,
     )
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| Contender | Conns | Workers | Deflate | Delivered | p50 | p99 | max | KiB/conn | SIGTERM→exit |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| Contender | Conns | Workers | Deflate | Delivered | p50 | p99 | max | KiB/conn | SIGTERM→exit "
+        "| server CPU/bc | clients CPU/bc | load |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.contender} | {r.connections:,} | {r.workers} | {'on' if r.deflate else 'off'} | "
             f"{r.delivered:,}/{r.expected:,} | {r.p50_ms:,.1f} ms | {r.p99_ms:,.1f} ms | {r.max_ms:,.1f} ms | "
-            f"{r.kib_per_connection:.1f} | {r.sigterm_to_exit_s:.2f} s |"
+            f"{r.kib_per_connection:.1f} | {r.sigterm_to_exit_s:.2f} s | {r.server_cpu_ms:,.0f} ms | "
+            f"{r.client_cpu_ms:,.0f} ms | {r.load_average:.1f} |"
         )
     return "\n".join(lines)
 

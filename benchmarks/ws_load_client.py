@@ -23,12 +23,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 
-async def open_one(url: str, token: str | None) -> ClientConnection:
+async def open_one(url: str, token: str | None, workers: Counter[str]) -> ClientConnection:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     for attempt in range(20):
         try:
             client = await connect(url, additional_headers=headers, open_timeout=60, ping_interval=None, max_queue=None)
-            await client.recv()  # welcome
+            welcome = orjson.loads(await client.recv())
+            workers[str((welcome.get("data") or {}).get("worker", "-"))] += 1
             return client
         except (OSError, TimeoutError):
             await asyncio.sleep(0.2 * (attempt + 1))
@@ -45,9 +46,12 @@ async def main() -> None:
     args = parser.parse_args()
 
     clients: list[ClientConnection] = []
+    workers: Counter[str] = Counter()
     for start in range(0, args.count, args.batch):
         names = range(start, min(start + args.batch, args.count))
-        clients += await asyncio.gather(*(open_one(f"{args.url}/ws/{args.prefix}-{n}", args.token) for n in names))
+        clients += await asyncio.gather(
+            *(open_one(f"{args.url}/ws/{args.prefix}-{n}", args.token, workers) for n in names)
+        )
     latencies: list[float] = []
     received = 0
     per_broadcast: Counter[int] = Counter()
@@ -73,7 +77,12 @@ async def main() -> None:
     await asyncio.to_thread(sys.stdin.readline)
     await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
     await asyncio.gather(*readers, return_exceptions=True)
-    report = {"received": received, "latencies": latencies, "slowest": {str(k): v for k, v in slowest.items()}}
+    report = {
+        "received": received,
+        "latencies": latencies,
+        "slowest": {str(k): v for k, v in slowest.items()},
+        "workers": dict(workers),
+    }
     print(orjson.dumps(report).decode(), flush=True)
 
 

@@ -1,4 +1,5 @@
-"""Carrying a coroutine started outside a task into a task (the send that had to wait for a slow socket)."""
+"""A connection's sends: carrying a coroutine started outside a task into a task (the send that had to wait for a
+slow socket), and the queue that exists only while a send waits."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from starlette.websockets import WebSocket
 
-from library_api.realtime.connection import _Resume
+from library_api.realtime.connection import Connection, _Resume
+from library_api.security.principal import CredentialKind, Principal
+from tests.support.polling import wait_until
 
 
 def started(coroutine: Any) -> _Resume:
@@ -118,3 +122,86 @@ async def test_a_coroutine_may_keep_waiting_after_handling_what_is_thrown_in() -
     second.set_result("still here")
     await task
     assert outcome == ["still here"]
+
+
+# ----- the send queue of a connection -----
+
+
+class Owner:
+    """What a connection reports to: counts sends and records overflow verdicts."""
+
+    def __init__(self) -> None:
+        self.messages_sent = 0
+        self.resyncs = 0
+        self.overflows: list[Connection] = []
+
+    def overflowed(self, connection: Connection) -> None:
+        self.overflows.append(connection)
+
+
+class Peer:
+    """The server side of one WebSocket as ASGI sees it: frames taken at once, or held while the gate is shut."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.gate.wait()
+        if message["type"] == "websocket.send":
+            self.sent.append(message["text"])
+
+
+async def connected(peer: Peer, owner: Owner, queue_limit: int = 10) -> Connection:
+    websocket = WebSocket({"type": "websocket", "path": "/ws/a", "headers": []}, peer.receive, peer.send)
+    await websocket.accept()
+    principal = Principal("user:1", CredentialKind.ACCESS_TOKEN, frozenset(), frozenset())
+    return Connection(owner, websocket, "a", principal, "nonce", queue_limit)
+
+
+async def test_an_idle_connection_sends_at_once_and_holds_no_queue() -> None:
+    peer, owner = Peer(), Owner()
+    connection = await connected(peer, owner)
+    connection.offer("one")
+    connection.offer("two")
+    assert peer.sent == ["one", "two"]
+    assert (connection.pending, connection.writer, owner.messages_sent) == (None, None, 2)
+
+
+async def test_messages_behind_a_waiting_send_are_queued_then_sent_in_order_and_the_queue_dropped() -> None:
+    peer, owner = Peer(), Owner()
+    connection = await connected(peer, owner)
+    peer.gate.clear()
+    connection.offer("one")  # the socket makes it wait: a writer carries it on
+    assert connection.writer is not None
+    assert connection.pending is None
+    connection.offer("two")
+    connection.offer("three")
+    assert list(connection.pending or ()) == ["two", "three"]
+    peer.gate.set()
+    await wait_until(lambda: connection.writer is None, within=5, what="the writer to empty the queue")
+    assert peer.sent == ["one", "two", "three"]
+    assert (connection.pending, owner.messages_sent) == (None, 3)
+    connection.offer("four")  # idle again: straight out
+    assert peer.sent[-1] == "four"
+
+
+async def test_a_full_queue_is_reported_to_the_owner_and_closing_drops_the_queue() -> None:
+    peer, owner = Peer(), Owner()
+    connection = await connected(peer, owner, queue_limit=1)
+    peer.gate.clear()
+    connection.offer("one")
+    connection.offer("two")
+    assert owner.overflows == []
+    connection.offer("three")
+    assert owner.overflows == [connection]
+    closing = asyncio.create_task(connection.close(1013, "full"))
+    await wait_until(lambda: connection.pending is None, within=5, what="closing to drop the queue")
+    peer.gate.set()
+    await closing
+    assert peer.sent == []
+    assert connection.closed

@@ -280,6 +280,57 @@ async def test_welcome_names_the_expiry_and_first_message_tokens_are_followed(st
         assert connection.credential.credential.secret == token
 
 
+@live_app
+async def test_connections_opened_with_one_token_share_its_credential_and_each_is_told_once(
+    start_live: StartLive,
+) -> None:
+    live, ctx = await start_live(**MANUAL, ws_auth_renew_notice=60)
+    user = await create_user(ctx, Role.READER)
+    token, other = token_for(ctx, user), token_for(ctx, user)
+    assert token != other
+    async with (
+        await open_client(live, "one", token) as one,
+        await open_client(live, "two", token) as two,
+        await open_client(live, "three", other) as three,
+    ):
+        held = {connection.client_id: connection.credential for connection in ctx.hub.connections()}
+        first, second, third = held["one"], held["two"], held["three"]
+        assert first is not None and second is not None and third is not None
+        assert first is not second  # what was told is per connection
+        assert first.credential is second.credential  # what was proved is shared
+        assert third.credential != first.credential
+        exp = first.credential.expires_at
+        assert exp is not None
+        guard_clock(ctx.credentials, exp - 30)
+        await ctx.credentials.sweep()
+        await ctx.credentials.sweep()
+        await broadcast(ctx, "sentinel")
+        for client in (one, two, three):
+            assert (await receive(client))["type"] == "auth_expiring"
+            assert (await receive(client))["data"]["message"] == "sentinel"  # told once, nothing else
+        guard_clock(ctx.credentials, exp + ctx.settings.ws_auth_grace)
+        await ctx.credentials.sweep()
+        for client in (one, two, three):
+            assert (await closed_with(client))[0] == 4401
+    assert ctx.credentials.expired == 3
+
+
+def test_a_credential_hashes_and_compares_by_what_it_holds() -> None:
+    token = Credential(CredentialKind.ACCESS_TOKEN, "secret", 100.0)
+    same = Credential(CredentialKind.ACCESS_TOKEN, "secret", 100.0)
+    assert same == token
+    assert hash(same) == hash(token)
+    assert {token: "found"}[same] == "found"
+    for different in (
+        Credential(CredentialKind.API_TOKEN, "secret", 100.0),
+        Credential(CredentialKind.ACCESS_TOKEN, "other", 100.0),
+        Credential(CredentialKind.ACCESS_TOKEN, "secret", 101.0),
+    ):
+        assert different != token
+        assert different not in {token}
+    assert "_hash" not in repr(token)
+
+
 # ----- client certificates -----
 
 

@@ -110,6 +110,8 @@ class CredentialGuard:
         self.expired = 0
         self.dropped = 0
         self._loops = Loops()
+        self._held: dict[Credential, Credential] = {}
+        """One object per distinct credential held (rebuilt by every sweep): see :meth:`_shared`."""
 
     # ----- lifecycle -----
 
@@ -136,11 +138,20 @@ class CredentialGuard:
             tls = scope.get("extensions", {}).get("tls") or {}
             chain = tls.get("client_cert_chain") or [None]
             pem = chain[0]
-            return Credential(principal.credential, pem, None if pem is None else certificate_expiry(pem))
+            return self._shared(Credential(principal.credential, pem, None if pem is None else certificate_expiry(pem)))
         if principal.credential is CredentialKind.ANONYMOUS:
             return NO_CREDENTIAL
         token = token or presented_token(scope)
-        return Credential(principal.credential, token, self._token_expiry(principal.credential, token))
+        return self._shared(Credential(principal.credential, token, self._token_expiry(principal.credential, token)))
+
+    def _shared(self, credential: Credential) -> Credential:
+        """The object already held for an equal credential, else ``credential`` itself.
+
+        Thousands of connections opened with one token then share one credential (and one copy of the token):
+        the sweep finds their group by identity, without comparing fields, and each connection holds a
+        pointer instead of its own copy of the token.
+        """
+        return self._held.setdefault(credential, credential)
 
     def _token_expiry(self, kind: CredentialKind, token: str | None) -> float | None:
         if kind is not CredentialKind.ACCESS_TOKEN or token is None:
@@ -165,12 +176,23 @@ class CredentialGuard:
     # ----- the periodic check -----
 
     async def sweep(self) -> None:
-        """Check every open connection once: one resolution per distinct credential, then each outcome applied."""
+        """Check every open connection once: one resolution per distinct credential, then each outcome applied.
+
+        The pass over the connections is kept to a lookup each, since it runs twice a second over all of them:
+        a connection is only looked at further when its credential is no longer honoured, when its end is near
+        (``WS_AUTH_RENEW_NOTICE``), or when the credential now stands for another principal object than the one
+        the connection holds.
+        """
         groups: dict[Credential, list[Connection]] = {}
         for connection in self.hub.connections():
             held = connection.credential
             if held is not None and held.credential.kind is not CredentialKind.ANONYMOUS:
-                groups.setdefault(held.credential, []).append(connection)
+                group = groups.get(held.credential)
+                if group is None:
+                    groups[held.credential] = [connection]
+                else:
+                    group.append(connection)
+        self._held = {credential: credential for credential in groups}
         for credential, connections in groups.items():
             try:
                 principal: Principal | None = await self._resolve(credential)
@@ -178,16 +200,23 @@ class CredentialGuard:
             except Unauthorized as exc:
                 principal, reason = None, exc.detail or "the credential is no longer valid"
             now = self.clock()
+            expires_at = credential.expires_at
+            notice = self.renew_notice if credential.renewable else 0.0
+            far_from_end = expires_at is None or now < expires_at - notice
             for connection in connections:
                 held = connection.credential
-                if connection.closed or held is None or held.credential != credential:
+                if (
+                    connection.closed
+                    or held is None
+                    or (held.credential is not credential and held.credential != credential)
+                ):
                     continue  # closed or renewed while the credential was resolved
                 if principal is None:
                     self._end(connection, CLOSE_UNAUTHENTICATED, reason)
                     self.revoked += 1
-                elif not self._in_time(connection, held, now):
+                elif not far_from_end and not self._in_time(connection, held, now):
                     self.expired += 1
-                else:
+                elif connection.principal is not principal:
                     self.apply(connection, principal)
 
     def _in_time(self, connection: Connection, held: Held, now: float) -> bool:
@@ -247,7 +276,9 @@ class CredentialGuard:
             message = "the token belongs to another caller; open a new connection for it"
             connection.offer(control("error", {"request": "auth", "message": message}))
             return
-        credential = Credential(principal.credential, token, self._token_expiry(principal.credential, token))
+        credential = self._shared(
+            Credential(principal.credential, token, self._token_expiry(principal.credential, token))
+        )
         connection.credential = Held(credential)
         self.apply(connection, principal)
         if not connection.closed:
