@@ -22,8 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.test_revocation_workers import admin_headers, bearer, register
 from tests.support.databases import empty_postgres_database
-from tests.support.live_server import LiveServer
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, migrated_server
 from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, REDIS_URL, require_postgres, require_redis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -40,7 +39,7 @@ async def database_name() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def server(database_name: str) -> AsyncIterator[LiveServer]:
+async def server(database_name: str) -> AsyncIterator[ServerProcess]:
     env = {
         **TEST_ENVIRONMENT,
         "DATABASE_URL": f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database_name}",
@@ -53,15 +52,11 @@ async def server(database_name: str) -> AsyncIterator[LiveServer]:
         # one caller opens up to 40 connections until both workers hold one: all of them may land on one worker
         "WS_MAX_CONNECTIONS_PER_PRINCIPAL": "40",
     }
-    live = LiveServer(env, workers=2)
-    migrated = await asyncio.to_thread(live.run_cli, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    await asyncio.to_thread(live.start, timeout=180)
-    yield live
-    assert await asyncio.to_thread(live.stop)
+    async with migrated_server(env, workers=2) as live:
+        yield live
 
 
-async def on_both_workers(server: LiveServer, headers: dict[str, str]) -> list[ClientConnection]:
+async def on_both_workers(server: ServerProcess, headers: dict[str, str]) -> list[ClientConnection]:
     """Connections of one caller until both workers hold at least one (all of them are returned)."""
     clients: list[ClientConnection] = []
     workers: set[str] = set()
@@ -89,7 +84,7 @@ async def close_code(client: ClientConnection, within: float) -> int | None:
 
 
 async def test_deactivation_logout_all_and_revocation_end_live_sessions_on_every_worker(
-    server: LiveServer, database_name: str
+    server: ServerProcess, database_name: str
 ) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         admin = await admin_headers(http, database_name)

@@ -32,9 +32,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.factories import PASSWORD, bearer, unique_isbn
 from tests.support.live import read_until_sentinel, receive, receive_until
-from tests.support.live_server import LiveServer
-from tests.support.private_services import PrivatePostgres, PrivateRedis, wait_for
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.polling import wait_for
+from tests.support.private_services import PrivatePostgres, PrivateRedis, running_postgres, running_redis
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,11 +45,8 @@ DURING = 10
 
 @pytest.fixture
 def postgres() -> Iterator[PrivatePostgres]:
-    cluster = PrivatePostgres.create()
-    cluster.start()
-    cluster.sql("CREATE DATABASE library")
-    yield cluster
-    cluster.destroy()
+    with running_postgres() as cluster:
+        yield cluster
 
 
 def environment(postgres: PrivatePostgres, redis: PrivateRedis) -> dict[str, str]:
@@ -79,7 +76,7 @@ class Follower:
     ids: list[int] = field(default_factory=list)
     resyncs: list[dict[str, Any]] = field(default_factory=list)
 
-    async def connect(self, server: LiveServer, token: str) -> None:
+    async def connect(self, server: ServerProcess, token: str) -> None:
         url = server.base_url.replace("http://", "ws://") + f"/ws/{self.name}"
         self.client = await connect(url, additional_headers=bearer(token), open_timeout=30)
         assert (await receive(self.client, within=30))["type"] == "welcome"
@@ -123,14 +120,14 @@ class Follower:
             self.client = None
 
 
-async def librarian_token(server: LiveServer) -> str:
+async def librarian_token(server: ServerProcess) -> str:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
         login = await http.post("/api/v1/auth/login", data={"username": LIBRARIAN, "password": PASSWORD})
         assert login.status_code == 200, login.text
         return str(login.json()["access_token"])
 
 
-async def create_books(server: LiveServer, token: str, titles: list[str]) -> None:
+async def create_books(server: ServerProcess, token: str, titles: list[str]) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30, headers=bearer(token)) as http:
         for title in titles:
             body = {"isbn": unique_isbn(), "title": title, "authors": ["Outage"], "copies": 1}
@@ -138,7 +135,7 @@ async def create_books(server: LiveServer, token: str, titles: list[str]) -> Non
             assert created.status_code == 201, created.text
 
 
-def kill_everything(server: LiveServer) -> None:
+def kill_everything(server: ServerProcess) -> None:
     """SIGKILL the supervisor and every worker, as a host losing power would (frozen first: no replacement)."""
     assert server.process is not None
     supervisor = psutil.Process(server.process.pid)
@@ -154,12 +151,12 @@ def kill_everything(server: LiveServer) -> None:
 
 
 @pytest_asyncio.fixture
-async def started() -> AsyncIterator[list[LiveServer]]:
+async def started() -> AsyncIterator[list[ServerProcess]]:
     """Servers a test started, stopped at its end whatever happened."""
-    servers: list[LiveServer] = []
+    servers: list[ServerProcess] = []
     yield servers
     for server in servers:
-        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.stop_cleanly)
 
 
 @pytest.mark.parametrize(
@@ -168,22 +165,17 @@ async def started() -> AsyncIterator[list[LiveServer]]:
     ids=["killed-redis-keeps-data", "graceful-stop-redis-keeps-data", "killed-redis-restarts-empty"],
 )
 async def test_events_of_changes_made_while_redis_was_down_outlive_the_service(
-    postgres: PrivatePostgres, started: list[LiveServer], stop: str, durable_redis: bool
+    postgres: PrivatePostgres, started: list[ServerProcess], stop: str, durable_redis: bool
 ) -> None:
-    redis = PrivateRedis(durable=durable_redis)
-    redis.start()
-    try:
+    with running_redis(durable=durable_redis) as redis:
         await run_scenario(postgres, redis, started, stop=stop, durable_redis=durable_redis)
-    finally:
-        if redis.process is not None:
-            redis.stop()
 
 
 async def run_scenario(
-    postgres: PrivatePostgres, redis: PrivateRedis, started: list[LiveServer], *, stop: str, durable_redis: bool
+    postgres: PrivatePostgres, redis: PrivateRedis, started: list[ServerProcess], *, stop: str, durable_redis: bool
 ) -> None:
     env = environment(postgres, redis)
-    first = LiveServer(env, workers=2)
+    first = ServerProcess(env, workers=2, json_log=True)
     started.append(first)
     assert (await asyncio.to_thread(first.run_cli, "migrate")).returncode == 0
     made = await asyncio.to_thread(
@@ -191,7 +183,7 @@ async def run_scenario(
     )
     assert made.returncode == 0, made.stderr
     # Another host of the same deployment, which stays up throughout; its clients never disconnect.
-    bystander = LiveServer(env, workers=1)
+    bystander = ServerProcess(env, workers=1, json_log=True)
     started.append(bystander)
     await asyncio.gather(
         asyncio.to_thread(first.start, wait="/health/ready", timeout=120),
@@ -213,14 +205,14 @@ async def run_scenario(
     if stop == "sigkill":
         await asyncio.to_thread(kill_everything, first)
     else:
-        assert await asyncio.to_thread(first.stop), first.log_text()[-3000:]
+        assert await asyncio.to_thread(first.stop_cleanly), first.log_text()[-3000:]
         assert "live event(s) wait in the outbox" in first.log_text()
     await asyncio.gather(*(follower.close() for follower in followers))
 
     await asyncio.to_thread(redis.start)
     # No worker of the killed service runs yet: the other host's relay publishes what they left in the outbox.
     await asyncio.gather(*(watcher.read_until(during[-1]) for watcher in watchers))
-    second = LiveServer(env, workers=2)
+    second = ServerProcess(env, workers=2, json_log=True)
     started.append(second)
     await asyncio.to_thread(second.start, wait="/health/ready", timeout=120)
     token = await librarian_token(second)
