@@ -8,7 +8,8 @@ committed data seen by other connections or processes, on a clone of their own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -16,14 +17,17 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from library_api.app import create_app
 from library_api.config import Settings
 from library_api.db.engine import Database, create_engine
 from library_api.dependencies.context import AppContext
+from tests.support.certs import PKI, make_pki
 from tests.support.databases import DatabaseTemplate, build_template, drop_template
-from tests.support.services import require_postgres
+from tests.support.private_services import PrivateRedis, running_redis
+from tests.support.services import REDIS_URL, require_postgres, require_redis
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -73,6 +77,32 @@ def fast_settings(**values: object) -> Settings:
     }
     defaults.update(values)
     return Settings(**defaults)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own on the machine's Redis (``REALTIME_REDIS_PREFIX``); its keys are deleted
+    afterwards."""
+    require_redis()
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    with Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}*"))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """The module's certificates: a CA, its server certificate and every kind of client certificate."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A Redis of this test's own, without persistence, that the test may kill, pause and start again."""
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

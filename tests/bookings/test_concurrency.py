@@ -19,7 +19,7 @@ from library_api.holdings.models import Booking
 from tests.conftest import fast_settings
 from tests.support.cli import invoke
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_isbn
-from tests.support.processes import TEST_ENVIRONMENT, start_server
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
 READERS = 50
 COPIES = 2
@@ -56,7 +56,7 @@ async def test_fifty_readers_race_for_two_copies_with_a_real_pool(committed_url:
 @pytest.mark.e2e
 @pytest.mark.timeout(180)  # a server with two workers, then fifty readers logging in with argon2id
 async def test_fifty_readers_race_against_two_server_processes(committed_url: str, tmp_path: Path) -> None:
-    server = start_server(committed_url, tmp_path, args=("--workers", "2"))
+    server = ServerProcess(database_url=committed_url, directory=tmp_path, args=("--workers", "2")).launch()
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
@@ -95,7 +95,9 @@ async def test_fifty_readers_race_against_two_server_processes(committed_url: st
             assert listing.json()["total"] == COPIES
     finally:
         await asyncio.to_thread(server.stop)
-    pids = {line.split("[")[1].split("]")[0] for line in server.log().splitlines() if "Started server process" in line}
+    pids = {
+        line.split("[")[1].split("]")[0] for line in server.log_text().splitlines() if "Started server process" in line
+    }
     assert len(pids) == 2, "both worker processes served"
 
 

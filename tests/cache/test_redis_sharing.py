@@ -7,7 +7,6 @@ everything goes back to normal by itself when Redis answers again.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from fastapi import FastAPI
@@ -21,16 +20,6 @@ from tests.support.private_services import PrivateRedis
 from tests.support.services import REDIS_URL, require_redis
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    if server.process is not None:
-        server.resume()
-        server.stop()
 
 
 async def two_workers(app_factory: AppFactory, tmp_path: object, redis_url: str, **values: object) -> list[FastAPI]:

@@ -29,7 +29,6 @@ import httpx
 import trustme
 
 from tests.deploy.support import DEPLOY
-from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import process_listens, said_address_in_use, service_port
 
 
@@ -45,11 +44,6 @@ def answers(url: str, process: subprocess.Popen[bytes]) -> bool:
     except httpx.HTTPError:
         return False
     return True
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    """Poll ``condition()`` until it is true or ``timeout`` seconds pass (:func:`tests.support.polling.wait_for`)."""
-    wait_for(condition, timeout, message)
 
 
 @contextmanager
@@ -109,11 +103,6 @@ def on_service_port(
         if not said_address_in_use(log(port)):
             raise AssertionError(f"{what} exited with {process.returncode}:\n{log(port).read_text(errors='replace')}")
     raise AssertionError(f"{what} found its port taken {attempts} times")
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], within: float) -> None:
-    """Wait until ``url`` answers 200 from ``process`` itself (:func:`tests.support.polling.wait_answering`)."""
-    wait_answering(url, process, within)
 
 
 def substitute(text: str, old: str, new: str) -> str:

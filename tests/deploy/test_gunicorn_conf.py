@@ -17,9 +17,10 @@ import psutil
 import pytest
 
 from library_api.server.gunicorn_settings import available_cores
-from tests.deploy.processes import running, wait_ready, wait_until
+from tests.deploy.processes import running
 from tests.deploy.support import DEPLOY, VENV_BIN, resolve_gunicorn_configs
 from tests.support.measure import unmeasured
+from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import listening_socket, port_of
 
 CONTROLLED = {
@@ -197,24 +198,24 @@ def test_gunicorn_runs_two_workers_and_keeps_the_metrics_directory_clean(tmp_pat
     log = tmp_path / "gunicorn.log"
     with listener, running(command, log=log, env=env, cwd=tmp_path, pass_fds=(listener.fileno(),)) as master:
         listener.close()
-        wait_ready(f"http://127.0.0.1:{port}/health", master, 120)
+        wait_answering(f"http://127.0.0.1:{port}/health", master, 120)
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["status"] == "ok"
         assert not (metrics / "counter_424242.db").exists()
-        wait_until(lambda: len(children(master.pid)) == 2, 20, "Gunicorn did not start 2 workers")
+        wait_for(lambda: len(children(master.pid)) == 2, 20, "Gunicorn did not start 2 workers")
 
         victim = children(master.pid)[0]
         live_gauge = metrics / f"gauge_livesum_{victim}.db"
         live_gauge.write_bytes(b"live")
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: not live_gauge.exists(), 20, "the dead worker's live gauge file was not removed")
-        wait_until(
+        wait_for(lambda: not live_gauge.exists(), 20, "the dead worker's live gauge file was not removed")
+        wait_for(
             lambda: len(children(master.pid)) == 2 and victim not in children(master.pid),
             20,
             "Gunicorn did not replace the killed worker",
         )
         # Stop only once the replacement has booted: a worker signalled between fork and installing its own
         # handlers misses the signal, and the arbiter then waits out the whole graceful timeout.
-        wait_until(
+        wait_for(
             lambda: log.read_text().count("Application startup complete") >= 3,
             30,
             "the replacement worker did not finish starting",
@@ -256,7 +257,7 @@ def test_the_image_health_check_script(tmp_path: Path) -> None:
     server = [str(VENV_BIN / "library-api"), "serve", "--fd", str(fd)]
     with listener, running(server, log=tmp_path / "serve.log", env=server_env, cwd=tmp_path, pass_fds=(fd,)) as process:
         listener.close()
-        wait_ready(f"http://127.0.0.1:{port}/health", process, 120)
+        wait_answering(f"http://127.0.0.1:{port}/health", process, 120)
         up = probe()
         assert up.returncode == 0, up.stderr
     down = probe()

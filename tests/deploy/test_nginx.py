@@ -24,9 +24,10 @@ import websockets.sync.client
 
 from library_api.config import Settings
 from library_api.server.gunicorn_settings import process_options
-from tests.deploy.processes import NginxSite, answers, nginx_running, prepare_nginx, running, wait_until
+from tests.deploy.processes import NginxSite, answers, nginx_running, prepare_nginx, running
 from tests.deploy.support import DEPLOY, run, tool
 from tests.support.measure import unmeasured
+from tests.support.polling import wait_for
 from tests.support.ports import listening_socket, port_of, refused_port
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
@@ -53,7 +54,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         # none of the service's code runs in the echo upstream: it is not measured
         with running(command, log=log, cwd=root, env=unmeasured(), pass_fds=(fd,)) as process:
             port = port_of(listener)
-            wait_until(
+            wait_for(
                 lambda: answers(f"http://127.0.0.1:{port}/", process), 30, f"the echo upstream:\n{log.read_text()}"
             )
             yield port

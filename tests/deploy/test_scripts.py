@@ -7,16 +7,16 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.support import DEPLOY, run, tool
+from tests.support.databases import scratch_postgres_database
 from tests.support.measure import unmeasured
 from tests.support.ports import refused_port
-from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
+from tests.support.services import require_postgres
 
 SCRIPTS = sorted(DEPLOY.glob("*.sh"))
 
@@ -102,13 +102,8 @@ def test_restore_refuses_without_confirmation(tmp_path: Path) -> None:
 def database() -> Iterator[str]:
     require_postgres()
     tool("psql")
-    name = f"backup_{uuid.uuid4().hex[:10]}"
-    admin = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
-    assert shell("psql", admin, "-qc", f"CREATE DATABASE {name}").returncode == 0
-    try:
-        yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
-    finally:
-        shell("psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_postgres_database("backup") as url:
+        yield url
 
 
 def psql(url: str, sql: str) -> str:

@@ -14,8 +14,8 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from tests.support.measure import unmeasured
+from tests.support.polling import wait_for
 from tests.support.ports import listening_socket, port_of
-from tests.support.private_services import wait_for
 from tests.support.processes import TEST_ENVIRONMENT
 from tests.support.services import unavailable
 

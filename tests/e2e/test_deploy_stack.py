@@ -37,8 +37,6 @@ from tests.deploy.processes import (
     on_service_port,
     prepare_nginx,
     running,
-    wait_ready,
-    wait_until,
 )
 from tests.deploy.support import (
     DEPLOY,
@@ -47,12 +45,12 @@ from tests.deploy.support import (
     parse_exposition,
     tool,
 )
+from tests.support.databases import scratch_postgres_database
 from tests.support.factories import unique_email, unique_isbn
 from tests.support.measure import unmeasured
+from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import listening_socket, port_of
 from tests.support.services import (
-    POSTGRES_HOST,
-    POSTGRES_PORT,
     REDIS_URL,
     require_postgres,
     require_redis,
@@ -145,7 +143,7 @@ def gunicorn(env: dict[str, str], listener: socket.socket, work: Path) -> Iterat
     log = work / f"gunicorn-{port}.log"
     with listener, running(command, log=log, env=process_env, cwd=work, pass_fds=(listener.fileno(),)) as process:
         listener.close()
-        wait_ready(f"http://127.0.0.1:{port}/health/ready", process, 120)
+        wait_answering(f"http://127.0.0.1:{port}/health/ready", process, 120)
         yield process
 
 
@@ -174,18 +172,8 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     require_postgres()
     require_redis()
     tool("psql")
-    name = f"deploy_e2e_{uuid.uuid4().hex[:10]}"
-    admin = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
-    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True, timeout=60)
-    try:
-        yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
-    finally:
-        subprocess.run(
-            ["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+    with scratch_postgres_database("deploy_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +231,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[S
                 what="Prometheus",
             )
         )
-        wait_until(
+        wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{prometheus_port}/-/ready", timeout=2).status_code == 200,
             30,
             "Prometheus did not become ready",
@@ -299,7 +287,7 @@ def test_prometheus_runs_the_deployed_configuration_and_rules(stack: Stack) -> N
         targets = httpx.get(f"http://127.0.0.1:{stack.prometheus_port}/api/v1/targets", timeout=5).json()
         return {target["scrapeUrl"] for target in targets["data"]["activeTargets"]}
 
-    wait_until(
+    wait_for(
         lambda: f"http://127.0.0.1:{stack.api_port}/metrics" in scraped(),
         30,
         "Prometheus does not scrape the configured target",
@@ -315,7 +303,7 @@ def test_prometheus_scrapes_the_service_and_sees_the_booking_route(stack: Stack)
         targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
         return any(t["labels"]["job"] == "library-api" and t["health"] == "up" for t in targets)
 
-    wait_until(target_up, 30, "Prometheus never scraped the service successfully")
+    wait_for(target_up, 30, "Prometheus never scraped the service successfully")
     query = 'sum by (status) (http_requests_total{job="library-api", method="POST", endpoint="/api/v1/bookings"})'
 
     def booked() -> list[dict[str, Any]]:
@@ -324,7 +312,7 @@ def test_prometheus_scrapes_the_service_and_sees_the_booking_route(stack: Stack)
         ]
         return result
 
-    wait_until(lambda: any(r["metric"]["status"] == "201" for r in booked()), 30, "no booking request in Prometheus")
+    wait_for(lambda: any(r["metric"]["status"] == "201" for r in booked()), 30, "no booking request in Prometheus")
     created = next(r for r in booked() if r["metric"]["status"] == "201")
     assert float(created["value"][1]) >= 1
 
@@ -474,7 +462,7 @@ def test_sigterm_drains_through_nginx_with_no_5xx_for_requests_in_flight(stack: 
         threads = [threading.Thread(target=log_in, args=(email,)) for email in readers]
         for thread in threads:
             thread.start()
-        wait_until(
+        wait_for(
             lambda: in_progress(port, stack.admin_token, "/api/v1/auth/login") >= len(readers),
             20,
             "the logins were never all in progress at once",

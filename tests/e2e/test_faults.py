@@ -8,16 +8,15 @@ killed and started again (empty, as after a crash without persistence); the serv
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from tests.support.live_server import LiveServer
-from tests.support.private_services import PrivatePostgres, PrivateRedis, accepts
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.polling import wait_until
+from tests.support.private_services import PrivatePostgres, PrivateRedis, accepts, running_postgres, running_redis
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
 pytestmark = [
@@ -29,20 +28,14 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PrivatePostgres]:
-    cluster = PrivatePostgres.create()
-    cluster.start()
-    cluster.sql("CREATE DATABASE library")
-    yield cluster
-    cluster.destroy()
+    with running_postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    if server.process is not None:
-        server.stop()
+    with running_redis() as server:
+        yield server
 
 
 def environment(postgres: PrivatePostgres, redis: PrivateRedis) -> dict[str, str]:
@@ -61,21 +54,13 @@ def environment(postgres: PrivatePostgres, redis: PrivateRedis) -> dict[str, str
 
 
 @pytest.fixture(scope="module")
-async def server(postgres: PrivatePostgres, redis: PrivateRedis) -> AsyncIterator[LiveServer]:
-    live = LiveServer(environment(postgres, redis))
+async def server(postgres: PrivatePostgres, redis: PrivateRedis) -> AsyncIterator[ServerProcess]:
+    live = ServerProcess(environment(postgres, redis), json_log=True)
     migrated = await asyncio.to_thread(live.run_cli, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     await asyncio.to_thread(live.start, wait="/health/ready", timeout=120)
     yield live
-    assert await asyncio.to_thread(live.stop)
-
-
-async def until(check: object, within: float = 30.0) -> None:
-    """Poll an async condition with a deadline."""
-    deadline = time.monotonic() + within
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
+    assert await asyncio.to_thread(live.stop_cleanly)
 
 
 def metric(text: str, line_start: str) -> float:
@@ -85,7 +70,7 @@ def metric(text: str, line_start: str) -> float:
     return 0.0
 
 
-async def test_database_stopped_and_restarted(server: LiveServer, postgres: PrivatePostgres) -> None:
+async def test_database_stopped_and_restarted(server: ServerProcess, postgres: PrivatePostgres) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
         assert (await http.get("/api/v1/books")).status_code == 200
 
@@ -111,13 +96,13 @@ async def test_database_stopped_and_restarted(server: LiveServer, postgres: Priv
         async def ready_again() -> bool:
             return (await http.get("/health/ready")).status_code == 200
 
-        await until(ready_again)
+        await wait_until(ready_again, within=30, what="the service to be ready again", interval=0.1)
         recovered = await http.get("/api/v1/books", params={"q": "after the outage"})
         assert recovered.status_code == 200
         assert recovered.json()["total"] == 0
 
 
-async def test_redis_stopped_and_restarted(server: LiveServer, redis: PrivateRedis) -> None:
+async def test_redis_stopped_and_restarted(server: ServerProcess, redis: PrivateRedis) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
         await http.get("/api/v1/books")
         assert (await http.get("/api/v1/books")).status_code == 200
@@ -147,7 +132,7 @@ async def test_redis_stopped_and_restarted(server: LiveServer, redis: PrivateRed
         async def ready_again() -> bool:
             return (await http.get("/health/ready")).json()["status"] == "ready"
 
-        await until(ready_again)
+        await wait_until(ready_again, within=30, what="the service to be ready again", interval=0.1)
         await http.get("/api/v1/books")
         await http.get("/api/v1/books")
         metrics = (await http.get("/metrics")).text
@@ -157,7 +142,7 @@ async def test_redis_stopped_and_restarted(server: LiveServer, redis: PrivateRed
 
 async def test_starting_while_the_database_is_down(postgres: PrivatePostgres, redis: PrivateRedis) -> None:
     await asyncio.to_thread(postgres.stop)
-    live = LiveServer(environment(postgres, redis))
+    live = ServerProcess(environment(postgres, redis), json_log=True)
     try:
         await asyncio.to_thread(live.start, wait="/health", timeout=120)
         async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as http:
@@ -169,11 +154,11 @@ async def test_starting_while_the_database_is_down(postgres: PrivatePostgres, re
             async def started() -> bool:
                 return (await http.get("/health/startup")).status_code == 200
 
-            await until(started)
+            await wait_until(started, within=30, what="the service to start", interval=0.1)
             assert (await http.get("/health/ready")).status_code == 200
     finally:
         if not await asyncio.to_thread(accepts, postgres.port):
             await asyncio.to_thread(postgres.start)
-        assert await asyncio.to_thread(live.stop), live.log_text()[-3000:]
+        assert await asyncio.to_thread(live.stop_cleanly), live.log_text()[-3000:]
     retries = [r for r in live.log_records() if "database not reachable yet" in r["message"]]
     assert retries, "start-up should have retried the database"

@@ -32,7 +32,7 @@ from library_api.holdings.models import Booking
 from library_api.resilience.database import is_database_timeout
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_book, create_user, token_for
-from tests.support.private_services import PrivatePostgres
+from tests.support.private_services import PrivatePostgres, running_postgres
 
 # One xdist worker runs this module, so its module-scoped servers start once (docs/testing.md).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("faults-stall")]
@@ -70,11 +70,8 @@ def frozen(postgres: PrivatePostgres) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PrivatePostgres]:
-    cluster = PrivatePostgres.create()
-    cluster.start()
-    cluster.sql("CREATE DATABASE library")
-    yield cluster
-    cluster.destroy()
+    with running_postgres() as cluster:
+        yield cluster
 
 
 @pytest_asyncio.fixture

@@ -20,11 +20,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.pinning import one_connection, pinned_workers
 from tests.e2e.test_revocation_workers import admin_headers, bearer, register
 from tests.support.databases import empty_postgres_database
-from tests.support.live_server import LiveServer
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, migrated_server
 from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, REDIS_URL, require_postgres, require_redis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -41,7 +39,7 @@ async def database_name() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def server(database_name: str) -> AsyncIterator[LiveServer]:
+async def server(database_name: str) -> AsyncIterator[ServerProcess]:
     env = {
         **TEST_ENVIRONMENT,
         "DATABASE_URL": f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database_name}",
@@ -52,18 +50,13 @@ async def server(database_name: str) -> AsyncIterator[LiveServer]:
         "PRINCIPAL_CACHE_TTL": "1",
         "ACCESS_LOG": "false",
     }
-    live = LiveServer(env, workers=2)
-    migrated = await asyncio.to_thread(live.run_cli, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    await asyncio.to_thread(live.start, timeout=180)
-    # Both workers proven to serve (the readiness probe reached one of them) before a test counts on each.
-    async with pinned_workers(lambda: one_connection(live.base_url), 2):
-        pass
-    yield live
-    assert await asyncio.to_thread(live.stop)
+    async with migrated_server(env, workers=2) as live:
+        yield live
 
 
-async def on_both_workers(server: LiveServer, headers: dict[str, str], within: float = 120) -> list[ClientConnection]:
+async def on_both_workers(
+    server: ServerProcess, headers: dict[str, str], within: float = 120
+) -> list[ClientConnection]:
     """One subscribed connection of this caller on each of the two workers.
 
     The workers share one listening socket and the kernel hands each new connection to whichever accepts first, so
@@ -76,7 +69,7 @@ async def on_both_workers(server: LiveServer, headers: dict[str, str], within: f
     while len(held) < 2:
         assert time.monotonic() < deadline, f"only worker(s) {sorted(held)} took a connection within {within} s"
         attempt += 1
-        client = await connect(f"ws://127.0.0.1:{server.port}/ws/c{attempt}", additional_headers=headers)
+        client = await connect(server.ws_url(f"c{attempt}"), additional_headers=headers, open_timeout=10)
         welcome = orjson.loads(await asyncio.wait_for(client.recv(), timeout=10))
         assert welcome["type"] == "welcome", welcome
         worker = welcome["data"]["worker"]
@@ -99,7 +92,7 @@ async def close_code(client: ClientConnection, within: float) -> int | None:
 
 
 async def test_deactivation_logout_all_and_revocation_end_live_sessions_on_every_worker(
-    server: LiveServer, database_name: str
+    server: ServerProcess, database_name: str
 ) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         admin = await admin_headers(http, database_name)

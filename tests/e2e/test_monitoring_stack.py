@@ -43,8 +43,6 @@ from tests.deploy.processes import (
     on_service_port,
     running,
     substitute,
-    wait_ready,
-    wait_until,
     webhook_receiver,
 )
 from tests.deploy.support import (
@@ -57,6 +55,8 @@ from tests.deploy.support import (
     tool,
 )
 from tests.e2e.test_deploy_stack import cli, gunicorn, production_environment
+from tests.support.databases import scratch_postgres_database
+from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import listening_socket, port_of, process_listens, service_port
 from tests.support.services import (
     POSTGRES_HOST,
@@ -224,18 +224,8 @@ def database() -> Iterator[str]:
     require_postgres()
     require_redis()
     tool("psql")
-    name = f"monitoring_e2e_{uuid.uuid4().hex[:10]}"
-    admin = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
-    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True, timeout=60)
-    try:
-        yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
-    finally:
-        subprocess.run(
-            ["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+    with scratch_postgres_database("monitoring_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +296,7 @@ def monitoring(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
             )
         )
         ports.victim_listener.close()  # the victim holds the port now: it closes when the victim stops
-        wait_ready(f"http://127.0.0.1:{ports.victim}/health/ready", victim, 120)
+        wait_answering(f"http://127.0.0.1:{ports.victim}/health/ready", victim, 120)
         (work / "multiproc-api").mkdir()
         stack.enter_context(
             gunicorn({**env, "PROMETHEUS_MULTIPROC_DIR": str(work / "multiproc-api")}, ports.api_listener, work)
@@ -320,7 +310,7 @@ def monitoring(tmp_path_factory: pytest.TempPathFactory, database: str) -> Itera
             error: str = state.targets().get(api_url, {}).get("lastError", "")
             return error if "connection refused" not in error else ""
 
-        wait_until(lambda: scrape_error() != "", 30, "the API was never scraped")
+        wait_for(lambda: scrape_error() != "", 30, "the API was never scraped")
         state.error_before_full = scrape_error()
 
         install_docker_shim(work / "bin")
@@ -365,7 +355,7 @@ def test_deploy_full_gives_prometheus_its_token_with_no_manual_step(monitoring: 
     assert monitoring.token_file.read_text().startswith("lib_")
     assert monitoring.token_file.stat().st_mode & 0o777 == 0o644
     api_url = f"http://127.0.0.1:{monitoring.ports.api}/metrics"
-    wait_until(
+    wait_for(
         lambda: monitoring.targets()[api_url]["health"] == "up",
         30,
         "Prometheus never scraped the service with its token",
@@ -391,11 +381,11 @@ def test_prometheus_scrapes_the_service_and_every_exporter(monitoring: Monitorin
         }
 
     try:
-        wait_until(lambda: not down(), 60, "not every target is up")
+        wait_for(lambda: not down(), 60, "not every target is up")
     except AssertionError:
         pytest.fail(f"targets not up after 60 s: {down()}")
     for metric in ("pg_up", "redis_up"):
-        wait_until(
+        wait_for(
             lambda metric=metric: (
                 [r["value"][1] for r in monitoring.prometheus("query", query=metric)["result"]] == ["1"]
             ),
@@ -421,7 +411,7 @@ def test_a_stopped_instance_fires_an_alert_that_reaches_the_webhook(monitoring: 
     delivers it to the receiver named by ALERTMANAGER_WEBHOOK_URL."""
     instance = f"127.0.0.1:{monitoring.ports.victim}"
     url = f"http://{instance}/metrics"
-    wait_until(lambda: monitoring.targets()[url]["health"] == "up", 30, "the second instance was never scraped")
+    wait_for(lambda: monitoring.targets()[url]["health"] == "up", 30, "the second instance was never scraped")
     monitoring.victim.terminate()
     assert monitoring.victim.wait(timeout=60) == 0
 
@@ -434,7 +424,7 @@ def test_a_stopped_instance_fires_an_alert_that_reaches_the_webhook(monitoring: 
             and alert["status"] == "firing"
         ]
 
-    wait_until(lambda: bool(delivered()), 60, "LibraryApiInstanceDown never reached the webhook")
+    wait_for(lambda: bool(delivered()), 60, "LibraryApiInstanceDown never reached the webhook")
     alert = delivered()[0]
     assert alert["labels"]["severity"] == "critical"
     assert alert["labels"]["job"] == "library-api"

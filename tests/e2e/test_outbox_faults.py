@@ -35,9 +35,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.support.databases import empty_postgres_database
 from tests.support.factories import PASSWORD, bearer, unique_isbn
 from tests.support.live import read_until_sentinel, receive, receive_until
-from tests.support.live_server import LiveServer
-from tests.support.private_services import PrivateRedis
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.polling import wait_until
+from tests.support.private_services import PrivateRedis, running_redis
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -82,7 +82,7 @@ class Follower:
     ids: list[int] = field(default_factory=list)
     resyncs: list[dict[str, Any]] = field(default_factory=list)
 
-    async def connect(self, server: LiveServer, token: str) -> None:
+    async def connect(self, server: ServerProcess, token: str) -> None:
         url = server.base_url.replace("http://", "ws://") + f"/ws/{self.name}"
         self.client = await connect(url, additional_headers=bearer(token), open_timeout=30)
         assert (await receive(self.client, within=30))["type"] == "welcome"
@@ -126,14 +126,14 @@ class Follower:
             self.client = None
 
 
-async def librarian_token(server: LiveServer) -> str:
+async def librarian_token(server: ServerProcess) -> str:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
         login = await http.post("/api/v1/auth/login", data={"username": LIBRARIAN, "password": PASSWORD})
         assert login.status_code == 200, login.text
         return str(login.json()["access_token"])
 
 
-async def create_books(server: LiveServer, token: str, titles: list[str]) -> None:
+async def create_books(server: ServerProcess, token: str, titles: list[str]) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30, headers=bearer(token)) as http:
         for title in titles:
             body = {"isbn": unique_isbn(), "title": title, "authors": ["Outage"], "copies": 1}
@@ -141,7 +141,7 @@ async def create_books(server: LiveServer, token: str, titles: list[str]) -> Non
             assert created.status_code == 201, created.text
 
 
-def kill_everything(server: LiveServer) -> None:
+def kill_everything(server: ServerProcess) -> None:
     """SIGKILL the supervisor and every worker, as a host losing power would (frozen first: no replacement)."""
     assert server.process is not None
     supervisor = psutil.Process(server.process.pid)
@@ -157,12 +157,12 @@ def kill_everything(server: LiveServer) -> None:
 
 
 @pytest_asyncio.fixture
-async def started() -> AsyncIterator[list[LiveServer]]:
+async def started() -> AsyncIterator[list[ServerProcess]]:
     """Servers a test started, stopped at its end whatever happened."""
-    servers: list[LiveServer] = []
+    servers: list[ServerProcess] = []
     yield servers
     for server in servers:
-        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.stop_cleanly)
 
 
 @pytest.mark.parametrize(
@@ -171,22 +171,17 @@ async def started() -> AsyncIterator[list[LiveServer]]:
     ids=["killed-redis-keeps-data", "graceful-stop-redis-keeps-data", "killed-redis-restarts-empty"],
 )
 async def test_events_of_changes_made_while_redis_was_down_outlive_the_service(
-    database: str, started: list[LiveServer], stop: str, durable_redis: bool
+    database: str, started: list[ServerProcess], stop: str, durable_redis: bool
 ) -> None:
-    redis = PrivateRedis(durable=durable_redis)
-    redis.start()
-    try:
+    with running_redis(durable=durable_redis) as redis:
         await run_scenario(database, redis, started, stop=stop, durable_redis=durable_redis)
-    finally:
-        if redis.process is not None:
-            redis.stop()
 
 
 async def run_scenario(
-    database: str, redis: PrivateRedis, started: list[LiveServer], *, stop: str, durable_redis: bool
+    database: str, redis: PrivateRedis, started: list[ServerProcess], *, stop: str, durable_redis: bool
 ) -> None:
     env = environment(database, redis)
-    first = LiveServer(env, workers=2)
+    first = ServerProcess(env, workers=2, json_log=True)
     started.append(first)
     assert (await asyncio.to_thread(first.run_cli, "migrate")).returncode == 0
     made = await asyncio.to_thread(
@@ -194,7 +189,7 @@ async def run_scenario(
     )
     assert made.returncode == 0, made.stderr
     # Another host of the same deployment, which stays up throughout; its clients never disconnect.
-    bystander = LiveServer(env, workers=1)
+    bystander = ServerProcess(env, workers=1, json_log=True)
     started.append(bystander)
     await asyncio.gather(
         asyncio.to_thread(first.start, wait="/health/ready", timeout=120),
@@ -216,14 +211,14 @@ async def run_scenario(
     if stop == "sigkill":
         await asyncio.to_thread(kill_everything, first)
     else:
-        assert await asyncio.to_thread(first.stop), first.log_text()[-3000:]
+        assert await asyncio.to_thread(first.stop_cleanly), first.log_text()[-3000:]
         assert "live event(s) wait in the outbox" in first.log_text()
     await asyncio.gather(*(follower.close() for follower in followers))
 
     await asyncio.to_thread(redis.start)
     # No worker of the killed service runs yet: the other host's relay publishes what they left in the outbox.
     await asyncio.gather(*(watcher.read_until(during[-1]) for watcher in watchers))
-    second = LiveServer(env, workers=2)
+    second = ServerProcess(env, workers=2, json_log=True)
     started.append(second)
     await asyncio.to_thread(second.start, wait="/health/ready", timeout=120)
     token = await librarian_token(second)
@@ -247,16 +242,12 @@ async def run_scenario(
             # Redis forgot its streams: whatever a client did not receive, it was told to reload.
             assert missed == [] or follower.resyncs, f"{follower.name} silently missed {missed}"
     # The relay deletes a batch once the broker took all of it, just after the last of it may have arrived.
-    await wait_until_empty(database)
-
-
-async def wait_until_empty(database: str) -> None:
-    """Wait until the relay has deleted every row of the outbox (it deletes a batch once the broker took it)."""
     connection = await asyncpg.connect(POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}")
     try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while (remaining := await connection.fetchval("SELECT count(*) FROM live_event_outbox")) != 0:
-            assert asyncio.get_running_loop().time() < deadline, f"{remaining} row(s) still in the outbox after 30 s"
-            await asyncio.sleep(0.05)
+
+        async def emptied() -> bool:
+            return bool(await connection.fetchval("SELECT count(*) FROM live_event_outbox") == 0)
+
+        await wait_until(emptied, within=30, what="the outbox to be emptied")
     finally:
         await connection.close()

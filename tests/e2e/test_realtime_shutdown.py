@@ -21,8 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from library_api.app import build_context
 from library_api.db.engine import create_database
@@ -30,8 +29,9 @@ from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, bearer, create_user, token_for
-from tests.support.live import receive, receive_until
-from tests.support.processes import ServerProcess, start_server
+from tests.support.live import closed_with, receive, receive_until
+from tests.support.polling import WaitTimeout, wait_until
+from tests.support.processes import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
@@ -79,9 +79,9 @@ def server(
     committed_url: str, tmp_path: Path, layout: tuple[str, int], shutdown_timeout: int
 ) -> Iterator[ServerProcess]:
     server_name, workers = layout
-    running = start_server(
-        committed_url,
-        tmp_path,
+    running = ServerProcess(
+        database_url=committed_url,
+        directory=tmp_path,
         args=("--server", server_name, "--workers", str(workers)),
         env={
             "SHUTDOWN_TIMEOUT": str(shutdown_timeout),
@@ -90,13 +90,10 @@ def server(
             "LOG_FORMAT": "json",
             "WS_MAX_CONNECTIONS_PER_PRINCIPAL": "100",  # one reader holds the fifty clients of the drain test
         },
-    )
+    ).launch()
     try:
         running.wait_ready(timeout=90)
-        deadline = time.monotonic() + 120
-        while running.log().count("Application startup complete") < workers:
-            assert time.monotonic() < deadline, running.log()
-            time.sleep(0.05)
+        running.wait_for_log("Application startup complete", count=workers, timeout=120)
         yield running
     finally:
         if running.process.poll() is None:
@@ -107,7 +104,7 @@ def server(
 def records(server: ServerProcess) -> list[dict[str, object]]:
     """The server's JSON log lines, parsed; lines that are not JSON (there should be none) are skipped."""
     parsed = []
-    for line in server.log().splitlines():
+    for line in server.log_text().splitlines():
         if line.startswith("{"):
             parsed.append(json.loads(line))
     return parsed
@@ -121,28 +118,13 @@ def messages_by_worker(server: ServerProcess) -> dict[int, list[str]]:
     return found
 
 
-def ws_url(server: ServerProcess, client_id: str) -> str:
-    return server.base_url.replace("http://", "ws://") + f"/ws/{client_id}"
-
-
-async def close_of(client: ClientConnection, within: float) -> tuple[int | None, str | None]:
-    """Wait for the server to close ``client`` (failing after ``within`` seconds): the code and the reason."""
-    deadline = time.monotonic() + within
-    try:
-        while time.monotonic() < deadline:
-            await asyncio.wait_for(client.recv(), timeout=max(deadline - time.monotonic(), 0.01))
-    except ConnectionClosed:
-        return client.close_code, client.close_reason
-    raise AssertionError(f"not closed within {within} s")
-
-
 async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
     server: ServerProcess, ctx: AppContext, workers: int
 ) -> None:
     user = await create_user(ctx, Role.READER)
     token = token_for(ctx, user)
     clients = [
-        await connect(ws_url(server, f"client-{n}"), additional_headers=bearer(token), open_timeout=30)
+        await connect(server.ws_url(f"client-{n}"), additional_headers=bearer(token), open_timeout=30)
         for n in range(50)
     ]
     for client in clients:
@@ -184,8 +166,8 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
         assert b'"token_type":"bearer"' in answer.replace(b" ", b"")
 
         for attempt in range(2 * workers):
-            async with connect(ws_url(server, f"latecomer-{attempt}"), additional_headers=bearer(token)) as late:
-                code, reason = await close_of(late, within=5)
+            async with connect(server.ws_url(f"latecomer-{attempt}"), additional_headers=bearer(token)) as late:
+                code, reason = await closed_with(late, within=5)
             assert (code, reason) == (1001, "server shutting down; reconnect later")
 
         # New HTTP requests are still served while the clients leave.
@@ -195,16 +177,16 @@ async def test_sigterm_drains_fifty_clients_then_exits_cleanly(
         leaving, staying = clients[:20], clients[20:]
         await asyncio.gather(*(client.close() for client in leaving))
 
-        closes = await asyncio.gather(*(close_of(client, within=TIMEOUT + 10) for client in staying))
+        closes = await asyncio.gather(*(closed_with(client, within=TIMEOUT + 10) for client in staying))
     # Closed by the deadline, not before: each worker logs that it closes the rest because the timeout was reached.
     assert set(closes) == {(1001, "server shutting down; reconnect later")}
 
     exit_code = await asyncio.to_thread(server.process.wait, 30)
-    assert exit_code == 0, server.log()
+    assert exit_code == 0, server.log_text()
     by_worker = {
         pid: lines for pid, lines in messages_by_worker(server).items() if any(STARTED.search(m) for m in lines)
     }
-    assert len(by_worker) == workers, server.log()
+    assert len(by_worker) == workers, server.log_text()
     started = closing = 0
     for lines in by_worker.values():
         text = "\n".join(lines)
@@ -248,14 +230,15 @@ def opened_at_signal(lines: list[str]) -> int:
 
 async def wait_for_progress(server: ServerProcess, within: float) -> None:
     """Wait until every worker that had clients at the signal has logged at least one progress line."""
-    deadline = time.monotonic() + within + 5
-    while time.monotonic() < deadline:
-        per_worker = messages_by_worker(server).values()
-        draining = [lines for lines in per_worker if opened_at_signal(lines)]
-        if draining and all(any(PROGRESS.search(m) for m in lines) for lines in draining):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no progress line within {within} s:\n{server.log()}")
+
+    def progressed() -> bool:
+        draining = [lines for lines in messages_by_worker(server).values() if opened_at_signal(lines)]
+        return bool(draining) and all(any(PROGRESS.search(m) for m in lines) for lines in draining)
+
+    try:
+        await wait_until(progressed, within=within + 5, what="a progress line of every draining worker", interval=0.05)
+    except WaitTimeout:
+        raise AssertionError(f"no progress line within {within} s:\n{server.log_text()}") from None
 
 
 # Gunicorn's arbiter treats SIGINT as a quick shutdown of its own; a second SIGINT is the Uvicorn adapters' feature.
@@ -264,16 +247,16 @@ async def wait_for_progress(server: ServerProcess, within: float) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS[:2], ids=["uvicorn-1", "uvicorn-2"], indirect=True)
 async def test_a_second_sigint_closes_everyone_at_once(server: ServerProcess, ctx: AppContext) -> None:
     token = token_for(ctx, await create_user(ctx, Role.READER))
-    clients = [await connect(ws_url(server, f"impatient-{n}"), additional_headers=bearer(token)) for n in range(6)]
+    clients = [await connect(server.ws_url(f"impatient-{n}"), additional_headers=bearer(token)) for n in range(6)]
     for client in clients:
         await receive(client)
     server.process.send_signal(signal.SIGINT)
     for client in clients:
         await receive_until(client, lambda m: m["type"] == "shutdown")
     server.process.send_signal(signal.SIGINT)
-    closes = await asyncio.gather(*(close_of(client, within=30) for client in clients))
+    closes = await asyncio.gather(*(closed_with(client, within=30) for client in clients))
     assert {code for code, _ in closes} == {1001}
     assert await asyncio.to_thread(server.process.wait, 30) == 0
-    reasons = [match.group(2) for match in CLOSING.finditer(server.log())]
+    reasons = [match.group(2) for match in CLOSING.finditer(server.log_text())]
     assert reasons and set(reasons) == {"forced by a second signal"}
-    assert sum(int(match.group(1)) for match in CLOSING.finditer(server.log())) == 6
+    assert sum(int(match.group(1)) for match in CLOSING.finditer(server.log_text())) == 6

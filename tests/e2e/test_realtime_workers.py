@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
-from redis import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from library_api.app import build_context
@@ -25,8 +23,8 @@ from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for, unique_isbn
 from tests.support.live import read_until_sentinel, receive, receive_until, subscribe
-from tests.support.processes import ServerProcess, start_server
-from tests.support.services import REDIS_URL, require_redis
+from tests.support.processes import ServerProcess
+from tests.support.services import REDIS_URL
 
 pytestmark = [
     pytest.mark.e2e,
@@ -35,17 +33,6 @@ pytestmark = [
 ]
 
 CLIENTS = 100
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    require_redis()
-    prefix = f"test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    with Redis.from_url(REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{{{prefix}}}*"))
-        if keys:
-            client.delete(*keys)
 
 
 @pytest_asyncio.fixture
@@ -68,20 +55,16 @@ def server(committed_url: str, tmp_path: Path, redis_prefix: str) -> Iterator[Se
         # its catalogue answers too are its own on the shared Redis
         "CACHE_KEY_PREFIX": f"{{{redis_prefix}}}cache:",
     }
-    process = start_server(committed_url, tmp_path, args=("--workers", "2"), env=env)
+    process = ServerProcess(database_url=committed_url, directory=tmp_path, args=("--workers", "2"), env=env).launch()
     try:
         process.wait_ready(timeout=120)
         yield process
     finally:
-        assert process.stop() == 0, process.log()
-
-
-def ws_url(server: ServerProcess, client_id: str) -> str:
-    return server.base_url.replace("http://", "ws://") + f"/ws/{client_id}"
+        assert process.stop() == 0, process.log_text()
 
 
 async def open_on(server: ServerProcess, client_id: str, token: str) -> tuple[ClientConnection, str]:
-    client = await connect(ws_url(server, client_id), additional_headers=bearer(token), open_timeout=30)
+    client = await connect(server.ws_url(client_id), additional_headers=bearer(token), open_timeout=30)
     welcome = await receive(client, within=30)
     return client, str(welcome["data"]["worker"])
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from tests.support.factories import unique_isbn
-from tests.support.live_server import LiveServer
-from tests.support.private_services import PrivatePostgres, wait_for
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.polling import wait_for
+from tests.support.private_services import PrivatePostgres
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
 # One xdist worker runs this module, so its module-scoped servers start once (docs/testing.md).
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("replica")]
@@ -51,14 +51,15 @@ def caught_up(primary: PrivatePostgres, standby: PrivatePostgres) -> bool:
 
 
 @pytest.fixture(scope="module")
-async def server(clusters: tuple[PrivatePostgres, PrivatePostgres]) -> AsyncIterator[LiveServer]:
+async def server(clusters: tuple[PrivatePostgres, PrivatePostgres]) -> AsyncIterator[ServerProcess]:
     primary, standby = clusters
-    live = LiveServer(
+    live = ServerProcess(
         {
             **TEST_ENVIRONMENT,
             "DATABASE_URL": primary.database_url("library"),
             "DATABASE_REPLICA_URL": standby.database_url("library"),
-        }
+        },
+        json_log=True,
     )
     assert (await asyncio.to_thread(live.run_cli, "migrate")).returncode == 0
     created = await asyncio.to_thread(
@@ -68,7 +69,7 @@ async def server(clusters: tuple[PrivatePostgres, PrivatePostgres]) -> AsyncIter
     await asyncio.to_thread(wait_for, lambda: caught_up(primary, standby), 60, "the standby to replay the schema")
     await asyncio.to_thread(live.start, wait="/health/ready", timeout=120)
     yield live
-    assert await asyncio.to_thread(live.stop)
+    assert await asyncio.to_thread(live.stop_cleanly)
 
 
 async def login(http: httpx.AsyncClient, email: str, password: str) -> dict[str, str]:
@@ -78,7 +79,7 @@ async def login(http: httpx.AsyncClient, email: str, password: str) -> dict[str,
 
 
 async def test_reads_from_the_replica_and_read_your_writes(
-    server: LiveServer, clusters: tuple[PrivatePostgres, PrivatePostgres]
+    server: ServerProcess, clusters: tuple[PrivatePostgres, PrivatePostgres]
 ) -> None:
     primary, standby = clusters
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
@@ -120,7 +121,7 @@ async def test_reads_from_the_replica_and_read_your_writes(
 
 
 async def test_an_unreachable_replica_degrades_reads_to_the_primary(
-    server: LiveServer, clusters: tuple[PrivatePostgres, PrivatePostgres]
+    server: ServerProcess, clusters: tuple[PrivatePostgres, PrivatePostgres]
 ) -> None:
     _, standby = clusters
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:

@@ -13,7 +13,6 @@ The same server also answers forged and foreign JWTs with 401 over real HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -31,8 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.e2e.pinning import one_connection, pinned_workers
 from tests.support.databases import empty_postgres_database
-from tests.support.live_server import LiveServer
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, migrated_server
 from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
@@ -53,7 +51,7 @@ async def database_name() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def server(database_name: str) -> AsyncIterator[LiveServer]:
+async def server(database_name: str) -> AsyncIterator[ServerProcess]:
     env = {
         **TEST_ENVIRONMENT,
         "DATABASE_URL": f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database_name}",
@@ -61,16 +59,12 @@ async def server(database_name: str) -> AsyncIterator[LiveServer]:
         "PRINCIPAL_CACHE_TTL": str(CACHE_TTL),
         "ACCESS_LOG": "false",
     }
-    live = LiveServer(env, workers=2)
-    migrated = await asyncio.to_thread(live.run_cli, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    await asyncio.to_thread(live.start, timeout=180)
-    yield live
-    assert await asyncio.to_thread(live.stop)
+    async with migrated_server(env, workers=2) as live:
+        yield live
 
 
 @pytest.fixture
-async def workers(server: LiveServer) -> AsyncIterator[dict[int, httpx.AsyncClient]]:
+async def workers(server: ServerProcess) -> AsyncIterator[dict[int, httpx.AsyncClient]]:
     """One keep-alive connection per worker process, keyed by the worker's pid."""
     async with pinned_workers(lambda: one_connection(server.base_url, timeout=10), 2) as pinned:
         yield pinned
@@ -123,7 +117,7 @@ async def assert_revoked_everywhere(
 
 
 async def test_deactivation_role_change_logout_all_and_token_revocation_reach_every_worker(
-    server: LiveServer, database_name: str, workers: dict[int, httpx.AsyncClient]
+    server: ServerProcess, database_name: str, workers: dict[int, httpx.AsyncClient]
 ) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         admin = await admin_headers(http, database_name)
@@ -173,7 +167,7 @@ def _hmac_token(claims: dict[str, object], key: bytes, algorithm: str) -> str:
     return f"{signing_input}.{part(hmac.new(key, signing_input.encode(), digest).digest())}"
 
 
-async def test_forged_and_foreign_jwts_are_401_over_http(server: LiveServer) -> None:
+async def test_forged_and_foreign_jwts_are_401_over_http(server: ServerProcess) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         user_id, token = await register(http)
         claims = jwt.decode(token, options={"verify_signature": False})

@@ -21,8 +21,7 @@ import httpx
 import pytest
 
 from tests.support.databases import empty_postgres_database
-from tests.support.live_server import LiveServer
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, migrated_server
 from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -42,7 +41,7 @@ async def database_name() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def server(database_name: str) -> AsyncIterator[LiveServer]:
+async def server(database_name: str) -> AsyncIterator[ServerProcess]:
     env = {
         **TEST_ENVIRONMENT,
         "DATABASE_URL": f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database_name}",
@@ -52,12 +51,8 @@ async def server(database_name: str) -> AsyncIterator[LiveServer]:
         "PRINCIPAL_CACHE_TTL": "60",
         "ACCESS_LOG": "false",
     }
-    live = LiveServer(env, workers=1)
-    migrated = await asyncio.to_thread(live.run_cli, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    await asyncio.to_thread(live.start, timeout=180)
-    yield live
-    assert await asyncio.to_thread(live.stop)
+    async with migrated_server(env, workers=1) as live:
+        yield live
 
 
 async def reader_headers(http: httpx.AsyncClient) -> dict[str, str]:
@@ -71,7 +66,7 @@ async def reader_headers(http: httpx.AsyncClient) -> dict[str, str]:
     return headers
 
 
-async def test_a_saturated_pool_answers_every_request_in_time(server: LiveServer, database_name: str) -> None:
+async def test_a_saturated_pool_answers_every_request_in_time(server: ServerProcess, database_name: str) -> None:
     # A new connection per request: a kept-alive connection can be closed by the server for idleness just as a
     # request is sent on it, and that race is the client's to handle, not what this test is about.
     limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=0)

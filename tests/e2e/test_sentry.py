@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from tests.support.live_server import LiveServer
-from tests.support.private_services import wait_for
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.polling import wait_for
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -58,17 +57,16 @@ def ingest() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
     thread.join(timeout=10)
 
 
-async def start_with_a_broken_catalogue(directory: Path, dsn: str) -> LiveServer:
+async def start_with_a_broken_catalogue(directory: Path, dsn: str) -> ServerProcess:
     """A server reporting to ``dsn`` whose database is at the code's revision but has lost its ``books`` table.
 
     A schema that is merely behind the code is a fault the service names (503 ``schema-behind``), not an error
     to report; a table gone from a database that claims to be current is the unexpected failure Sentry is for.
     """
     database = directory / "broken.db"
-    server = LiveServer(
+    server = ServerProcess(
         {**TEST_ENVIRONMENT, "DATABASE_URL": f"sqlite+aiosqlite:///{database}", "AUTO_MIGRATE": "false",
-         "SENTRY_DSN": dsn, "SECRET_KEY": SECRET_KEY}
-    )  # fmt: skip
+         "SENTRY_DSN": dsn, "SECRET_KEY": SECRET_KEY}, json_log=True)  # fmt: skip
     migrated = await asyncio.to_thread(server.run_cli, "migrate")
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     with contextlib.closing(sqlite3.connect(database)) as connection:
@@ -94,7 +92,7 @@ async def test_an_unhandled_error_is_reported_without_secrets(
 
         await asyncio.to_thread(wait_for, reported, 30, "the error to reach the Sentry endpoint")
     finally:
-        assert await asyncio.to_thread(server.stop)
+        assert await asyncio.to_thread(server.stop_cleanly)
     path, envelope = next((path, body) for path, body in received if b'"exception"' in body)
     assert path == "/api/42/envelope/"
     items = [json.loads(line) for line in envelope.splitlines() if line.startswith(b"{")]
@@ -139,7 +137,7 @@ async def test_client_errors_are_not_reported_and_the_next_server_error_is(
 
         await asyncio.to_thread(wait_for, sentinel_arrived, 30, "the sentinel's event to reach the Sentry endpoint")
     finally:
-        assert await asyncio.to_thread(server.stop)
+        assert await asyncio.to_thread(server.stop_cleanly)
     assert "error reporting to Sentry is on" in server.log_text()
     assert [kind(event) for event in events_in(received)] == ["OperationalError"]
 

@@ -29,9 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.pinning import one_connection, pinned_workers
 from tests.support.databases import empty_postgres_database
 from tests.support.factories import unique_isbn
-from tests.support.live_server import LiveServer
-from tests.support.private_services import PrivateRedis, wait_for
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.polling import wait_for
+from tests.support.private_services import PrivateRedis, running_redis
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, migrated_server
 from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
@@ -52,10 +52,8 @@ LIST_LIMIT = 30
 
 @pytest.fixture(scope="module")
 def redis_with_password() -> Iterator[PrivateRedis]:
-    server = PrivateRedis(password=REDIS_PASSWORD)
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(REDIS_PASSWORD) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +66,7 @@ async def database_name() -> AsyncIterator[str]:
 @pytest.fixture(scope="module")
 async def server(
     database_name: str, redis_with_password: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[LiveServer]:
+) -> AsyncIterator[ServerProcess]:
     metrics_dir = tmp_path_factory.mktemp("metrics")
     env = {
         **TEST_ENVIRONMENT,
@@ -89,14 +87,10 @@ async def server(
         # and each worker count on its own. Outages are tested in test_faults.py; here Redis must stay in use.
         "REDIS_SOCKET_TIMEOUT": "5",
     }
-    live = LiveServer(env, workers=2)
-    migrated = await asyncio.to_thread(live.run_cli, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    await asyncio.to_thread(live.start, timeout=180)
-    async with pinned_workers(lambda: pinned(live), 2):
-        pass  # both workers serve
-    yield live
-    assert await asyncio.to_thread(live.stop)
+    async with migrated_server(env, workers=2) as live:
+        async with pinned_workers(lambda: pinned(live), 2):
+            pass  # both workers serve
+        yield live
     assert_no_secrets(live.log_text())
 
 
@@ -109,13 +103,13 @@ def assert_no_secrets(log: str) -> None:
         assert secret not in log, f"a secret reached the log: {secret[:8]}..."
 
 
-def client(server: LiveServer, source: str = "127.0.0.1") -> httpx.AsyncClient:
+def client(server: ServerProcess, source: str = "127.0.0.1") -> httpx.AsyncClient:
     """A client from ``source`` for requests whose worker does not matter."""
     transport = httpx.AsyncHTTPTransport(local_address=source)
     return httpx.AsyncClient(base_url=server.base_url, transport=transport, timeout=30)
 
 
-def pinned(server: LiveServer) -> httpx.AsyncClient:
+def pinned(server: ServerProcess) -> httpx.AsyncClient:
     """One kept-alive connection from the trusted proxy, for :func:`pinned_workers`."""
     return one_connection(server.base_url, source=PROXY)
 
@@ -133,7 +127,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-def worker_pids(server: LiveServer, request_ids: set[str]) -> dict[str, int]:
+def worker_pids(server: ServerProcess, request_ids: set[str]) -> dict[str, int]:
     """Which worker process served each request (the pid on its access line)."""
     return {r["request_id"]: r["pid"] for r in server.access_records() if r.get("request_id") in request_ids}
 
@@ -160,7 +154,7 @@ async def each_worker(
     return dict(zip(workers, answers, strict=True))
 
 
-async def assert_served_by(server: LiveServer, answers: dict[int, list[tuple[httpx.Response, str]]]) -> None:
+async def assert_served_by(server: ServerProcess, answers: dict[int, list[tuple[httpx.Response, str]]]) -> None:
     """Every request was served by the worker its connection was pinned to (read from the access lines)."""
     pids = await asyncio.to_thread(wait_for_pids, server, {rid for batch in answers.values() for _, rid in batch})
     for pid, batch in answers.items():
@@ -177,7 +171,7 @@ async def register_and_login(http: httpx.AsyncClient, email: str) -> dict[str, s
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-async def test_metrics_are_summed_across_workers_and_survive_a_killed_worker(server: LiveServer) -> None:
+async def test_metrics_are_summed_across_workers_and_survive_a_killed_worker(server: ServerProcess) -> None:
     key = ("http_requests_total", (("endpoint", "/api/v1/auth/me"), ("method", "GET"), ("status", "401")))
     directory = Path(server.env["PROMETHEUS_MULTIPROC_DIR"])
     async with pinned_workers(lambda: pinned(server), 2) as workers:
@@ -209,7 +203,7 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def wait_for_pids(server: LiveServer, request_ids: set[str]) -> dict[str, int]:
+def wait_for_pids(server: ServerProcess, request_ids: set[str]) -> dict[str, int]:
     found: dict[str, int] = {}
 
     def all_logged() -> bool:
@@ -220,7 +214,7 @@ def wait_for_pids(server: LiveServer, request_ids: set[str]) -> dict[str, int]:
     return found
 
 
-async def test_rate_limit_is_exact_across_the_two_workers(server: LiveServer) -> None:
+async def test_rate_limit_is_exact_across_the_two_workers(server: ServerProcess) -> None:
     caller = own_address()
     async with pinned_workers(lambda: pinned(server), 2) as workers:
         answers = await each_worker(workers, "/api/v1/books?limit=1", (LIST_LIMIT + 10) // 2, caller)
@@ -230,7 +224,7 @@ async def test_rate_limit_is_exact_across_the_two_workers(server: LiveServer) ->
     await assert_served_by(server, answers)  # both workers counted, in one window
 
 
-async def test_a_change_through_one_worker_is_seen_through_the_other(server: LiveServer) -> None:
+async def test_a_change_through_one_worker_is_seen_through_the_other(server: ServerProcess) -> None:
     async with pinned_workers(lambda: pinned(server), 2) as workers, client(server, PROXY) as http:
         librarian = await librarian_headers(http, server)
         created = await http.post(
@@ -253,7 +247,7 @@ async def test_a_change_through_one_worker_is_seen_through_the_other(server: Liv
     await assert_served_by(server, after)  # the other worker read the new title too: its cached copy was dropped
 
 
-async def librarian_headers(http: httpx.AsyncClient, server: LiveServer) -> dict[str, str]:
+async def librarian_headers(http: httpx.AsyncClient, server: ServerProcess) -> dict[str, str]:
     email = f"librarian-{uuid.uuid4().hex[:8]}@example.org"
     created = await asyncio.to_thread(
         server.run_cli, "users", "create", "--email", email, "--role", "librarian", "--password", USER_PASSWORD
@@ -265,7 +259,7 @@ async def librarian_headers(http: httpx.AsyncClient, server: LiveServer) -> dict
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
 
 
-async def test_forwarded_for_is_believed_from_the_proxy_only(server: LiveServer) -> None:
+async def test_forwarded_for_is_believed_from_the_proxy_only(server: ServerProcess) -> None:
     spoof_id, honest_id = f"t-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
     async with client(server, "127.0.0.1") as direct:
         spoofed = await direct.get(
@@ -283,7 +277,7 @@ async def test_forwarded_for_is_believed_from_the_proxy_only(server: LiveServer)
     assert honest_line["client"] == "203.0.113.77"
 
 
-async def test_credentials_used_everywhere_never_reach_the_log(server: LiveServer) -> None:
+async def test_credentials_used_everywhere_never_reach_the_log(server: ServerProcess) -> None:
     async with client(server) as http:
         headers = await register_and_login(http, f"reader-{uuid.uuid4().hex[:8]}@example.org")
         access = headers["Authorization"].split()[1]

@@ -7,188 +7,21 @@ the service trusts through ``SMTP_CA_FILE`` (``test_smtp_security.py`` covers im
 from __future__ import annotations
 
 import asyncio
-import gc
-import socket
-import ssl
-import threading
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from datetime import timedelta
-from email import message_from_bytes
-from email.message import Message
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import pytest_asyncio
-import trustme
-from aiosmtpd.controller import Controller
-from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import update
 
-from library_api.app import create_app
 from library_api.config import ConfigError, load_settings
 from library_api.db.base import utcnow
-from library_api.dependencies.context import AppContext
 from library_api.holdings.models import Booking, BookingStatus
 from library_api.notifications.models import EmailKind, EmailStatus, OutboxEmail
 from library_api.security.permissions import Role
-from tests.conftest import fast_settings
-from tests.support.factories import bearer, create_book, create_user, token_for
-from tests.support.live import wait_until
-from tests.support.ports import port_of, reserved_socket
-from tests.support.smtp import SocketController
-
-
-@dataclass
-class Inbox:
-    """An SMTP server's behaviour and what it accepted: the first ``refusals`` deliveries get ``refusal``.
-
-    A message is accepted only once ``gate`` is open (it is, unless a test closes it): a closed gate holds the
-    delivery in the middle of its DATA command, for as long as the test wants.
-    """
-
-    refusals: int = 0
-    refusal: str = "451 4.3.0 try again later"
-    gate: threading.Event = field(default_factory=threading.Event)
-    messages: list[Message] = field(default_factory=list)
-    attempts: int = 0
-    encrypted: list[bool] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.gate.set()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.attempts += 1
-        self.encrypted.append(server.transport.get_extra_info("ssl_object") is not None)
-        if self.refusals:
-            self.refusals -= 1
-            return self.refusal
-        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 60)
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 2.0.0 accepted"
-
-
-@dataclass(frozen=True)
-class Tls:
-    """A private CA's PEM file and a server context for 127.0.0.1 with a certificate it issued."""
-
-    ca_file: Path
-    server_context: ssl.SSLContext
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    ca = trustme.CA()
-    ca_file = tmp_path_factory.mktemp("smtp-ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return Tls(ca_file=ca_file, server_context=context)
-
-
-@dataclass
-class SmtpServer:
-    """An SMTP server on loopback that requires STARTTLS before it takes any mail.
-
-    Its port is reserved from the start: refused until :meth:`start`, and no one else's meanwhile.
-    """
-
-    inbox: Inbox
-    tls: Tls
-    listener: socket.socket = field(default_factory=reserved_socket)
-    controller: Controller | None = None
-
-    @property
-    def port(self) -> int:
-        return port_of(self.listener)
-
-    def start(self) -> None:
-        self.controller = SocketController(
-            self.inbox, self.listener, tls_context=self.tls.server_context, require_starttls=True
-        )
-        self.controller.start()
-
-    def stop(self) -> None:
-        self.inbox.gate.set()  # a held delivery must not keep the server's thread from stopping
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-        # Stopping the server's loop abandons the TLS connections it was still closing (a client's QUIT and the
-        # TLS shutdown that follows run past the last assertion); finalise them here, not in a later test.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
-        self.listener.close()
-
-
-@pytest.fixture
-def smtp(tls: Tls) -> Iterator[SmtpServer]:
-    server = SmtpServer(inbox=Inbox(), tls=tls)
-    server.start()
-    yield server
-    server.stop()
-
-
-StartApp = Callable[..., Awaitable[AppContext]]
-
-apps: dict[int, FastAPI] = {}
-"""The application behind each context started by ``start_app`` in the running test."""
-
-
-@pytest_asyncio.fixture
-async def start_app(committed_url: str, tmp_path: Path, tls: Tls) -> AsyncIterator[StartApp]:
-    """Applications (lifespan running, so the notifier's tasks too) on this test's committed database."""
-    async with AsyncExitStack() as stack:
-        apps.clear()
-
-        async def start(port: int | None, **values: object) -> AppContext:
-            mail: dict[str, object] = {}
-            if port is not None:
-                mail = {
-                    "smtp_host": "127.0.0.1",
-                    "smtp_port": port,
-                    "smtp_security": "starttls",
-                    "smtp_ca_file": tls.ca_file,
-                    "email_from": "noreply@library.example.com",
-                    "email_poll_interval": 0.2,
-                    "email_retry_delay": 0.2,
-                }
-            mail.update(values)
-            app = create_app(fast_settings(database_url=committed_url, upload_dir=tmp_path, **mail))
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            context: AppContext = app.state.context
-            apps[id(context)] = app
-            return context
-
-        yield start
-
-
-def window(days_from_now: float = 1, length_days: float = 2) -> dict[str, str]:
-    start = utcnow() + timedelta(days=days_from_now)
-    return {"start": start.isoformat(), "end": (start + timedelta(days=length_days)).isoformat()}
-
-
-async def book_one(ctx: AppContext, token: str, book_id: int) -> httpx.Response:
-    transport = httpx.ASGITransport(app=apps[id(ctx)])
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        return await http.post("/api/v1/bookings", json={"book_id": book_id, **window()}, headers=bearer(token))
-
-
-async def wait_until_async(condition: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    """Poll an async ``condition`` until it holds; fail with ``what`` when ``within`` seconds pass first."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out after {within} s waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-async def outbox(ctx: AppContext) -> list[OutboxEmail]:
-    async with ctx.database.sessionmaker() as session:
-        return list((await session.execute(select(OutboxEmail).order_by(OutboxEmail.id))).scalars())
+from tests.notifications.conftest import StartApp, book_one, outbox
+from tests.support.certs import ServerTls
+from tests.support.factories import create_book, create_user, token_for
+from tests.support.polling import wait_until
+from tests.support.smtp import Inbox, SmtpServer
 
 
 async def test_a_booking_is_confirmed_by_mail_after_the_response(smtp: SmtpServer, start_app: StartApp) -> None:
@@ -248,8 +81,8 @@ async def test_a_permanent_refusal_is_not_retried(smtp: SmtpServer, start_app: S
     assert [(r.status, r.attempts) for r in await outbox(ctx)] == [(EmailStatus.FAILED, 1), (EmailStatus.SENT, 1)]
 
 
-async def test_mail_waits_for_an_smtp_server_that_is_down(start_app: StartApp, tls: Tls) -> None:
-    down = SmtpServer(inbox=Inbox(), tls=tls)
+async def test_mail_waits_for_an_smtp_server_that_is_down(start_app: StartApp, tls: ServerTls) -> None:
+    down = SmtpServer(inbox=Inbox(), starttls=tls.server_context)
     ctx = await start_app(down.port)
     reader = await create_user(ctx, Role.READER)
     book = await create_book(ctx)
@@ -295,7 +128,7 @@ async def test_one_reminder_before_a_booking_ends_whatever_the_number_of_workers
         settled[:] = await outbox(ctx)
         return bool(settled) and all(row.status == EmailStatus.SENT for row in settled)
 
-    await wait_until_async(every_row_sent, within=10, what="every queued mail to be sent")
+    await wait_until(every_row_sent, within=10, what="every queued mail to be sent")
     # Each row is claimed by one worker and marked sent after the server took it: the inbox holds each once.
     await wait_until(lambda: len(smtp.inbox.messages) == len(settled), within=10, what="one message per row")
     subjects = sorted(str(message["Subject"]) for message in smtp.inbox.messages)

@@ -1,6 +1,6 @@
 """E-mail that ends delivered: long SMTP outages, a sender that dies in QUIT, and failed mails requeued.
 
-A real SMTP server (aiosmtpd on loopback, the fixtures of ``test_email``) and a real database (SQLite and
+A real SMTP server (aiosmtpd on loopback, ``tests.support.smtp``) and a real database (SQLite and
 PostgreSQL). Each test drives a notifier of its own with an injected clock: an outage of hours is the clock
 moved from one scheduled attempt to the next, never waited for. The service's own sender stays off
 (``start_app(None)``) so that nothing but the test claims the rows.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from library_api.db.base import utcnow
@@ -30,12 +28,12 @@ from library_api.notifications.models import EmailKind, EmailStatus
 from library_api.notifications.service import LEASE, Notifier
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
-from tests.notifications.test_email import Inbox, StartApp, book_one, outbox
+from tests.notifications.conftest import StartApp, book_one, outbox
 from tests.support.cli import invoke
 from tests.support.factories import create_book, create_user, token_for
-from tests.support.live import wait_until
+from tests.support.polling import wait_until
 from tests.support.ports import port_of, refused_port, reserved_socket
-from tests.support.smtp import SocketController
+from tests.support.smtp import Inbox, SmtpServer, SocketController
 
 DOMAIN = "library.example.com"
 
@@ -53,36 +51,10 @@ class Clock:
         self.now = max(self.now, moment)
 
 
-@dataclass
-class PlainSmtpServer:
-    """An SMTP server on loopback speaking plain SMTP: these tests are about delivery, not transport security
-    (``test_smtp_security`` covers STARTTLS, implicit TLS and AUTH)."""
-
-    inbox: Inbox
-    listener: socket.socket = field(default_factory=reserved_socket)
-    controller: Controller | None = None
-
-    @property
-    def port(self) -> int:
-        """Reserved from the start: refused until :meth:`start`, and no one else's meanwhile."""
-        return port_of(self.listener)
-
-    def start(self) -> None:
-        self.controller = SocketController(self.inbox, self.listener)
-        self.controller.start()
-
-    def stop(self) -> None:
-        self.inbox.gate.set()  # a held delivery must not keep the server's thread from stopping
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-        self.listener.close()
-
-
 @pytest.fixture
-def smtp() -> Iterator[PlainSmtpServer]:
+def smtp() -> Iterator[SmtpServer]:
     """This module's SMTP server: plain SMTP, started for the test and stopped after it."""
-    server = PlainSmtpServer(inbox=Inbox())
+    server = SmtpServer(inbox=Inbox())
     server.start()
     yield server
     server.stop()
@@ -115,7 +87,7 @@ async def one_queued_mail(ctx: AppContext, notifier: Notifier) -> int:
 async def test_an_outage_far_beyond_the_attempt_budget_ends_delivered_once(start_app: StartApp) -> None:
     ctx = await start_app(None)
     clock = Clock()
-    server = PlainSmtpServer(inbox=Inbox())  # not started: connections are refused
+    server = SmtpServer(inbox=Inbox())  # not started: connections are refused
     notifier = sender(server.port, clock, ctx, email_max_attempts=2)
     email_id = await one_queued_mail(ctx, notifier)
     started = clock.now
@@ -141,7 +113,7 @@ async def test_an_outage_far_beyond_the_attempt_budget_ends_delivered_once(start
 
 
 async def test_temporary_refusals_still_count_and_the_age_limit_ends_an_outage(
-    smtp: PlainSmtpServer, start_app: StartApp
+    smtp: SmtpServer, start_app: StartApp
 ) -> None:
     ctx = await start_app(None)
     clock = Clock()
@@ -183,7 +155,7 @@ async def test_a_sender_that_dies_in_quit_after_the_data_was_accepted_sends_noth
     ctx = await start_app(None)
     clock = Clock()
     inbox = QuitHangs()
-    server = PlainSmtpServer(inbox=inbox)
+    server = SmtpServer(inbox=inbox)
     server.start()
     try:
         notifier = sender(server.port, clock, ctx, smtp_timeout=30)
@@ -207,7 +179,7 @@ async def test_a_sender_that_dies_in_quit_after_the_data_was_accepted_sends_noth
 
 
 async def test_failed_mails_are_listed_and_requeued_from_the_command_line(
-    smtp: PlainSmtpServer, start_app: StartApp, committed_url: str
+    smtp: SmtpServer, start_app: StartApp, committed_url: str
 ) -> None:
     ctx = await start_app(None)
     clock = Clock()
@@ -290,7 +262,7 @@ async def test_login_then_send(start_app: StartApp) -> None:
 async def test_a_refused_recipient(start_app: StartApp, reply: str, status: EmailStatus) -> None:
     ctx = await start_app(None)
     inbox = Picky()
-    server = PlainSmtpServer(inbox=inbox)
+    server = SmtpServer(inbox=inbox)
     server.start()
     try:
         notifier = sender(server.port, Clock(), ctx)

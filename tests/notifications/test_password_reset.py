@@ -28,11 +28,14 @@ from library_api.security.permissions import Role
 from library_api.server.uvicorn import TLSWebSocketsProtocol
 from library_api.users.models import User
 from tests.conftest import fast_settings
-from tests.notifications.test_email import SmtpServer, StartApp, Tls, apps
+from tests.notifications.conftest import StartApp, apps
+from tests.support.certs import ServerTls
 from tests.support.factories import PASSWORD, bearer, create_user, token_for, unique_email
 from tests.support.http import client_for
-from tests.support.live import closed_with, open_client, serve_in_loop, subscribe, wait_until
+from tests.support.live import closed_with, open_client, serve_in_loop, subscribe
+from tests.support.polling import wait_until
 from tests.support.services import REDIS_URL, require_redis
+from tests.support.smtp import SmtpServer
 
 RESET_URL = "https://library.example.com/reset-password"
 NEW_PASSWORD = "a-brand-new-passphrase-42"
@@ -254,7 +257,7 @@ async def test_ending_the_sessions_ends_unused_links(smtp: SmtpServer, start_app
 
 
 async def test_a_reset_closes_the_accounts_live_socket(
-    smtp: SmtpServer, committed_url: str, tmp_path: Path, tls: Tls
+    smtp: SmtpServer, committed_url: str, tmp_path: Path, tls: ServerTls
 ) -> None:
     settings = fast_settings(
         database_url=committed_url,

@@ -1,7 +1,7 @@
 """Forgotten passwords for operators: ``library-api users reset-password`` and the reset settings' checks.
 
 The command runs in this process beside the serving application, on the same database (SQLite and PostgreSQL),
-and its mail reaches the real SMTP server of ``test_email``.
+and its mail reaches the real SMTP server of this package's ``conftest``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from typer.testing import CliRunner, Result
 from library_api.cli.main import app as cli_app
 from library_api.config import ConfigError, load_settings
 from library_api.security.permissions import Role
-from tests.notifications.test_email import SmtpServer, StartApp, Tls, wait_until_async
+from tests.notifications.conftest import StartApp
 from tests.notifications.test_password_reset import CONFIRM, NEW_PASSWORD, RESET_URL, login, mail_to, start, token_in
+from tests.support.certs import ServerTls
 from tests.support.cli import SETTING_PREFIXES
 from tests.support.factories import bearer, create_user
 from tests.support.http import client_for
+from tests.support.polling import wait_until
+from tests.support.smtp import SmtpServer
 
 
 async def run_cli(arguments: list[str], env: dict[str, str], stdin: str | None = None) -> Result:
@@ -33,7 +36,9 @@ async def run_cli(arguments: list[str], env: dict[str, str], stdin: str | None =
     )
 
 
-async def test_operators_mail_print_or_set(smtp: SmtpServer, start_app: StartApp, tls: Tls, committed_url: str) -> None:
+async def test_operators_mail_print_or_set(
+    smtp: SmtpServer, start_app: StartApp, tls: ServerTls, committed_url: str
+) -> None:
     ctx, app = await start(start_app, smtp)
     user = await create_user(ctx, Role.READER)
     env = {"DATABASE_URL": committed_url, "PASSWORD_RESET_URL": RESET_URL, "PASSWORD_HASH_MEMORY_KIB": "1024"}
@@ -69,7 +74,7 @@ async def test_operators_mail_print_or_set(smtp: SmtpServer, start_app: StartApp
         async def refused() -> bool:  # the command is another process: this one sees it within the cache's TTL
             return (await http.get("/api/v1/auth/me", headers=bearer(access))).status_code == 401
 
-        await wait_until_async(refused, within=10, what="the old access token to be refused")
+        await wait_until(refused, within=10, what="the old access token to be refused")
         assert (await login(http, user.email, "set-by-operator-7")).status_code == 200
 
 

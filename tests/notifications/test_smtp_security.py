@@ -7,7 +7,6 @@ before anything else, and AUTH only over TLS, as a production relay does.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -16,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from library_api.config import ConfigError, Settings, load_settings
 from library_api.notifications.mailer import DeliveryError, Failure, Mailer, message_id_for
 from tests.conftest import fast_settings
+from tests.support.certs import ServerTls, server_tls
 from tests.support.ports import port_of, reserved_socket
 from tests.support.smtp import SocketController
 
@@ -57,22 +56,9 @@ class Relay:
         return AuthResult(success=(login, password) == (USER, PASSWORD), handled=False)  # False: answer 535
 
 
-@dataclass
-class Pki:
-    """A private CA, its PEM file, and the server context of a certificate it issued for 127.0.0.1."""
-
-    ca_file: Path
-    server_context: ssl.SSLContext
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    ca = trustme.CA()
-    ca_file = tmp_path_factory.mktemp("smtp-pki") / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    return Pki(ca_file=ca_file, server_context=context)
+def pki(tmp_path_factory: pytest.TempPathFactory) -> ServerTls:
+    return server_tls(tmp_path_factory.mktemp("smtp-pki"))
 
 
 @dataclass
@@ -84,7 +70,7 @@ class Server:
 
 
 @pytest.fixture
-def start_relay(pki: Pki) -> Iterator[Any]:
+def start_relay(pki: ServerTls) -> Iterator[Any]:
     """Start relays with ``security`` ``starttls`` (required before MAIL), ``tls`` or ``none``, optionally with AUTH."""
     controllers: list[Controller] = []
 
@@ -133,7 +119,7 @@ async def send(sender: Mailer, subject: str = "Booking confirmed") -> None:
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-async def test_delivery_over_a_verified_tls_connection(start_relay: Any, pki: Pki, security: str) -> None:
+async def test_delivery_over_a_verified_tls_connection(start_relay: Any, pki: ServerTls, security: str) -> None:
     server = start_relay(security)
     await send(mailer(server, security, smtp_ca_file=pki.ca_file), subject=f"Over {security}")
     assert [message["Subject"] for message in server.relay.messages] == [f"Over {security}"]
@@ -156,7 +142,7 @@ async def test_a_certificate_from_an_untrusted_ca_is_refused(start_relay: Any, s
     ("security", "mechanism"), [("starttls", "PLAIN"), ("starttls", "LOGIN"), ("tls", "PLAIN"), ("tls", "LOGIN")]
 )
 async def test_auth_logs_in_with_the_configured_account(
-    start_relay: Any, pki: Pki, security: str, mechanism: str
+    start_relay: Any, pki: ServerTls, security: str, mechanism: str
 ) -> None:
     server = start_relay(security, auth=True, mechanisms=(mechanism,))
     sender = mailer(server, security, smtp_ca_file=pki.ca_file, smtp_user=USER, smtp_password=PASSWORD)
@@ -167,7 +153,9 @@ async def test_auth_logs_in_with_the_configured_account(
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-async def test_wrong_credentials_are_refused_and_nothing_is_sent(start_relay: Any, pki: Pki, security: str) -> None:
+async def test_wrong_credentials_are_refused_and_nothing_is_sent(
+    start_relay: Any, pki: ServerTls, security: str
+) -> None:
     server = start_relay(security, auth=True)
     sender = mailer(server, security, smtp_ca_file=pki.ca_file, smtp_user=USER, smtp_password="not-the-password")
     with pytest.raises(DeliveryError) as refused:
@@ -185,7 +173,7 @@ async def test_security_none_speaks_plain_smtp_to_a_local_relay(start_relay: Any
     assert server.relay.tls_versions == [None]
 
 
-async def test_starttls_is_required_of_the_relay(start_relay: Any, pki: Pki) -> None:
+async def test_starttls_is_required_of_the_relay(start_relay: Any, pki: ServerTls) -> None:
     server = start_relay("none")  # a relay that offers no STARTTLS: the mail is not sent in clear instead
     with pytest.raises(DeliveryError) as refused:
         await send(mailer(server, "starttls", smtp_ca_file=pki.ca_file))
@@ -193,7 +181,9 @@ async def test_starttls_is_required_of_the_relay(start_relay: Any, pki: Pki) -> 
     assert server.relay.messages == []
 
 
-async def test_without_credentials_a_relay_that_requires_auth_refuses_the_mail(start_relay: Any, pki: Pki) -> None:
+async def test_without_credentials_a_relay_that_requires_auth_refuses_the_mail(
+    start_relay: Any, pki: ServerTls
+) -> None:
     server = start_relay("starttls", auth=True)
     with pytest.raises(DeliveryError) as refused:
         await send(mailer(server, "starttls", smtp_ca_file=pki.ca_file))
@@ -201,7 +191,7 @@ async def test_without_credentials_a_relay_that_requires_auth_refuses_the_mail(s
     assert server.relay.messages == []
 
 
-def test_the_ca_file_must_exist_and_hold_certificates(tmp_path: Path, pki: Pki) -> None:
+def test_the_ca_file_must_exist_and_hold_certificates(tmp_path: Path, pki: ServerTls) -> None:
     mail = {"SMTP_HOST": "mail.example.org", "EMAIL_FROM": SENDER}
     missing = tmp_path / "missing.pem"
     garbage = tmp_path / "garbage.pem"

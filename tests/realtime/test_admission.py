@@ -30,7 +30,8 @@ from library_api.security.permissions import Role
 from library_api.security.principal import CredentialKind, Principal
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.factories import bearer, create_user, token_for
-from tests.support.live import Live, closed_with, open_client, receive, wait_until
+from tests.support.live import Live, closed_with, open_client, receive
+from tests.support.polling import wait_until
 from tests.support.services import REDIS_URL, require_redis
 
 LOOPBACK = "127.0.0.1"

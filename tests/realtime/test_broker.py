@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 import pytest_asyncio
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from library_api.realtime.broker import (
@@ -23,9 +21,9 @@ from library_api.realtime.broker import (
 )
 from library_api.realtime.redis_broker import RedisBroker
 from library_api.realtime.topics import Subscription
-from tests.support.live import wait_until
+from tests.support.polling import wait_until
 from tests.support.ports import refused_port
-from tests.support.services import REDIS_URL, require_redis
+from tests.support.services import REDIS_URL
 
 BOOKS = Subscription("books", "books")
 BOOK_1 = Subscription("book:1", "book:1")
@@ -52,18 +50,6 @@ class Recorder:
 
     def control(self, notice: dict[str, Any]) -> None:
         self.notices.append(notice)
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A key prefix of this test's own on the real Redis; its keys are deleted afterwards."""
-    require_redis()
-    prefix = f"test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    with SyncRedis.from_url(REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{{{prefix}}}*"))
-        if keys:
-            client.delete(*keys)
 
 
 @pytest_asyncio.fixture(params=["memory", "redis"])

@@ -29,9 +29,10 @@ from library_api.security.principal import CredentialKind, Principal
 from library_api.security.tokens import TokenService
 from library_api.users.schemas import UserAdminUpdate
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
-from tests.support.certs import PKI, make_pki
+from tests.support.certs import PKI
 from tests.support.factories import PASSWORD, create_book, create_user, token_for
-from tests.support.live import Live, closed_with, open_client, receive, receive_until, subscribe, wait_until
+from tests.support.live import Live, closed_with, open_client, receive, receive_until, subscribe
+from tests.support.polling import wait_until
 
 live_app = pytest.mark.parametrize(**SQLITE_ONLY)
 
@@ -332,11 +333,6 @@ def test_a_credential_hashes_and_compares_by_what_it_holds() -> None:
 
 
 # ----- client certificates -----
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @live_app

@@ -8,8 +8,7 @@ service's own Python client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,8 @@ from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.factories import create_book, create_user, token_for
-from tests.support.live import open_client, receive_until, serve_in_loop, subscribe, wait_until
+from tests.support.live import open_client, receive_until, serve_in_loop, subscribe
+from tests.support.polling import wait_until
 from tests.support.private_services import PrivateRedis
 
 BOOKS = Subscription("books", "books")
@@ -49,18 +49,6 @@ async def resume(client: ClientConnection, topic: str, last_event_id: int, epoch
 async def book_events(client: ClientConnection, count: int) -> list[dict[str, Any]]:
     """The next ``count`` ``book.created`` messages (other messages pass by)."""
     return [await receive_until(client, lambda m: m["type"] == "book.created") for _ in range(count)]
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    """A Redis of this test's own, without persistence, that the test kills and starts again."""
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(TimeoutError):
-            server.stop()
 
 
 @pytest_asyncio.fixture

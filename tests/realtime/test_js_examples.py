@@ -24,8 +24,8 @@ from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.factories import create_user, token_for
-from tests.support.live import wait_until
 from tests.support.npm import node_major, stage, tool
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.parametrize(**SQLITE_ONLY)]
 

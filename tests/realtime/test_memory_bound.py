@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.realtime.conftest import SQLITE_ONLY
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.parametrize(**SQLITE_ONLY)
 
@@ -138,12 +138,12 @@ def flood(sock: socket.socket, received: bytes) -> int | None:
 @pytest.fixture(params=["uvicorn", "hypercorn"])
 def server(request: pytest.FixtureRequest, committed_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     """One server process with the default limits (all the attacker's sockets may wait to authenticate)."""
-    running = start_server(
-        committed_url,
-        tmp_path,
+    running = ServerProcess(
+        database_url=committed_url,
+        directory=tmp_path,
         args=("--server", str(request.param)),
         env={"WS_MAX_PENDING_PER_ADDRESS": str(SOCKETS), "BROADCAST_INTERVAL": "0"},
-    )
+    ).launch()
     try:
         running.wait_ready(timeout=90)
         yield running

@@ -4,45 +4,22 @@ restarted to show what an outage does and that the service recovers by itself.""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import orjson
 import pytest
-import pytest_asyncio
-from redis import Redis
 from websockets.exceptions import ConnectionClosed
 
 from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.factories import bearer, create_book, create_user, token_for
-from tests.support.live import open_client, read_until_sentinel, receive, receive_until, subscribe, wait_until
+from tests.support.live import open_client, read_until_sentinel, receive, receive_until, subscribe
+from tests.support.polling import wait_until
 from tests.support.private_services import PrivateRedis
-from tests.support.services import REDIS_URL, require_redis
+from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.redis, pytest.mark.parametrize(**SQLITE_ONLY)]
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    require_redis()
-    prefix = f"test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    with Redis.from_url(REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{{{prefix}}}*"))
-        if keys:
-            client.delete(*keys)
-
-
-@pytest_asyncio.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis()  # skips (fails in CI) when redis-server is not installed
-    server.start()
-    yield server
-    if server.process is not None:
-        server.stop()
 
 
 async def test_a_client_id_reconnecting_on_another_worker_replaces_the_first(

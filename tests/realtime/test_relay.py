@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from library_api.realtime.relay import Backlog, Relay
 from tests.conftest import fast_settings
 from tests.realtime.conftest import SQLITE_ONLY
 from tests.support.factories import unique_isbn
-from tests.support.live import wait_until
+from tests.support.polling import wait_until
 from tests.support.ports import refused_port
 from tests.support.private_services import PrivateRedis
 from tests.support.services import REDIS_URL, require_redis
@@ -60,15 +60,6 @@ async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
     db = create_database(settings)
     yield build_context(settings, db)
     await db.dispose()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    if server.process is not None:
-        server.stop()
 
 
 def book_event(book_id: int, title: str = "T") -> DomainEvent:

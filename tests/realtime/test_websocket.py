@@ -30,8 +30,8 @@ from tests.support.live import (
     receive,
     receive_until,
     subscribe,
-    wait_until,
 )
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.parametrize(**SQLITE_ONLY)
 

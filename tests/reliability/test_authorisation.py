@@ -45,7 +45,7 @@ from tests.support.certs import PKI, make_pki
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_email, unique_isbn
 from tests.support.http import client_for
 from tests.support.images import png
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import ServerProcess
 from tests.support.routes import ApiRoute, api_routes
 
 WRITTEN_CALLERS = ("anonymous", "owner", "other_reader", "librarian", "admin", "revoked_session")
@@ -392,10 +392,12 @@ def certificate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cer
     args = ("--mode", "mtls", "--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
     environment = {"MONITORING_ALLOWED_NETWORKS": "192.0.2.0/24", "RATE_LIMIT_ENABLED": "false"}
     # It serves the matrix's requests; the routes and checks it runs are measured in the in-process tests.
-    process = start_server(database_url, directory, args=args, env=environment, scheme="https", measured=False)
+    process = ServerProcess(
+        database_url=database_url, directory=directory, args=args, env=environment, scheme="https", measured=False
+    ).launch()
     try:
         process.wait_ready(verify=pki.client_context("monitor"))
-        yield CertificateServer(process, pki, database_url, directory / "up")
+        yield CertificateServer(process, pki, database_url, Path(process.env["UPLOAD_DIR"]))
     finally:
         process.stop()
 

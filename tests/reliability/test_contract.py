@@ -31,8 +31,8 @@ import pytest
 from tests.reliability import budget
 from tests.reliability.conftest import Record
 from tests.support.factories import PASSWORD
-from tests.support.live_server import LiveServer
 from tests.support.ports import reserved_socket
+from tests.support.processes import ServerProcess
 from tests.support.smtp import SocketController
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
@@ -57,11 +57,11 @@ class AcceptEverything:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
+def server() -> Iterator[ServerProcess]:
     mail = SocketController(AcceptEverything(), reserved_socket())
     mail.start()
     # The fuzzer's thousands of requests run code the in-process tests measure already; unmeasured, they run faster.
-    live = LiveServer(
+    live = ServerProcess(
         {
             "RATE_LIMIT_ENABLED": "false",
             "SMTP_HOST": "127.0.0.1",
@@ -71,6 +71,7 @@ def server() -> Iterator[LiveServer]:
             "PASSWORD_RESET_URL": "http://127.0.0.1/reset-password",
         },
         measured=False,
+        json_log=True,
     )
     live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'contract.db'}"
     assert live.run_cli("migrate").returncode == 0
@@ -80,7 +81,7 @@ def server() -> Iterator[LiveServer]:
         assert created.returncode == 0, created.stderr
     live.start(wait="/health/ready")
     yield live
-    assert live.stop(), live.log_text()[-3000:]
+    assert live.stop_cleanly(), live.log_text()[-3000:]
     mail.stop()
 
 
@@ -127,7 +128,7 @@ extract_selector = "/access_token"
 {OPERATION_RULES}"""
 
 
-def fixed_token(server: LiveServer, caller: str) -> str:
+def fixed_token(server: ServerProcess, caller: str) -> str:
     """An access token for the caller's account, logged in once by the test (the fuzzer never renews it)."""
     login = httpx.post(
         f"{server.base_url}/api/v1/auth/login", data={"username": account(caller), "password": PASSWORD}, timeout=30
@@ -137,7 +138,7 @@ def fixed_token(server: LiveServer, caller: str) -> str:
 
 
 @pytest.mark.parametrize("role", CALLERS)
-def test_the_service_keeps_its_contract(server: LiveServer, role: str, tmp_path: Path, figures: Record) -> None:
+def test_the_service_keeps_its_contract(server: ServerProcess, role: str, tmp_path: Path, figures: Record) -> None:
     chosen = budget.current()
     config = tmp_path / "schemathesis.toml"
     config.write_text(configuration(role), encoding="utf-8")

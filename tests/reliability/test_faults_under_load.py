@@ -33,9 +33,9 @@ from library_api.db.base import utcnow
 from library_api.holdings.periods import peak_overlap
 from tests.reliability.conftest import Record
 from tests.support.factories import PASSWORD, bearer, unique_isbn
-from tests.support.live_server import LiveServer
-from tests.support.private_services import PrivatePostgres, PrivateRedis, accepts
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.polling import wait_until
+from tests.support.private_services import PrivatePostgres, PrivateRedis, accepts, running_postgres, running_redis
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("faults-under-load")]
@@ -47,25 +47,19 @@ COPIES = 3
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PrivatePostgres]:
-    cluster = PrivatePostgres.create(durable=True)  # a crash must not lose an acknowledged booking
-    cluster.start()
-    cluster.sql("CREATE DATABASE library")
-    yield cluster
-    cluster.destroy()
+    with running_postgres(durable=True) as cluster:  # a crash must not lose an acknowledged booking
+        yield cluster
 
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    if server.process is not None:
-        server.stop()
+    with running_redis() as server:
+        yield server
 
 
 @pytest_asyncio.fixture(scope="module")
-async def server(postgres: PrivatePostgres, redis: PrivateRedis) -> AsyncIterator[LiveServer]:
-    live = LiveServer(
+async def server(postgres: PrivatePostgres, redis: PrivateRedis) -> AsyncIterator[ServerProcess]:
+    live = ServerProcess(
         {
             **TEST_ENVIRONMENT,
             "DATABASE_URL": postgres.database_url("library"),
@@ -77,7 +71,8 @@ async def server(postgres: PrivatePostgres, redis: PrivateRedis) -> AsyncIterato
             "DATABASE_RETRY_BASE_DELAY": "0.05",
             "DATABASE_RETRY_MAX_DELAY": "0.5",
             "HEALTH_CHECK_TIMEOUT": "2",
-        }
+        },
+        json_log=True,
     )
     assert (await asyncio.to_thread(live.run_cli, "migrate")).returncode == 0
     created = await asyncio.to_thread(
@@ -86,7 +81,7 @@ async def server(postgres: PrivatePostgres, redis: PrivateRedis) -> AsyncIterato
     assert created.returncode == 0, created.stderr
     await asyncio.to_thread(live.start, wait="/health/ready", timeout=120)
     yield live
-    assert await asyncio.to_thread(live.stop)
+    assert await asyncio.to_thread(live.stop_cleanly)
 
 
 @dataclass
@@ -135,14 +130,7 @@ async def run_load(
     return load
 
 
-async def until(check: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
-async def test_redis_killed_under_catalogue_load(server: LiveServer, redis: PrivateRedis, figures: Record) -> None:
+async def test_redis_killed_under_catalogue_load(server: ServerProcess, redis: PrivateRedis, figures: Record) -> None:
     async def read(http: httpx.AsyncClient, index: int) -> httpx.Response:
         return await http.get("/api/v1/books", params={"limit": 5 + index % 3})
 
@@ -160,7 +148,7 @@ async def test_redis_killed_under_catalogue_load(server: LiveServer, redis: Priv
         async def ready_again() -> bool:
             return (await http.get("/health/ready")).json()["status"] == "ready"
 
-        await until(ready_again)
+        await wait_until(ready_again, within=60, what="the service to be ready again", interval=0.1)
         after = await run_load(server.base_url, read, 1.0)
     figures(
         fault="redis SIGKILL",
@@ -175,7 +163,7 @@ async def test_redis_killed_under_catalogue_load(server: LiveServer, redis: Priv
 
 
 async def test_postgres_crashed_under_booking_load(
-    server: LiveServer, postgres: PrivatePostgres, figures: Record
+    server: ServerProcess, postgres: PrivatePostgres, figures: Record
 ) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=15) as http:
         login = await http.post("/api/v1/auth/login", data={"username": ADMIN, "password": PASSWORD})
@@ -210,7 +198,7 @@ async def test_postgres_crashed_under_booking_load(
         async def ready_again() -> bool:
             return (await http.get("/health/ready")).status_code == 200
 
-        await until(ready_again)
+        await wait_until(ready_again, within=60, what="the service to be ready again", interval=0.1)
         after = await run_load(server.base_url, book_or_read, 1.0)
 
     connection = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{postgres.port}/library")

@@ -29,7 +29,7 @@ from tests.reliability import budget
 from tests.reliability.conftest import Record
 from tests.support.factories import PASSWORD, unique_isbn
 from tests.support.images import png
-from tests.support.live_server import LiveServer
+from tests.support.processes import ServerProcess
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("hostile-input")]
@@ -40,14 +40,15 @@ LIBRARIAN = "hostile-librarian@example.org"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer(
+def server() -> Iterator[ServerProcess]:
+    live = ServerProcess(
         {
             "RATE_LIMIT_ENABLED": "false",
             "HTTP_HEADER_TIMEOUT": str(HEAD_TIMEOUT),
             "WS_MAX_SIZE": str(WS_MAX_SIZE),
             "WS_ALLOW_ANONYMOUS": "true",
-        }
+        },
+        json_log=True,
     )
     live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'hostile.db'}"
     assert live.run_cli("migrate").returncode == 0
@@ -55,11 +56,11 @@ def server() -> Iterator[LiveServer]:
     assert created.returncode == 0, created.stderr
     live.start(wait="/health/ready")
     yield live
-    assert live.stop(), live.log_text()[-3000:]
+    assert live.stop_cleanly(), live.log_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
-def librarian(server: LiveServer) -> dict[str, str]:
+def librarian(server: ServerProcess) -> dict[str, str]:
     answer = httpx.post(
         server.base_url + "/api/v1/auth/login", data={"username": LIBRARIAN, "password": PASSWORD}, timeout=10
     )
@@ -67,7 +68,7 @@ def librarian(server: LiveServer) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def book_id(server: LiveServer, librarian: dict[str, str]) -> int:
+def book_id(server: ServerProcess, librarian: dict[str, str]) -> int:
     answer = httpx.post(
         server.base_url + "/api/v1/books",
         json={"isbn": unique_isbn(), "title": "Target", "authors": ["A"]},
@@ -78,17 +79,17 @@ def book_id(server: LiveServer, librarian: dict[str, str]) -> int:
     return int(answer.json()["id"])
 
 
-def still_serving(server: LiveServer) -> None:
+def still_serving(server: ServerProcess) -> None:
     """A well-behaved client is answered at once."""
     answer = httpx.get(server.base_url + "/api/v1/books", timeout=5)
     assert answer.status_code == 200
 
 
-def books_total(server: LiveServer) -> int:
+def books_total(server: ServerProcess) -> int:
     return int(httpx.get(server.base_url + "/api/v1/books", timeout=5).json()["total"])
 
 
-def raw_exchange(server: LiveServer, payload: bytes, *, within: float = 10) -> bytes:
+def raw_exchange(server: ServerProcess, payload: bytes, *, within: float = 10) -> bytes:
     """Send raw bytes on a fresh connection and read until the server closes it (or ``within`` passes)."""
     received = b""
     with socket.create_connection(("127.0.0.1", server.port), timeout=within) as sock:
@@ -135,7 +136,7 @@ class Tally:
 
 
 @pytest.fixture
-def tally(server: LiveServer, figures: Record) -> Iterator[Tally]:
+def tally(server: ServerProcess, figures: Record) -> Iterator[Tally]:
     """This test's tally; afterwards, no access line of this test's requests may be a 5xx.
 
     The access lines are read up to a sentinel: a request made after the test's own, whose line is written after
@@ -154,7 +155,7 @@ def tally(server: LiveServer, figures: Record) -> Iterator[Tally]:
     assert errors == []
 
 
-def test_oversized_and_streamed_bodies_are_413(server: LiveServer, librarian: dict[str, str], tally: Tally) -> None:
+def test_oversized_and_streamed_bodies_are_413(server: ServerProcess, librarian: dict[str, str], tally: Tally) -> None:
     before = books_total(server)
     for _ in range(budget.current().hostile_repeats):
         big = b'{"title": "' + b"x" * (2 * 1024 * 1024) + b'"}'
@@ -182,7 +183,7 @@ def test_oversized_and_streamed_bodies_are_413(server: LiveServer, librarian: di
     assert books_total(server) == before
 
 
-def test_deeply_nested_json_is_refused(server: LiveServer, librarian: dict[str, str], tally: Tally) -> None:
+def test_deeply_nested_json_is_refused(server: ServerProcess, librarian: dict[str, str], tally: Tally) -> None:
     before = books_total(server)
     for depth in (1_000, 100_000, 400_000):
         body = b"[" * depth + b"]" * depth
@@ -215,7 +216,7 @@ def test_deeply_nested_json_is_refused(server: LiveServer, librarian: dict[str, 
     assert books_total(server) == before
 
 
-def test_huge_query_strings_are_refused(server: LiveServer, tally: Tally) -> None:
+def test_huge_query_strings_are_refused(server: ServerProcess, tally: Tally) -> None:
     for size in (1_000, 64_000, 1_000_000):
         raw = raw_exchange(server, b"GET /api/v1/books?q=" + b"a" * size + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert 400 <= tally.saw(status_of(raw)) < 500, raw[:200]
@@ -226,7 +227,7 @@ def test_huge_query_strings_are_refused(server: LiveServer, tally: Tally) -> Non
         still_serving(server)
 
 
-def test_invalid_utf8_is_a_clear_4xx(server: LiveServer, librarian: dict[str, str], tally: Tally) -> None:
+def test_invalid_utf8_is_a_clear_4xx(server: ServerProcess, librarian: dict[str, str], tally: Tally) -> None:
     token = librarian["Authorization"].encode()
     body = b'{"title": "\xff\xfe"}'
     attempts = [
@@ -251,7 +252,7 @@ def test_invalid_utf8_is_a_clear_4xx(server: LiveServer, librarian: dict[str, st
         still_serving(server)
 
 
-def test_slow_header_clients_are_cut_off_and_others_served(server: LiveServer, tally: Tally) -> None:
+def test_slow_header_clients_are_cut_off_and_others_served(server: ServerProcess, tally: Tally) -> None:
     slow = []
     for _ in range(20):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
@@ -286,7 +287,7 @@ def test_slow_header_clients_are_cut_off_and_others_served(server: LiveServer, t
     still_serving(server)
 
 
-def _websocket_handshake(server: LiveServer) -> socket.socket:
+def _websocket_handshake(server: ServerProcess) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     key = base64.b64encode(os.urandom(16))
     sock.sendall(
@@ -333,7 +334,7 @@ def _close_code(sock: socket.socket) -> int | None:
     ],
 )
 def test_malformed_websocket_frames_close_the_connection(
-    server: LiveServer, tally: Tally, name: str, frame: bytes, expected: int
+    server: ServerProcess, tally: Tally, name: str, frame: bytes, expected: int
 ) -> None:
     sock = _websocket_handshake(server)
     try:
@@ -353,7 +354,7 @@ def _next_until_closed(client: ClientConnection) -> None:
 
 
 def test_an_oversized_websocket_message_closes_with_1009(
-    server: LiveServer, librarian: dict[str, str], tally: Tally
+    server: ServerProcess, librarian: dict[str, str], tally: Tally
 ) -> None:
     url = f"ws://127.0.0.1:{server.port}/ws/hostile-big"
     with connect(url, additional_headers=librarian, open_timeout=10, max_size=None) as client:
@@ -367,7 +368,7 @@ def test_an_oversized_websocket_message_closes_with_1009(
 
 
 def test_path_traversal_reaches_nothing(
-    server: LiveServer, librarian: dict[str, str], book_id: int, tally: Tally
+    server: ServerProcess, librarian: dict[str, str], book_id: int, tally: Tally
 ) -> None:
     uploads = Path(server.env["UPLOAD_DIR"])
     outside = server.directory / "evil.png"

@@ -28,7 +28,7 @@ from tests.reliability.conftest import Record
 from tests.support.cli import invoke
 from tests.support.databases import DatabaseTemplate, build_template, drop_template
 from tests.support.factories import PASSWORD, bearer, unique_isbn
-from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, start_server
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 from tests.support.services import require_postgres
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
@@ -66,7 +66,13 @@ async def track(postgres_template: DatabaseTemplate, directory: Path) -> AsyncIt
     created = await asyncio.to_thread(_create_admin, url, directory)
     assert created.returncode == 0, created.stderr
     # What it runs under the race is measured elsewhere: unmeasured, it races at the speed it would in production.
-    server = start_server(url, directory, args=("--workers", "2"), env={"RATE_LIMIT_ENABLED": "false"}, measured=False)
+    server = ServerProcess(
+        database_url=url,
+        directory=directory,
+        args=("--workers", "2"),
+        env={"RATE_LIMIT_ENABLED": "false"},
+        measured=False,
+    ).launch()
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
@@ -77,7 +83,9 @@ async def track(postgres_template: DatabaseTemplate, directory: Path) -> AsyncIt
     finally:
         await asyncio.to_thread(server.stop)
         await postgres_template.drop_clone(url)
-    pids = {line.split("[")[1].split("]")[0] for line in server.log().splitlines() if "Started server process" in line}
+    pids = {
+        line.split("[")[1].split("]")[0] for line in server.log_text().splitlines() if "Started server process" in line
+    }
     assert len(pids) == 2, "both worker processes served"
 
 

@@ -35,8 +35,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from library_api.app import build_context
 from library_api.db.engine import create_database
@@ -45,8 +44,8 @@ from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.reliability.conftest import Record
 from tests.support.factories import bearer, create_user, token_for
-from tests.support.live import receive, receive_until
-from tests.support.processes import ServerProcess, start_server
+from tests.support.live import closed_with, receive, receive_until
+from tests.support.processes import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
@@ -140,9 +139,9 @@ async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
 def serve(committed_url: str, tmp_path: Path, server: str, workers: int) -> ServerProcess:
     """Start ``library-api serve`` and wait until every worker has started its application."""
     (tmp_path / "metrics").mkdir(exist_ok=True)
-    running = start_server(
-        committed_url,
-        tmp_path,
+    running = ServerProcess(
+        database_url=committed_url,
+        directory=tmp_path,
         args=("--server", server, "--workers", str(workers)),
         env={
             "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
@@ -153,12 +152,9 @@ def serve(committed_url: str, tmp_path: Path, server: str, workers: int) -> Serv
             "MONITORING_ALLOWED_NETWORKS": "127.0.0.0/8",
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         },
-    )
+    ).launch()
     running.wait_ready(timeout=120)
-    deadline = time.monotonic() + 120
-    while running.log().count("Application startup complete") < workers:
-        assert running.process.poll() is None and time.monotonic() < deadline, running.log()
-        time.sleep(0.05)
+    running.wait_for_log("Application startup complete", count=workers, timeout=120)
     return running
 
 
@@ -171,21 +167,6 @@ def stopper() -> Iterator[list[ServerProcess]]:
         if running.process.poll() is None:
             running.process.kill()
             running.process.wait()
-
-
-def ws_url(server: ServerProcess, client_id: str) -> str:
-    return server.base_url.replace("http://", "ws://") + f"/ws/{client_id}"
-
-
-async def close_of(client: ClientConnection, within: float) -> tuple[int | None, str | None]:
-    """Wait for the server to close ``client``; its close code and reason."""
-    deadline = time.monotonic() + within
-    try:
-        while time.monotonic() < deadline:
-            await asyncio.wait_for(client.recv(), timeout=max(deadline - time.monotonic(), 0.01))
-    except ConnectionClosed:
-        return client.close_code, client.close_reason
-    raise AssertionError(f"not closed within {within} s")
 
 
 @pytest.mark.parametrize(
@@ -206,7 +187,7 @@ async def test_sigterm_under_load_loses_no_request_sent_before_it(
     stopper.append(server)
     token = token_for(ctx, await create_user(ctx, Role.READER))
     clients = [
-        await connect(ws_url(server, f"drain-{n}"), additional_headers=bearer(token), open_timeout=30)
+        await connect(server.ws_url(f"drain-{n}"), additional_headers=bearer(token), open_timeout=30)
         for n in range(WEBSOCKETS)
     ]
     for client in clients:
@@ -223,13 +204,13 @@ async def test_sigterm_under_load_loses_no_request_sent_before_it(
         *(receive_until(client, lambda m: m["type"] == "shutdown", within=30) for client in clients)
     )
     assert all(notice["topic"] == "system" for notice in notices)
-    closes = await asyncio.gather(*(close_of(client, within=SHUTDOWN_TIMEOUT + 30) for client in clients))
+    closes = await asyncio.gather(*(closed_with(client, within=SHUTDOWN_TIMEOUT + 30) for client in clients))
     assert set(closes) == {(1001, CLOSED_BY_SERVER)}
 
     exit_code = await asyncio.to_thread(server.process.wait, 60)
     load.stop.set()
     await running
-    assert exit_code == 0, server.log()[-4000:]
+    assert exit_code == 0, server.log_text()[-4000:]
 
     before = [call for call in load.calls if call.sent < signalled]
     after = [call for call in load.calls if call.sent >= signalled]
@@ -282,7 +263,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def access_pids(server: ServerProcess) -> dict[str, int]:
     """Which process served each request id (the pid on its access line)."""
     pids = {}
-    for line in server.log().splitlines():
+    for line in server.log_text().splitlines():
         if line.startswith('{"'):
             try:
                 record = json.loads(line)
@@ -302,7 +283,7 @@ async def new_worker_serving(server: ServerProcess, known: set[int], within: flo
     fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per request: the kernel spreads them
     async with httpx.AsyncClient(base_url=server.base_url, timeout=20, limits=fresh) as http:
         while True:
-            booted = {int(pid) for pid in BOOTED.findall(server.log())} - known
+            booted = {int(pid) for pid in BOOTED.findall(server.log_text())} - known
             if booted:
                 answers = await asyncio.gather(*(http.get("/health") for _ in range(6)))
                 ids = {answer.headers["x-request-id"] for answer in answers}
@@ -310,7 +291,7 @@ async def new_worker_serving(server: ServerProcess, known: set[int], within: flo
                 served = {pids[request_id] for request_id in ids if request_id in pids} & booted
                 if served:
                     return served.pop()
-            assert time.monotonic() < deadline, f"no replacement worker served a request:\n{server.log()[-3000:]}"
+            assert time.monotonic() < deadline, f"no replacement worker served a request:\n{server.log_text()[-3000:]}"
             await asyncio.sleep(0.1)
 
 

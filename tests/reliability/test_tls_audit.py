@@ -29,8 +29,8 @@ from sslyze.scanner.scanner import Scanner
 from sslyze.server_setting import ClientAuthenticationCredentials, ServerNetworkConfiguration, ServerNetworkLocation
 
 from tests.reliability.conftest import Record
-from tests.support.certs import PKI, make_pki
-from tests.support.processes import ServerProcess, start_server
+from tests.support.certs import PKI
+from tests.support.processes import ServerProcess
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("tls-audit")]
@@ -48,11 +48,6 @@ than the profile's; Python 3.11's ``ssl`` can only narrow the list to a single c
 would drop X25519, so the service keeps OpenSSL's list and the audit allows exactly these two extras."""
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("tls-audit-pki"))
-
-
 @pytest.fixture(scope="module", params=["https", "mtls"])
 def tls_server(
     request: pytest.FixtureRequest, pki: PKI, tmp_path_factory: pytest.TempPathFactory
@@ -64,7 +59,7 @@ def tls_server(
         args += ("--ca", str(pki.ca))
     # The audit reads the server's TLS configuration from outside; the code behind it is measured in tests/server.
     url = f"sqlite+aiosqlite:///{directory}/library.db"
-    server = start_server(url, directory, args=args, scheme="https", measured=False)
+    server = ServerProcess(database_url=url, directory=directory, args=args, scheme="https", measured=False).launch()
     try:
         server.wait_ready(verify=pki.client_context("reader"))
         yield mode, server

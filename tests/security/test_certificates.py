@@ -14,12 +14,7 @@ from library_api.security.certificates import CertificateReader, issuer_names
 from library_api.security.issuing import Authority, IssuingError
 from library_api.security.tls import TLS12_CIPHERS, RevocationList, TLSFiles, build_server_context
 from library_api.server.tls import ConnectionTLS, ServerTLS, find_shutdown
-from tests.support.certs import PKI, make_pki
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+from tests.support.certs import PKI
 
 
 def pem(pki: PKI, name: str) -> str:

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,16 +19,15 @@ import pytest_asyncio
 from argon2 import PasswordHasher
 from sqlalchemy import func, select, update
 
-from library_api.app import create_app
 from library_api.auth.models import RefreshFamily
 from library_api.db.base import utcnow
 from library_api.dependencies.context import AppContext
 from library_api.users.models import User
-from tests.conftest import AppFactory, fast_settings
+from tests.conftest import AppFactory
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_email
 from tests.support.hashing import GatedHasher, gate_hasher
 from tests.support.http import client_for
-from tests.support.live import wait_until
+from tests.support.polling import wait_until
 
 LOGIN = "/api/v1/auth/login"
 ME = "/api/v1/auth/me"
@@ -40,20 +38,13 @@ Start = Callable[..., Awaitable[tuple[httpx.AsyncClient, AppContext]]]
 
 
 @pytest_asyncio.fixture
-async def start(committed_url: str, tmp_path: Path) -> AsyncIterator[Start]:
+async def start(app_factory: AppFactory, committed_url: str) -> AsyncIterator[Start]:
     """The application on this backend with a pool of one connection, and an in-process client to it."""
     async with AsyncExitStack() as stack:
 
         async def build(**values: object) -> tuple[httpx.AsyncClient, AppContext]:
-            settings = fast_settings(
-                database_url=committed_url,
-                upload_dir=tmp_path / "uploads",
-                database_pool_size=1,
-                database_pool_timeout=2.0,
-                **values,
-            )
-            app = create_app(settings)
-            await stack.enter_async_context(app.router.lifespan_context(app))
+            values = {"database_pool_size": 1, "database_pool_timeout": 2.0, **values}
+            app = await app_factory(database_url=committed_url, **values)
             client = await stack.enter_async_context(client_for(app))
             return client, app.state.context
 

@@ -17,15 +17,10 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.certs import PKI, make_pki
-from tests.support.processes import start_server
+from tests.support.certs import PKI
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def read_until_closed(socket: websockets.ClientConnection) -> None:
@@ -37,13 +32,13 @@ async def read_until_closed(socket: websockets.ClientConnection) -> None:
 @pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
 async def test_sigterm_drains_and_a_second_signal_forces_the_close(pki: PKI, tmp_path: Path, server: str) -> None:
     args = ("--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
-    process = start_server(
-        f"sqlite+aiosqlite:///{tmp_path}/library.db",
-        tmp_path,
+    process = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/library.db",
+        directory=tmp_path,
         args=(*args, "--server", server),
         env={"SHUTDOWN_TIMEOUT": "120", "SHUTDOWN_PROGRESS_INTERVAL": "1"},
         scheme="https",
-    )
+    ).launch()
     context = pki.client_context("librarian")
     try:
         await asyncio.to_thread(process.wait_ready, verify=context)
@@ -69,4 +64,4 @@ async def test_sigterm_drains_and_a_second_signal_forces_the_close(pki: PKI, tmp
         assert code == 0
     finally:
         await asyncio.to_thread(process.stop)
-    assert "forced by a second signal" in process.log()
+    assert "forced by a second signal" in process.log_text()

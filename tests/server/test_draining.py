@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,8 @@ from library_api.server.draining import STARTUP_FAILURE
 from library_api.server.tls import find_shutdown
 from library_api.server.uvicorn import DrainingServer
 from tests.conftest import fast_settings
-from tests.support.processes import start_server
+from tests.support.polling import wait_for
+from tests.support.processes import ServerProcess
 
 
 def worker_pids(pid: int) -> set[int]:
@@ -33,25 +33,18 @@ def worker_pids(pid: int) -> set[int]:
     return found
 
 
-def wait_for(condition: object, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(240)  # four worker start-ups and a drain, each a fresh interpreter importing the service
 async def test_a_killed_worker_is_replaced_and_the_rest_stop_cleanly(tmp_path: Path) -> None:
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/workers.db", tmp_path, args=("--workers", "2"))
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/workers.db", directory=tmp_path, args=("--workers", "2")
+    ).launch()
     try:
         await asyncio.to_thread(server.wait_ready)
         await asyncio.to_thread(wait_for, lambda: len(worker_pids(server.process.pid)) == 2, 60, "two workers")
         # Both workers must have finished starting: a victim killed mid-start-up never logs its start-up.
         await asyncio.to_thread(
-            wait_for, lambda: server.log().count("Application startup complete") == 2, 120, "both start-ups"
+            wait_for, lambda: server.log_text().count("Application startup complete") == 2, 120, "both start-ups"
         )
         first = worker_pids(server.process.pid)
         victim = min(first)
@@ -64,15 +57,15 @@ async def test_a_killed_worker_is_replaced_and_the_rest_stop_cleanly(tmp_path: P
         )
         # the replacement has started serving once a third start-up has completed
         await asyncio.to_thread(
-            wait_for, lambda: server.log().count("Application startup complete") == 3, 120, "the replacement"
+            wait_for, lambda: server.log_text().count("Application startup complete") == 3, 120, "the replacement"
         )
         async with httpx.AsyncClient(base_url=server.base_url) as client:
             assert (await client.get("/health")).status_code == 200
-        assert f"worker process {victim} died" in server.log()
+        assert f"worker process {victim} died" in server.log_text()
     finally:
         exit_code = await asyncio.to_thread(server.stop, signal.SIGTERM, 120)
-    assert exit_code == 0, server.log()
-    log = server.log()
+    assert exit_code == 0, server.log_text()
+    log = server.log_text()
     assert "received SIGTERM; passing SIGTERM to 2 worker(s)" in log
     assert log.count("Application shutdown complete") >= 2
     assert "all worker processes stopped" in log
@@ -82,10 +75,12 @@ async def test_a_killed_worker_is_replaced_and_the_rest_stop_cleanly(tmp_path: P
 @pytest.mark.timeout(180)  # two worker start-ups that fail, and the supervisor's wait for both
 async def test_workers_that_cannot_start_stop_the_supervisor(tmp_path: Path) -> None:
     # The database "file" is a directory: every worker's start-up (its migration) fails the same way.
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}", tmp_path, args=("--workers", "2"))
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}", directory=tmp_path, args=("--workers", "2")
+    ).launch()
     exit_code = await asyncio.to_thread(server.process.wait, 120)
-    assert exit_code == STARTUP_FAILURE, server.log()
-    assert "failed to start; stopping" in server.log()
+    assert exit_code == STARTUP_FAILURE, server.log_text()
+    assert "failed to start; stopping" in server.log_text()
 
 
 async def test_an_application_without_a_coordinator_stops_at_once() -> None:

@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 
-from tests.deploy.processes import running, wait_until
+from tests.deploy.processes import running
 from tests.deploy.support import DEPLOY, VENV_BIN
+from tests.support.polling import wait_for
 from tests.support.processes import TEST_ENVIRONMENT
 
 FORWARDED = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
@@ -47,7 +48,7 @@ class Gunicorn:
             found[:] = [r for r in self._records() if r.get("request_id") == response.headers["x-request-id"]]
             return bool(found)
 
-        wait_until(written, 20, f"no access line for {path}")
+        wait_for(written, 20, f"no access line for {path}")
         return response, found[0]
 
     def _records(self) -> list[dict[str, Any]]:
@@ -94,8 +95,8 @@ def gunicorn(directory: Path, **settings: str) -> Iterator[Gunicorn]:
             ports[:] = [] if port is None else [port]
             return bool(ports)
 
-        wait_until(listening, 60, "Gunicorn did not report the port it bound")
-        wait_until(lambda: _answers(ports[0]), 120, "the Gunicorn worker did not start answering")
+        wait_for(listening, 60, "Gunicorn did not report the port it bound")
+        wait_for(lambda: _answers(ports[0]), 120, "the Gunicorn worker did not start answering")
         yield Gunicorn(ports[0], log)
         master.terminate()
         assert master.wait(timeout=30) == 0

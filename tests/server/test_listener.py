@@ -1,6 +1,6 @@
 """``serve --fd N``: a listening socket handed down by the parent is checked before anything starts.
 
-Serving on one is what every server test does (``tests.support.processes``, ``tests.support.live_server``); here,
+Serving on one is what every server test does (``tests.support.processes``); here,
 each way a descriptor can be unfit is refused with one readable line and exit code 2.
 """
 

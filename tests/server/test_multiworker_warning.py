@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.server.test_gunicorn_forwarded import gunicorn
-from tests.support.private_services import wait_for
-from tests.support.processes import start_server
+from tests.support.polling import wait_for
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -27,10 +27,12 @@ NO_REDIS: dict[str, str] = {}  # the test environment names no REDIS_URL
     ids=["uvicorn", "hypercorn", "gunicorn"],
 )
 def test_serve_with_two_workers_warns_in_each(tmp_path: Path, args: tuple[str, ...]) -> None:
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/library.db", tmp_path, args=args, env=NO_REDIS)
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/library.db", directory=tmp_path, args=args, env=NO_REDIS
+    ).launch()
     try:
         server.wait_ready()
-        wait_for(lambda: server.log().count(WARNING) == 2, 60, "the warning of both workers", interval=0.1)
+        wait_for(lambda: server.log_text().count(WARNING) == 2, 60, "the warning of both workers", interval=0.1)
     finally:
         assert server.stop() == 0
 
@@ -41,10 +43,12 @@ def test_the_image_command_warns_under_web_concurrency(tmp_path: Path) -> None:
 
 
 def test_one_worker_does_not_warn(tmp_path: Path) -> None:
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/library.db", tmp_path, env=NO_REDIS)
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/library.db", directory=tmp_path, env=NO_REDIS
+    ).launch()
     try:
         server.wait_ready()
-        assert "start-up complete" in server.log()
-        assert "without REDIS_URL" not in server.log()
+        assert "start-up complete" in server.log_text()
+        assert "without REDIS_URL" not in server.log_text()
     finally:
         assert server.stop() == 0

@@ -20,7 +20,7 @@ from library_api.config import ConfigError, load_settings
 from tests.conftest import AppFactory
 from tests.support.http import client_for
 from tests.support.ports import refused_port
-from tests.support.processes import start_server
+from tests.support.processes import ServerProcess
 from tests.support.services import port_open
 
 PRODUCTION = {
@@ -64,7 +64,9 @@ async def test_any_host_is_what_reflects_a_foreign_host_into_redirects(app_facto
 @pytest.mark.e2e
 async def test_a_production_server_refuses_a_foreign_host_instead_of_redirecting_to_it(tmp_path: Path) -> None:
     env = {**PRODUCTION, "ALLOWED_HOSTS": "library.example.org"}
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/hosts.db", tmp_path, env=env)
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/hosts.db", directory=tmp_path, env=env
+    ).launch()
     try:
         await asyncio.to_thread(server.wait_ready)  # probes answer any host (orchestrators use the pod's address)
         async with httpx.AsyncClient(base_url=server.base_url) as http:

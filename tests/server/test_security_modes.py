@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.certs import PKI, make_pki
-from tests.support.processes import ServerProcess, start_server
+from tests.support.certs import PKI
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -21,16 +21,14 @@ SERVERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 def serve(pki: PKI, directory: object, server: str, *args: str, scheme: str = "http") -> ServerProcess:
     path = Path(str(directory))
-    process = start_server(
-        f"sqlite+aiosqlite:///{path}/library.db", path, args=(*args, *SERVERS[server]), scheme=scheme
-    )
+    process = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{path}/library.db",
+        directory=path,
+        args=(*args, *SERVERS[server]),
+        scheme=scheme,
+    ).launch()
     process.wait_ready(verify=pki.client_context() if scheme == "https" else True)
     return process
 
@@ -43,7 +41,7 @@ def test_http_mode_serves_anonymous_readers_over_plain_http(pki: PKI, tmp_path: 
             assert client.get("/api/v1/books").status_code == 200
             principal = client.get("/api/v1/auth/principal").json()
         assert principal["credential"] == "anonymous"
-        assert "security mode http (auto: no TLS_CERT_FILE/TLS_KEY_FILE" in process.log()
+        assert "security mode http (auto: no TLS_CERT_FILE/TLS_KEY_FILE" in process.log_text()
     finally:
         assert process.stop() == 0
 
@@ -102,13 +100,13 @@ def test_token_mode_requires_credentials_except_on_public_routes(pki: PKI, tmp_p
 def test_hypercorn_with_two_forked_workers_serves_tls_and_stops_on_sigterm(pki: PKI, tmp_path: object) -> None:
     args = ("--mode", "https", "--cert", str(pki.cert("server")), "--key", str(pki.key("server")))
     path = Path(str(tmp_path))
-    process = start_server(
-        f"sqlite+aiosqlite:///{path}/library.db",
-        path,
+    process = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{path}/library.db",
+        directory=path,
         args=(*args, "--server", "hypercorn", "--workers", "2"),
         scheme="https",
-        bind_itself=True,  # Hypercorn binds port 0 itself and reports the port it got
-    )
+        bind_itself=True,
+    ).launch()
     try:
         process.wait_ready(verify=pki.client_context())
         with httpx.Client(base_url=process.base_url, verify=pki.client_context()) as client:
@@ -116,5 +114,5 @@ def test_hypercorn_with_two_forked_workers_serves_tls_and_stops_on_sigterm(pki: 
         assert statuses == {200}
     finally:
         assert process.stop() == 0
-    assert process.log().count("hypercorn stopped") == 2
-    assert "hypercorn started 2 workers" in process.log()
+    assert process.log_text().count("hypercorn stopped") == 2
+    assert "hypercorn started 2 workers" in process.log_text()

@@ -8,12 +8,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import start_server
+from tests.support.processes import ServerProcess
 
 
 @pytest.mark.e2e
 async def test_single_worker_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/serve.db", tmp_path, env={"SEED_SAMPLE_ON_EMPTY": "true"})
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/serve.db",
+        directory=tmp_path,
+        env={"SEED_SAMPLE_ON_EMPTY": "true"},
+    ).launch()
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.base_url) as client:
@@ -22,22 +26,24 @@ async def test_single_worker_serves_and_stops_on_sigterm(tmp_path: Path) -> None
             assert (await client.get("/health")).json()["status"] == "ok"
     finally:
         await asyncio.to_thread(server.stop)
-    assert "loaded the sample catalogue" in server.log()
-    assert "Application shutdown complete" in server.log()
+    assert "loaded the sample catalogue" in server.log_text()
+    assert "Application shutdown complete" in server.log_text()
 
 
 @pytest.mark.e2e
 async def test_reload_mode_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()  # the directory the reloader watches, relative to the working directory
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/reload.db", tmp_path, args=("--reload",))
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/reload.db", directory=tmp_path, args=("--reload",)
+    ).launch()
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.base_url) as client:
             assert (await client.get("/health")).json()["status"] == "ok"
     finally:
         exit_code = await asyncio.to_thread(server.stop)
-    assert exit_code == 0, server.log()
-    assert "with reload" in server.log()
+    assert exit_code == 0, server.log_text()
+    assert "with reload" in server.log_text()
 
 
 @pytest.mark.e2e
@@ -46,7 +52,7 @@ async def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_
     tmp_path: Path, event_loop: str | None, uvloop_loaded: bool
 ) -> None:
     env = {} if event_loop is None else {"EVENT_LOOP": event_loop}
-    server = start_server(f"sqlite+aiosqlite:///{tmp_path}/loop.db", tmp_path, env=env)
+    server = ServerProcess(database_url=f"sqlite+aiosqlite:///{tmp_path}/loop.db", directory=tmp_path, env=env).launch()
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.base_url) as client:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support.private_services import wait_for
-from tests.support.processes import ServerProcess, start_server
+from tests.support.polling import wait_for
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,9 @@ PASSWORD = "correct horse battery staple 42"
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     args: tuple[str, ...] = getattr(request, "param", ())
     env = {"SHUTDOWN_TIMEOUT": "3", "SHUTDOWN_PROGRESS_INTERVAL": "1"}
-    started = start_server(f"sqlite+aiosqlite:///{tmp_path}/library.db", tmp_path, args=args, env=env)
+    started = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/library.db", directory=tmp_path, args=args, env=env
+    ).launch()
     try:
         started.wait_ready()
         yield started
@@ -71,7 +73,7 @@ async def test_the_check_signals_the_server_and_reports_who_left_and_who_was_clo
     assert "server: stopped at +" in out
     assert out.rstrip().endswith("PASS: a graceful shutdown")
     assert server.process.wait(timeout=30) == 0
-    assert "shutdown started: 4 connection(s) open" in server.log()
+    assert "shutdown started: 4 connection(s) open" in server.log_text()
 
 
 @pytest.mark.parametrize("server", [("--server", "hypercorn")], indirect=True)

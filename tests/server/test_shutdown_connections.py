@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
@@ -23,7 +23,7 @@ REQUEST = b"GET /api/v1/books HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 @pytest.fixture
 def server(committed_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    running = start_server(committed_url, tmp_path, env={"SHUTDOWN_TIMEOUT": "2"})
+    running = ServerProcess(database_url=committed_url, directory=tmp_path, env={"SHUTDOWN_TIMEOUT": "2"}).launch()
     try:
         running.wait_ready(timeout=90)
         yield running

@@ -22,8 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from library_api.security.issuing import new_key, write_certificate, write_key
 from tests.support.certs import PKI, make_pki
-from tests.support.private_services import wait_for
-from tests.support.processes import ServerProcess, start_server
+from tests.support.polling import wait_for
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,13 @@ def server(
     args: tuple[str, ...] = ("--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
     args += ("--crl", str(pki.crl), *SERVERS[request.param])
     env = {"PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics")} if request.param == "gunicorn" else {}
-    started = start_server(f"sqlite+aiosqlite:///{directory}/library.db", directory, args=args, env=env, scheme="https")
+    started = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{directory}/library.db",
+        directory=directory,
+        args=args,
+        env=env,
+        scheme="https",
+    ).launch()
     try:
         started.wait_ready(verify=pki.client_context("librarian"))
         yield started
@@ -143,7 +149,7 @@ def test_a_refused_certificate_is_logged_with_the_reason_and_the_peer_and_counte
     before = failures(pki, server).get(reason, 0.0)
     client_port = tls_attempt(pki, server, name)
     line = f"TLS handshake from 127.0.0.1:{client_port} refused: {reason}"
-    wait_for(lambda: line in server.log(), 10, f"the log line {line!r}", interval=0.05)
+    wait_for(lambda: line in server.log_text(), 10, f"the log line {line!r}", interval=0.05)
     wait_for(lambda: failures(pki, server).get(reason, 0.0) == before + 1, 10, f"the {reason!r} count", interval=0.1)
     with pki.client(server.base_url, "librarian") as client:
         assert client.get("/api/v1/auth/principal").json()["subject"] == "certificate:alice"
@@ -153,7 +159,7 @@ def test_plain_http_on_the_tls_port_is_counted_and_logged(pki: PKI, server: Serv
     before = failures(pki, server).get("http request", 0.0)
     client_port = plain_http_attempt(server)
     line = f"TLS handshake from 127.0.0.1:{client_port} refused: http request"
-    wait_for(lambda: line in server.log(), 10, f"the log line {line!r}", interval=0.05)
+    wait_for(lambda: line in server.log_text(), 10, f"the log line {line!r}", interval=0.05)
     assert failures(pki, server)["http request"] == before + 1
 
 
@@ -164,7 +170,7 @@ def test_a_client_that_closes_before_its_handshake_is_counted_not_logged(pki: PK
         raw.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
         client_port = int(raw.getsockname()[1])
     wait_for(lambda: failures(pki, server).get(reason, 0.0) == before + 1, 10, "the count", interval=0.1)
-    assert f"127.0.0.1:{client_port}" not in server.log()
+    assert f"127.0.0.1:{client_port}" not in server.log_text()
 
 
 def test_the_certificate_helper_lacks_the_extension(pki: PKI) -> None:

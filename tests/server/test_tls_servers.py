@@ -17,9 +17,9 @@ import httpx
 import pytest
 import websockets
 
-from tests.support.certs import PKI, make_pki
+from tests.support.certs import PKI
 from tests.support.factories import unique_isbn
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import ServerProcess
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("tls-servers")]
@@ -31,11 +31,6 @@ SERVERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture(scope="module", params=sorted(SERVERS))
 def mtls_server(
     request: pytest.FixtureRequest, pki: PKI, tmp_path_factory: pytest.TempPathFactory
@@ -43,7 +38,9 @@ def mtls_server(
     directory = tmp_path_factory.mktemp(f"mtls-{request.param}")
     args = ("--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
     args += ("--crl", str(pki.crl), *SERVERS[request.param])
-    server = start_server(f"sqlite+aiosqlite:///{directory}/library.db", directory, args=args, scheme="https")
+    server = ServerProcess(
+        database_url=f"sqlite+aiosqlite:///{directory}/library.db", directory=directory, args=args, scheme="https"
+    ).launch()
     try:
         server.wait_ready(verify=pki.client_context("librarian"))
         yield server
@@ -172,7 +169,7 @@ async def test_a_websocket_over_mtls_is_authenticated_by_its_certificate(pki: PK
 
 
 def test_the_decision_is_logged(mtls_server: ServerProcess) -> None:
-    assert "security mode mtls (auto: TLS_CA_FILE is set" in mtls_server.log()
+    assert "security mode mtls (auto: TLS_CA_FILE is set" in mtls_server.log_text()
 
 
 @pytest.mark.parametrize("mtls_server", ["hypercorn"], indirect=True)

@@ -2,7 +2,8 @@
 
 :func:`make_pki` writes a CA, a server certificate for 127.0.0.1, and a client certificate of every kind the
 mTLS tests present (good ones with roles, and each way a certificate can be wrong), and gives ``ssl`` contexts
-for clients holding them.
+for clients holding them. :func:`server_tls` is a smaller set for a TLS server that only has to be trusted
+(the SMTP relays of the mail tests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -152,3 +154,21 @@ def make_pki(directory: Path) -> PKI:
     write_key(directory / "ca-as-leaf-key.pem", authority.key)
     write_revocation_list(authority, directory, [])
     return PKI(directory, authority)
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A private CA's PEM file and a server context with a certificate it issued for 127.0.0.1 and localhost."""
+
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+def server_tls(directory: Path) -> ServerTls:
+    """A new CA (its certificate written to ``directory/ca.pem``) and a server context it vouches for."""
+    ca = trustme.CA()
+    ca_file = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return ServerTls(ca_file=ca_file, server_context=context)

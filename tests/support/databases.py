@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,23 @@ async def empty_postgres_database(prefix: str) -> AsyncIterator[str]:
         yield name
     finally:
         await drop_postgres_database(name)
+
+
+@contextlib.contextmanager
+def scratch_postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a new empty PostgreSQL database named ``prefix`` plus a random suffix, dropped when the block ends.
+
+    Made and dropped with ``psql``, from a synchronous fixture: for the deployment tests, whose scripts and
+    stacks need the PostgreSQL client tools anyway.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True, timeout=60)
+    try:
+        yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+    finally:
+        drop = ["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"]
+        subprocess.run(drop, capture_output=True, timeout=60, check=False)
 
 
 async def drop_postgres_database(name: str) -> None:

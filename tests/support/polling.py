@@ -1,8 +1,9 @@
 """Waiting on a condition with a bounded deadline, and knowing that the server which answers is the one started.
 
 Every wait in the suite polls a condition until it holds or a deadline passes; nothing sleeps in place of
-waiting. :func:`wait_for` is the blocking form, :func:`wait_until` the one for a test's event loop; both raise
-:class:`WaitTimeout` (an ``AssertionError`` and a ``TimeoutError``, so either ``except`` catches it).
+waiting. :func:`wait_for` is the blocking form, :func:`wait_until` the one for a test's event loop (its condition
+may be a coroutine function); both raise :class:`WaitTimeout` (an ``AssertionError`` and a ``TimeoutError``, so
+either ``except`` catches it).
 
 :func:`wait_answering` is the one readiness check of every server process a test starts (``library-api serve``
 under any server, Gunicorn with the deployment's configuration): the path must answer 200, and the port's
@@ -15,10 +16,11 @@ run on the machine never counts.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,13 +41,24 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
-async def wait_until(condition: Callable[[], bool], *, within: float, what: str, interval: float = 0.02) -> None:
-    """Poll ``condition`` inside the event loop until it holds; fail with ``what`` when ``within`` seconds pass."""
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, within: float, what: str, interval: float = 0.02
+) -> None:
+    """Poll ``condition`` inside the event loop until it holds; fail with ``what`` when ``within`` seconds pass.
+
+    ``condition`` may be a coroutine function (a query of the database, a read of Redis): it is awaited each time.
+    """
     deadline = time.monotonic() + within
-    while not condition():
+    while not await _holds(condition):
         if time.monotonic() > deadline:
             raise WaitTimeout(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    """Whether ``condition`` holds now, awaiting it when it is a coroutine function."""
+    result = condition()
+    return await result if inspect.isawaitable(result) else result
 
 
 def answers_ok(url: str, process: subprocess.Popen[bytes], verify: ssl.SSLContext | bool = True) -> bool:

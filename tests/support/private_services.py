@@ -23,6 +23,8 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.polling import wait_for
@@ -331,3 +333,30 @@ class PrivateRedis:
         """Unfreeze a paused server."""
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+
+@contextmanager
+def running_postgres(*, durable: bool = False) -> Iterator[PrivatePostgres]:
+    """A started :class:`PrivatePostgres` with an empty database ``library``, destroyed on the way out; the one
+    set-up of the fault tests' clusters (``durable``: a crash loses no acknowledged commit)."""
+    cluster = PrivatePostgres.create(durable=durable)
+    cluster.start()
+    cluster.sql("CREATE DATABASE library")
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@contextmanager
+def running_redis(password: str | None = None, *, durable: bool = False) -> Iterator[PrivateRedis]:
+    """A started :class:`PrivateRedis`, killed on the way out unless the test already stopped it (a paused one is
+    resumed first); the one set-up of every test and fixture that needs a Redis of its own."""
+    server = PrivateRedis(password, durable=durable)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.resume()
+            server.stop()

@@ -18,7 +18,8 @@ from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, bearer, create_user, token_for, unique_isbn
-from tests.support.live import Live, serve_in_loop, wait_until
+from tests.support.live import Live, serve_in_loop
+from tests.support.polling import wait_until
 from tests.support.services import unavailable
 
 CHROMIUM = "/usr/bin/chromium"

@@ -21,7 +21,8 @@ from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
 from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, create_book, create_user
-from tests.support.live import QuietServer, wait_until
+from tests.support.live import QuietServer
+from tests.support.polling import wait_until
 from tests.support.ports import listening_socket, port_of
 from tests.support.services import unavailable
 from tests.web.test_console import ARGS, CHROMIUM
