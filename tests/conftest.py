@@ -26,6 +26,7 @@ from library_api.db.engine import Database, create_engine
 from library_api.dependencies.context import AppContext
 from tests.support.certs import PKI, make_pki
 from tests.support.databases import DatabaseTemplate, build_template, drop_template
+from tests.support.measure import COVERAGE_VARIABLES
 from tests.support.private_services import PrivateRedis, running_redis
 from tests.support.services import REDIS_URL, require_postgres, require_redis
 
@@ -56,6 +57,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not hasattr(config, "workerinput"):
         return
     items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") or item.get_closest_marker("slow") else 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _children_of_marked_modules_unmeasured(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module marked ``children_unmeasured`` starts its child processes without coverage: what they run is
+    covered as fully by the rest of the suite, measured by ``scripts/child_coverage.py``
+    (``tests/support/child_coverage.py``). Autouse and module-scoped, so it applies before the module's servers start.
+    """
+    attributing = request.config.pluginmanager.has_plugin("tests.support.child_coverage")  # measures every child
+    if attributing or request.node.get_closest_marker("children_unmeasured") is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        for name in COVERAGE_VARIABLES:
+            patch.delenv(name, raising=False)
+        yield
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

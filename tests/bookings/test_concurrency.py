@@ -21,6 +21,8 @@ from tests.support.cli import invoke
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_isbn
 from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
+pytestmark = pytest.mark.children_unmeasured
+
 READERS = 50
 COPIES = 2
 

@@ -24,6 +24,8 @@ from tests.deploy.compose_shim import (
 )
 from tests.deploy.support import VENV_BIN, run, tool
 
+pytestmark = pytest.mark.children_unmeasured
+
 TOKEN_COMMAND = ["library-api", "tokens", "create", "--name", "prometheus", "--role", "monitor"]
 WEBHOOK_URL = "https://hooks.example.net/alerts/library?token=s3cr3t&team=ops"
 SECRETS = {

@@ -23,6 +23,8 @@ from tests.support.measure import unmeasured
 from tests.support.polling import wait_answering, wait_for
 from tests.support.ports import listening_socket, port_of
 
+pytestmark = pytest.mark.children_unmeasured
+
 CONTROLLED = {
     "WEB_CONCURRENCY",
     "WORKERS_PER_CORE",

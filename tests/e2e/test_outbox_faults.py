@@ -40,7 +40,7 @@ from tests.support.private_services import PrivateRedis, running_redis
 from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.children_unmeasured]
 
 LIBRARIAN = "outbox-librarian@example.org"
 CLIENTS = 6

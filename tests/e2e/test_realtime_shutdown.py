@@ -33,7 +33,11 @@ from tests.support.live import closed_with, receive, receive_until
 from tests.support.polling import WaitTimeout, wait_until
 from tests.support.processes import ServerProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("backend", ["sqlite"], indirect=True),
+    pytest.mark.children_unmeasured,
+]
 
 TIMEOUT = 6
 INTERVAL = 1

@@ -30,6 +30,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.redis,
     pytest.mark.parametrize("backend", ["postgresql"], indirect=True),
+    pytest.mark.children_unmeasured,
 ]
 
 CLIENTS = 100

@@ -34,7 +34,12 @@ from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, migrated_se
 from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT, require_postgres
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.xdist_group("revocation-workers")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.postgres,
+    pytest.mark.xdist_group("revocation-workers"),
+    pytest.mark.children_unmeasured,
+]
 
 SECRET_KEY = f"revocation-secret-{uuid.uuid4().hex}{uuid.uuid4().hex}"
 PASSWORD = "correct-horse-battery"

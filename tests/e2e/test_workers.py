@@ -40,6 +40,7 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.redis,
     pytest.mark.xdist_group("workers"),
+    pytest.mark.children_unmeasured,
 ]
 
 DB_PASSWORD = f"db-pw-{uuid.uuid4().hex}"

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from library_api.config import Settings
 from library_api.observability import multiprocess
 from library_api.observability.metrics import Metrics
+
+pytestmark = pytest.mark.children_unmeasured
 
 WORKER = """
 import sys

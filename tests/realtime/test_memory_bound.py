@@ -25,7 +25,7 @@ import pytest
 from tests.realtime.conftest import SQLITE_ONLY
 from tests.support.processes import ServerProcess
 
-pytestmark = pytest.mark.parametrize(**SQLITE_ONLY)
+pytestmark = [pytest.mark.parametrize(**SQLITE_ONLY), pytest.mark.children_unmeasured]
 
 SOCKETS = 16
 FRAME = 8 * 1024 * 1024

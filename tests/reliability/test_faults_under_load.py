@@ -38,7 +38,12 @@ from tests.support.private_services import PrivatePostgres, PrivateRedis, accept
 from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 
 # One xdist worker runs this module's tests, so its module-scoped servers start once (docs/testing.md).
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("faults-under-load")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("faults-under-load"),
+    pytest.mark.children_unmeasured,
+]
 
 ADMIN = "faults-admin@example.org"
 CLIENTS = 8

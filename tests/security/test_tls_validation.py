@@ -21,6 +21,8 @@ from tests.support.ports import refused_port
 from tests.support.processes import TEST_ENVIRONMENT
 from tests.support.services import port_open
 
+pytestmark = pytest.mark.children_unmeasured
+
 runner = CliRunner()
 
 

@@ -15,7 +15,7 @@ from tests.server.test_gunicorn_forwarded import gunicorn
 from tests.support.polling import wait_for
 from tests.support.processes import ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.children_unmeasured]
 
 WARNING = "2 workers without REDIS_URL: each worker's WebSocket clients see only the events of that worker"
 NO_REDIS: dict[str, str] = {}  # the test environment names no REDIS_URL

@@ -23,6 +23,8 @@ from tests.support.ports import refused_port
 from tests.support.processes import ServerProcess
 from tests.support.services import port_open
 
+pytestmark = pytest.mark.children_unmeasured
+
 PRODUCTION = {
     "ENVIRONMENT": "production",
     "SECRET_KEY": "p" * 48,

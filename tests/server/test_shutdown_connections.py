@@ -16,7 +16,11 @@ import pytest
 
 from tests.support.processes import ServerProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("backend", ["sqlite"], indirect=True),
+    pytest.mark.children_unmeasured,
+]
 
 REQUEST = b"GET /api/v1/books HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 

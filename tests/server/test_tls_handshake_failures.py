@@ -25,7 +25,7 @@ from tests.support.certs import PKI, make_pki
 from tests.support.polling import wait_for
 from tests.support.processes import ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.children_unmeasured]
 
 SERVERS = {
     "uvicorn": (),

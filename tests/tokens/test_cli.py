@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from library_api.app import create_app
 from tests.conftest import fast_settings
 from tests.support.cli import SETTING_PREFIXES, invoke
 from tests.support.factories import bearer
 from tests.support.processes import TEST_ENVIRONMENT
+
+pytestmark = pytest.mark.children_unmeasured
 
 CLI = Path(sys.executable).with_name("library-api")
 
