@@ -109,7 +109,9 @@ async def list_bookings(
     window = Window(limit=limit, offset=offset, cursor=cursor, total_cap=ctx.settings.list_total_cap)
     body = await ctx.bookings.page_json(ctx.database, principal, filters, window)
     response = Response(body, media_type="application/json")
-    response.headers.update(link_header(request.url.path, request.url.query, next_cursor_in(body)))
+    next_cursor = next_cursor_in(body)
+    if next_cursor is not None:  # the request's URL is built only for the Link header it then needs
+        response.headers.update(link_header(request.url.path, request.url.query, next_cursor))
     return response
 
 
