@@ -23,6 +23,7 @@ from library_api.auth.resets import PasswordResets
 from library_api.auth.router import LINKS as AUTH_LINKS
 from library_api.auth.router import router as auth_router
 from library_api.auth.service import AuthService, revoke_credentials
+from library_api.bookings.page_cache import BookingPages, pages_enabled
 from library_api.bookings.router import LINKS as BOOKING_LINKS
 from library_api.bookings.router import router as bookings_router
 from library_api.bookings.service import BookingService
@@ -207,8 +208,15 @@ def build_context(settings: Settings, database: Database) -> AppContext:
         retry_attempts=settings.database_retry_attempts,
         backoff=backoff,
     )
-    # The cache hears of a change before anyone else does, so a client told of it reads the new state.
+    booking_pages = BookingPages(
+        backend,
+        enabled=pages_enabled(cache_type, backend, settings.workers),
+        ttl=settings.cache_default_timeout,
+        metrics=metrics,
+    )
+    # The caches hear of a change before anyone else does, so a client told of it reads the new state.
     events.subscribe(catalogue.on_event)
+    events.subscribe(booking_pages.on_event)
     events.subscribe(metrics.on_event)
     shutdown = ShutdownCoordinator(settings.shutdown_timeout, settings.shutdown_progress_interval)
     hub = Hub(settings, build_broker(settings), shutdown)
@@ -265,6 +273,7 @@ def build_context(settings: Settings, database: Database) -> AppContext:
             max_length=timedelta(days=settings.booking_max_days),
             start_grace=timedelta(seconds=settings.booking_start_grace_seconds),
             idempotency=IdempotencyStore(timedelta(hours=settings.idempotency_key_ttl_hours)),
+            pages=booking_pages,
         ),
         shutdown=shutdown,
         metrics=metrics,

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Select, bindparam, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from library_api.bookings.page_cache import BookingPages
 from library_api.bookings.schemas import BookingCreate, BookingOut, BookingPage
 from library_api.books.paging import capped_count, decode_cursor, encode_cursor, total_of
 from library_api.books.repository import BookRepository, Window
@@ -130,8 +131,10 @@ class BookingService:
         max_length: timedelta,
         start_grace: timedelta,
         idempotency: IdempotencyStore | None = None,
+        pages: BookingPages | None = None,
     ) -> None:
         self._events = events
+        self._pages = pages
         self._books = BookRepository()
         self._max_length = max_length
         self._start_grace = start_grace
@@ -179,6 +182,28 @@ class BookingService:
         if claim is not None:
             await self._idempotency.answer(session, claim, 201, view.model_dump_json())
         return await self._commit("booking.created", session, view)
+
+    async def page_json(
+        self, database: Database, principal: Principal, filters: BookingFilters, window: Window
+    ) -> bytes:
+        """:meth:`page` as the JSON of its answer; a reader's own unfiltered page through the page cache.
+
+        Only that page is cached (:mod:`library_api.bookings.page_cache`): its answer changes only with the
+        reader's own bookings, whose every change invalidates it. Librarians' and filtered lists are read each time.
+        """
+
+        async def load() -> bytes:
+            return (await self.page(database, principal, filters, window)).model_dump_json(by_alias=True).encode()
+
+        user_id = principal.user_id
+        if (
+            self._pages is None
+            or user_id is None
+            or filters != BookingFilters()
+            or principal.can(Permission.BOOKINGS_READ_ANY)
+        ):
+            return await load()
+        return await self._pages.page(user_id, window, load)
 
     async def page(
         self, database: Database, principal: Principal, filters: BookingFilters, window: Window

@@ -141,9 +141,11 @@ class Metrics:
             ["reason"],
             registry=owned,
         )
-        self.cache_hits = Counter("cache_hits", "Catalogue answers served from the cache", ["cache"], registry=owned)
+        self.cache_hits = Counter(
+            "cache_hits", "Cached answers (catalogue, readers' booking pages) served", ["cache"], registry=owned
+        )
         self.cache_misses = Counter(
-            "cache_misses", "Catalogue answers that had to be read from the database", ["cache"], registry=owned
+            "cache_misses", "Cached answers that had to be read from the database", ["cache"], registry=owned
         )
         self.rate_limited = Counter(
             "rate_limit_rejections",
