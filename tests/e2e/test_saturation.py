@@ -26,6 +26,11 @@ from tests.support.services import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_P
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
+UNCACHED_LIST = "/api/v1/bookings?limit=20&status=active"
+"""A reader's booking list that is read from the database every time: a filtered list is never served from the
+reader's page cache (``bookings/page_cache.py``), and this test is about what the database read does."""
+
+
 POOL_TIMEOUT = 1.0
 WAIT_BOUND = 120.0
 """Only a bound on the wait for the 503s while the lock is held (a request never answered fails, not hangs)."""
@@ -62,7 +67,7 @@ async def reader_headers(http: httpx.AsyncClient) -> dict[str, str]:
     login = await http.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
     assert login.status_code == 200, login.text
     headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    assert (await http.get("/api/v1/bookings?limit=20", headers=headers)).status_code == 200
+    assert (await http.get(UNCACHED_LIST, headers=headers)).status_code == 200
     return headers
 
 
@@ -81,7 +86,7 @@ async def test_a_saturated_pool_answers_every_request_in_time(server: ServerProc
 
         async def one() -> None:
             try:
-                response = await http.get("/api/v1/bookings?limit=20", headers=headers)
+                response = await http.get(UNCACHED_LIST, headers=headers)
                 answered.append((response.status_code, response, ""))
             except httpx.HTTPError as exc:
                 answered.append((0, None, repr(exc)))

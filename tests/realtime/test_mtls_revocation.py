@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.support.certs import PKI, make_pki
 from tests.support.factories import unique_isbn
 from tests.support.polling import wait_for
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,8 @@ def server(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     args = ("--cert", str(pki.cert("server")), "--key", str(pki.key("server")), "--ca", str(pki.ca))
     args += ("--crl", str(pki.crl))
     env = {"WS_CREDENTIAL_CHECK_INTERVAL": "0.2"}
-    started = start_server(f"sqlite+aiosqlite:///{directory}/library.db", directory, args=args, env=env, scheme="https")
+    database_url = f"sqlite+aiosqlite:///{directory}/library.db"
+    started = ServerProcess(env, database_url=database_url, directory=directory, args=args, scheme="https").launch()
     try:
         started.wait_ready(verify=pki.client_context("librarian"))
         yield started
@@ -155,7 +156,7 @@ async def test_a_certificate_revoked_by_a_crl_reload_ends_its_live_socket_and_it
         before = failures(pki, server).get("certificate revoked", 0.0)
         pki.revoke("revoked")  # a new CRL file in place of the old one, as an operator publishes it
         decided = f"closing WebSocket client dave-live of certificate:dave: {REVOKED_REASON}"
-        await asyncio.to_thread(wait_for, lambda: decided in server.log(), 10, "the server to close dave's socket")
+        await asyncio.to_thread(wait_for, lambda: decided in server.log_text(), 10, "the server to close dave's socket")
         # Published after the server decided: the sentinel reaches bob, and nothing reaches dave.
         await create_book(pki, server, "After the revocation")
         assert await book_titles_until(bob, "After the revocation") == ["After the revocation"]
@@ -165,7 +166,7 @@ async def test_a_certificate_revoked_by_a_crl_reload_ends_its_live_socket_and_it
 
     client_port = await asyncio.to_thread(refused_upgrade, pki, server, "revoked")
     line = f"TLS handshake from 127.0.0.1:{client_port} refused: certificate revoked"
-    await asyncio.to_thread(wait_for, lambda: line in server.log(), 10, f"the log line {line!r}")
+    await asyncio.to_thread(wait_for, lambda: line in server.log_text(), 10, f"the log line {line!r}")
     assert failures(pki, server).get("certificate revoked", 0.0) == before + 1
     # The unrevoked certificate still connects.
     async with connect(wss(server, "bob-again"), ssl=pki.client_context("reader"), open_timeout=10) as again:

@@ -35,10 +35,9 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, WebSocket, async_playwright, expect
 
 from tests.support.factories import PASSWORD, unique_isbn
-from tests.support.live_server import LiveServer
 from tests.support.npm import node_major, stage, tool
 from tests.support.polling import wait_until
-from tests.support.processes import TEST_ENVIRONMENT
+from tests.support.processes import TEST_ENVIRONMENT, ServerProcess
 from tests.support.services import REDIS_URL, require_redis, unavailable
 from tests.web.test_console import ARGS, CHROMIUM
 
@@ -91,7 +90,7 @@ def page_origin(built: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def service(page_origin: str) -> Iterator[LiveServer]:
+def service(page_origin: str) -> Iterator[ServerProcess]:
     """``library-api serve`` letting the page's origin in, with a librarian and a reader account."""
     require_redis()
     prefix = f"react-{uuid.uuid4().hex[:8]}"
@@ -105,7 +104,7 @@ def service(page_origin: str) -> Iterator[LiveServer]:
         "WS_ALLOWED_ORIGINS": page_origin,
         "ACCESS_LOG": "false",
     }
-    live = LiveServer(env, measured=False)
+    live = ServerProcess(env, measured=False)
     live.env["DATABASE_URL"] = f"sqlite+aiosqlite:///{live.directory / 'library.db'}"
     try:
         live.start()
@@ -150,7 +149,7 @@ class Sockets:
         return [frame for frame in self.opened[index][0] if frame.get("type") == kind] if self.opened else []
 
 
-async def create_book(service: LiveServer, title: str) -> None:
+async def create_book(service: ServerProcess, title: str) -> None:
     async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as api:
         login = await api.post("/api/v1/auth/login", data={"username": LIBRARIAN, "password": PASSWORD})
         assert login.status_code == 200, login.text
@@ -161,7 +160,7 @@ async def create_book(service: LiveServer, title: str) -> None:
 
 
 async def test_the_built_react_page_shows_new_books_and_resumes_after_a_restart(
-    browser: Browser, service: LiveServer, page_origin: str
+    browser: Browser, service: ServerProcess, page_origin: str
 ) -> None:
     page = await (await browser.new_context()).new_page()
     errors: list[str] = []
