@@ -30,7 +30,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from library_api.books.repository import Window
-from library_api.cache.backends import CacheBackend, Lookup
+from library_api.cache.backends import CacheBackend
+from library_api.cache.outage import OutageGuard
 from library_api.events import DomainEvent
 from library_api.observability.metrics import Metrics
 from library_api.resilience.redis import RedisUnavailable
@@ -64,8 +65,7 @@ class BookingPages:
         self.enabled = enabled
         self.ttl = ttl
         self.metrics = metrics
-        self._needs_flush = False
-        self._recoveries_seen = backend.recoveries()
+        self._outage = OutageGuard(backend, what="booking pages", flush_after_failed_lookup=True)
 
     async def page(self, user_id: int, window: Window, load: Callable[[], Awaitable[bytes]]) -> bytes:
         """The JSON of ``user_id``'s own page in ``window``: from the cache, or ``load``-ed (and then kept).
@@ -76,7 +76,7 @@ class BookingPages:
             return await load()
         scope = scope_of(user_id)
         name = f"{window.limit}:{window.offset}:{window.total_cap}:{window.cursor or ''}"
-        lookup = await self._lookup(scope, name)
+        lookup = await self._outage.lookup(scope, name)
         if lookup is not None and lookup.value is not None:
             if self.metrics is not None:
                 self.metrics.cache_hits.labels(KIND).inc()
@@ -88,24 +88,6 @@ class BookingPages:
             with contextlib.suppress(RedisUnavailable):
                 await self.backend.store(scope, lookup.token, name, body, float(self.ttl))
         return body
-
-    async def _lookup(self, scope: str, name: str) -> Lookup | None:
-        """The cache's view, or ``None`` when the store cannot be reached (then nothing is read or kept)."""
-        recoveries = self.backend.recoveries()
-        if recoveries != self._recoveries_seen:
-            # Redis was unreachable: another worker's change may have gone unannounced meanwhile
-            self._recoveries_seen = recoveries
-            self._needs_flush = True
-        try:
-            if self._needs_flush:
-                await self.backend.flush()
-                self._needs_flush = False
-                logger.info("booking pages emptied: changes may have gone unannounced while Redis was unreachable")
-            return await self.backend.lookup(scope, name)
-        except RedisUnavailable:
-            # Redis is unreachable from here, maybe from the writers too: forget everything once it answers
-            self._needs_flush = True
-            return None
 
     async def on_event(self, event: DomainEvent) -> None:
         """Invalidate the pages a committed change makes stale: the owner's, or all when a book went."""
@@ -122,5 +104,5 @@ class BookingPages:
         try:
             await change()
         except RedisUnavailable:
-            self._needs_flush = True
+            self._outage.missed()
             logger.warning("booking change could not be announced to the cache; it will be emptied on recovery")

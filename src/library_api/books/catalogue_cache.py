@@ -45,6 +45,7 @@ from library_api.books.repository import BookFilters, Window
 from library_api.books.schemas import BookSort
 from library_api.books.service import BookService
 from library_api.cache.backends import CacheBackend, Lookup
+from library_api.cache.outage import OutageGuard
 from library_api.db.engine import Database
 from library_api.events import DomainEvent
 from library_api.observability.metrics import Metrics
@@ -115,8 +116,7 @@ class CatalogueCache:
         self.metrics = metrics
         self.retry_attempts = retry_attempts
         self.backoff = backoff
-        self._needs_flush = False
-        self._recoveries_seen = backend.recoveries()
+        self._outage = OutageGuard(backend, what="catalogue cache")
 
     # ----- reads -----
 
@@ -183,18 +183,8 @@ class CatalogueCache:
 
     async def _lookup(self, scope: str, name: str) -> Lookup | None:
         """The cache's view, or ``None`` when the store cannot be reached (then nothing is read or kept)."""
-        recoveries = self.backend.recoveries()
-        if recoveries != self._recoveries_seen:
-            # Redis was unreachable: another worker's change may have gone unannounced meanwhile
-            self._recoveries_seen = recoveries
-            self._needs_flush = True
-        try:
-            if self._needs_flush:
-                await self.backend.flush()
-                self._needs_flush = False
-                logger.info("catalogue cache emptied: changes may have gone unannounced while Redis was unreachable")
-            lookup = await self.backend.lookup(scope, name)
-        except RedisUnavailable:
+        lookup = await self._outage.lookup(scope, name)
+        if lookup is None:
             return None
         if not self.enabled:
             return Lookup(lookup.token, None, lookup.watermark)
@@ -261,7 +251,7 @@ class CatalogueCache:
         try:
             await self.backend.invalidate(scopes, watermark)
         except RedisUnavailable:
-            self._needs_flush = True
+            self._outage.missed()
             logger.warning("catalogue change could not be announced to the cache; it will be emptied on recovery")
 
     async def _primary_position(self) -> int:
