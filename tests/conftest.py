@@ -21,9 +21,12 @@ from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from library_api.app import create_app
+from library_api.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from library_api.config import Settings
 from library_api.db.engine import Database, create_engine
 from library_api.dependencies.context import AppContext
+from library_api.resilience.breaker import CircuitBreaker
+from library_api.resilience.redis import GuardedRedis
 from tests.support.certs import PKI, make_pki
 from tests.support.databases import DatabaseTemplate, build_template, drop_template
 from tests.support.measure import COVERAGE_VARIABLES
@@ -120,6 +123,18 @@ def private_redis() -> Iterator[PrivateRedis]:
     """A Redis of this test's own, without persistence, that the test may kill, pause and start again."""
     with running_redis() as server:
         yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def cache_backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]:
+    """Each cache store in turn: process memory, and the machine's Redis under a key prefix of the test's own."""
+    if request.param == "memory":
+        yield MemoryBackend(max_entries=100)
+        return
+    require_redis()
+    redis = GuardedRedis(REDIS_URL, socket_timeout=1.0, breaker=CircuitBreaker("Redis", 3, 5))
+    yield RedisBackend(redis, f"t{uuid.uuid4().hex[:10]}_")
+    await redis.close()
 
 
 @pytest.fixture(scope="session")

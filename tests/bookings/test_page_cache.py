@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
@@ -140,15 +139,10 @@ async def test_librarians_and_filtered_lists_are_read_each_time(client: httpx.As
     assert await hits(client) == before
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]:
-    if request.param == "memory":
-        yield MemoryBackend(max_entries=100)
-        return
-    require_redis()
-    redis = GuardedRedis(REDIS_URL, socket_timeout=1.0, breaker=CircuitBreaker("Redis", 3, 5))
-    yield RedisBackend(redis, f"t{uuid.uuid4().hex[:10]}_")
-    await redis.close()
+@pytest.fixture
+def store(cache_backend: CacheBackend) -> CacheBackend:
+    """Each cache store in turn (the ``cache_backend`` fixture of ``tests/conftest.py``)."""
+    return cache_backend
 
 
 async def test_a_page_read_before_a_change_is_never_served_after_it(store: CacheBackend) -> None:

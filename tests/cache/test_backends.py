@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import pytest
 
-from library_api.cache.backends import CacheBackend, MemoryBackend, RedisBackend
-from library_api.resilience.breaker import CircuitBreaker
-from library_api.resilience.redis import GuardedRedis
-from tests.support.services import REDIS_URL, require_redis
+from library_api.cache.backends import CacheBackend, MemoryBackend
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[CacheBackend]:
-    if request.param == "memory":
-        yield MemoryBackend(max_entries=100)
-        return
-    require_redis()
-    redis = GuardedRedis(REDIS_URL, socket_timeout=1.0, breaker=CircuitBreaker("Redis", 3, 5))
-    yield RedisBackend(redis, f"t{uuid.uuid4().hex[:10]}_")
-    await redis.close()
+@pytest.fixture
+def backend(cache_backend: CacheBackend) -> CacheBackend:
+    """Each cache store in turn (the ``cache_backend`` fixture of ``tests/conftest.py``)."""
+    return cache_backend
 
 
 async def test_a_slow_reader_cannot_store_a_stale_answer(backend: CacheBackend) -> None:

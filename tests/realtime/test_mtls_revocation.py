@@ -12,7 +12,6 @@ TLS layer, logged with the reason and the client's port, and counted in ``tls_ha
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.server.test_tls_handshake_failures import failures
 from tests.support.certs import PKI, make_pki
 from tests.support.factories import unique_isbn
 from tests.support.polling import wait_for
@@ -99,16 +99,6 @@ async def read_to_close(client: ClientConnection, within: float = 10) -> tuple[l
                 messages.append(orjson.loads(await client.recv()))
     except ConnectionClosed:
         return messages, client.close_code, client.close_reason or ""
-
-
-def failures(pki: PKI, server: ServerProcess) -> dict[str, float]:
-    """``tls_handshake_failures_total`` by reason, scraped with the monitor's certificate."""
-    with pki.client(server.base_url, "monitor") as client:
-        text = client.get("/metrics").text
-    found: dict[str, float] = {}
-    for reason, value in re.findall(r'^tls_handshake_failures_total\{reason="([^"]+)"\} (\S+)$', text, re.MULTILINE):
-        found[reason] = found.get(reason, 0.0) + float(value)
-    return found
 
 
 UPGRADE = (
