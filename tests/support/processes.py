@@ -30,8 +30,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.support.cli import SETTING_PREFIXES, invoke
 from tests.support.measure import unmeasured
 from tests.support.polling import wait_answering, wait_for
@@ -155,31 +153,8 @@ class ServerProcess:
         try:
             wait_for(self._learn_port, timeout, "the server to report its port")
             wait_answering(self.base_url + path, self.running, timeout, verify)
-            self._wait_every_worker(timeout, verify)
         except AssertionError as exc:
             raise AssertionError(f"server not ready ({exc}):\n{self.log_text()[-8000:]}") from None
-
-    def _wait_every_worker(self, timeout: float, verify: ssl.SSLContext | bool) -> None:
-        """With several workers, wait until each has answered ``/health`` (it names its process).
-
-        The first answer proves one worker serves; the others may still be starting, and a test that needs a
-        connection on each (or counts on load reaching both) would otherwise depend on how fast they start.
-        Every probe is a new connection, handed by the kernel to whichever worker accepts first.
-        """
-        workers = int(self.args[self.args.index("--workers") + 1]) if "--workers" in self.args else 1
-        seen: set[int] = set()
-
-        def every_worker_answered() -> bool:
-            try:
-                answer = httpx.get(self.base_url + "/health", verify=verify, timeout=5)
-            except httpx.TransportError:
-                return False
-            if answer.status_code == 200:
-                seen.add(int(answer.json()["worker"]))
-            return len(seen) >= workers
-
-        if workers > 1:
-            wait_for(every_worker_answered, timeout, f"each of the {workers} workers to answer")
 
     def wait_for_log(self, fragment: str, count: int = 1, timeout: float = 120.0) -> None:
         """Wait until the log holds ``fragment`` ``count`` times or more (every worker's start-up line, say); fail
