@@ -121,23 +121,21 @@ class RateLimiter:
 
     async def hit(self, items: Sequence[RateLimitItem], *identity: str) -> Decision:
         """Count one request against every item; the decision reports the refusing or the tightest item."""
-        if self.shared is not None and self.redis is not None:
-            shared = self.shared
-            try:
-                return await self.redis.call(lambda _client: _shared_decision(shared, items, identity, record=True))
-            except RedisUnavailable:
-                pass
-        return self._local_decision(items, identity)
+        return await self._decide(items, identity, record=True)
 
     async def peek(self, items: Sequence[RateLimitItem], *identity: str) -> Decision:
         """What :meth:`hit` would decide now, without counting anything."""
+        return await self._decide(items, identity, record=False)
+
+    async def _decide(self, items: Sequence[RateLimitItem], identity: tuple[str, ...], *, record: bool) -> Decision:
+        """Through Redis when it is configured and reachable, else in this process."""
         if self.shared is not None and self.redis is not None:
             shared = self.shared
             try:
-                return await self.redis.call(lambda _client: _shared_decision(shared, items, identity, record=False))
+                return await self.redis.call(lambda _client: _shared_decision(shared, items, identity, record=record))
             except RedisUnavailable:
                 pass
-        return self._local_decision(items, identity, record=False)
+        return self._local_decision(items, identity, record=record)
 
     async def clear(self, items: Sequence[RateLimitItem], *identity: str) -> None:
         """Forget every hit counted for ``identity`` under these items."""
