@@ -17,6 +17,9 @@ override COVERAGE_MIN := 90
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 PYTEST_LOG := .cache/pytest.log
+# A run that goes past this is ended, so that a hang fails in minutes and not at CI's limit: a hung test is ended by
+# its own timeout or, failing that, by tests/support/hard_timeout.py, whose stacks the pytest target prints.
+PYTEST_WALL_LIMIT ?= 40m
 # Every test's time, for scripts/durations_by_layer.py (docs/testing.md, "Where the time goes").
 JUNIT_XML := .cache/junit.xml
 # pytest's closing line, with or without -q: "=== 3 passed, 1 skipped in 9.10s ===", "no tests ran in 0.50s"
@@ -55,10 +58,14 @@ typecheck: install
 pytest: install
 	$(VENV)/bin/python -m compileall -q src/library_api
 	$(VENV)/bin/coverage erase
-	@mkdir -p .cache && rm -f $(PYTEST_LOG)
-	set -o pipefail; $(VENV)/bin/coverage run -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
-		--junitxml=$(JUNIT_XML) $(PYTEST_ARGS) \
-		2>&1 | tee $(PYTEST_LOG)
+	@mkdir -p .cache && rm -rf $(PYTEST_LOG) .cache/hung-tests
+	set -o pipefail; status=0; \
+	timeout --kill-after=60 $(PYTEST_WALL_LIMIT) \
+		$(VENV)/bin/coverage run -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--junitxml=$(JUNIT_XML) $(PYTEST_ARGS) 2>&1 | tee $(PYTEST_LOG) || status=$$?; \
+	for log in .cache/hung-tests/*/*.log; do if [ -s "$$log" ]; then echo "== $$log"; cat "$$log"; fi; done; \
+	if [ $$status -eq 124 ]; then echo "pytest was ended after PYTEST_WALL_LIMIT=$(PYTEST_WALL_LIMIT)"; fi; \
+	exit $$status
 	$(VENV)/bin/coverage combine --quiet
 	$(VENV)/bin/coverage report
 

@@ -33,6 +33,9 @@ from tests.support.measure import COVERAGE_VARIABLES
 from tests.support.private_services import PrivateRedis, running_redis
 from tests.support.services import REDIS_URL, require_postgres, require_redis
 
+# A test its per-test timeout cannot stop ends its process instead of the run (tests/support/hard_timeout.py).
+pytest_plugins = ["tests.support.hard_timeout"]
+
 BACKENDS = ["sqlite", "postgresql"]
 
 FIGURES_PROPERTY = "reliability figures"
