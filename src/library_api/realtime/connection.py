@@ -190,20 +190,29 @@ class Connection:
         and the position starts again in the new epoch, so no message of the new numbering is taken for one
         already sent.
         """
-        buffer = self.replaying.get(stream) if self.replaying else None
-        if buffer is not None:
-            buffer.append((epoch, event_id, text))
+        # A broadcast runs this once per subscriber: the common case (no replay, the epoch known, a new id, nothing
+        # queued) goes straight to the socket.
+        if self.replaying:
+            buffer = self.replaying.get(stream)
+            if buffer is not None:
+                buffer.append((epoch, event_id, text))
+                return
+        if epoch is not None and self.epochs.get(stream) != epoch:
+            self._follow_epoch(stream, epoch)
+        streams = self.streams
+        if event_id <= streams.get(stream, 0):
             return
-        if epoch is not None:
-            known = self.epochs.get(stream)
-            if known != epoch:
-                if known is not None:
-                    self._restart(stream, epoch)
-                self.epochs[stream] = epoch
-        if event_id <= self.streams.get(stream, 0):
-            return
-        self.streams[stream] = event_id
-        self.offer(text)
+        streams[stream] = event_id
+        if self.writer is None and not self.closed:
+            self._send_now(text)
+        else:
+            self.offer(text)
+
+    def _follow_epoch(self, stream: str, epoch: str) -> None:
+        """The stream's messages now come in ``epoch``: the first one names it; a change restarts the position."""
+        if self.epochs.get(stream) is not None:
+            self._restart(stream, epoch)
+        self.epochs[stream] = epoch
 
     def _restart(self, stream: str, epoch: str) -> None:
         """The stream's numbering restarted under a live subscription: tell the client, start the position again."""

@@ -24,7 +24,7 @@ import asyncio
 import functools
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -90,11 +90,19 @@ class TLSWebSocketsProtocol(WebSocketsSansIOProtocol):
         super().connection_made(transport)
         _attach_tls(self, transport)
 
-    async def send(self, message: Any) -> None:
-        """Pass the application's message on; a finished denial response completes the handshake."""
-        await super().send(message)
+    def send(self, message: Any) -> Coroutine[Any, Any, None]:
+        """Pass the application's message on; a finished denial response completes the handshake.
+
+        A plain method that hands back Uvicorn's own coroutine for every other message: an ``async def`` here
+        would add a coroutine per message sent, which a broadcast pays once per connection.
+        """
         if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
-            self.handshake_complete = True
+            return self._send_last_denial_body(message)
+        return super().send(message)
+
+    async def _send_last_denial_body(self, message: Any) -> None:
+        await super().send(message)
+        self.handshake_complete = True
 
 
 class DrainingServer(uvicorn.Server):
