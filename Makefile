@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 PYTEST_LOG := .cache/pytest.log
 # A run that goes past this is ended, so that a hang fails in minutes and not at CI's limit: a hung test is ended by
 # its own timeout or, failing that, by tests/support/hard_timeout.py, whose stacks the pytest target prints.
-PYTEST_WALL_LIMIT ?= 40m
+PYTEST_WALL_LIMIT ?= 60m
 # Every test's time, for scripts/durations_by_layer.py (docs/testing.md, "Where the time goes").
 JUNIT_XML := .cache/junit.xml
 # pytest's closing line, with or without -q: "=== 3 passed, 1 skipped in 9.10s ===", "no tests ran in 0.50s"
