@@ -5,7 +5,8 @@ down, its servers stop), but Python runs the handler between bytecodes, wherever
 test took the alarm inside a weak-reference callback of a garbage collection, where an exception is printed and
 swallowed, and the run waited until CI stopped it.
 
-This plugin watches every test from outside the main thread, at its timeout plus a grace (:data:`GRACE`): a timer
+This plugin watches every test from outside the main thread, at its timeout plus a grace (:data:`GRACE`), armed and
+disarmed through pytest-timeout's own hooks (``pytest_timeout_set_timer``, ``pytest_timeout_cancel_timer``): a timer
 thread then writes every thread's stack to ``.cache/hung-tests/<run>/<worker>-<pid>.log``, ends the processes the
 test started and ends its own; faulthandler's C watchdog, which needs neither the GIL nor the main thread, does the
 same (without the children) should that thread never run. Under pytest-xdist the controller reports the test as the
@@ -20,9 +21,8 @@ import contextlib
 import faulthandler
 import os
 import threading
-from collections.abc import Generator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 import pytest
@@ -36,16 +36,6 @@ LAST_RESORT = 30.0
 
 #: Where the stacks of a test ended by the watchdog are written, one file per process.
 LOG_DIRECTORY = Path(".cache/hung-tests")
-
-
-def timeout_of(item: pytest.Item) -> float:
-    """The item's pytest-timeout limit in seconds (its ``timeout`` mark, else the ``timeout`` ini value); 0 is none."""
-    mark = item.get_closest_marker("timeout")
-    if mark is not None:
-        value = mark.kwargs.get("timeout", mark.args[0] if mark.args else None)
-        if value is not None:
-            return float(value)
-    return float(item.config.getini("timeout") or 0)
 
 
 def alive(pid: int) -> bool:
@@ -135,14 +125,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"{item.nodeid} hung in an earlier worker of this run and was ended (stacks in {LOG_DIRECTORY})")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
-    limit = timeout_of(item)
-    watchdog = item.config.stash[WATCHDOG]
-    if limit > 0:
-        watchdog.arm(item, limit + item.config.stash[GRACE_KEY])
-    try:
-        yield
-    finally:
-        if limit > 0:
-            watchdog.disarm()
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """pytest-timeout arms its own timer for ``item``: arm the watchdog for the same limit plus the grace.
+
+    Answering nothing lets pytest-timeout's own implementation arm its timer too; the limit is the one it resolved
+    (the test's mark, ``--timeout``, ``PYTEST_TIMEOUT`` or the ini value).
+    """
+    item.config.stash[WATCHDOG].arm(item, settings.timeout + item.config.stash[GRACE_KEY])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    """The test ended within its limit, or pytest-timeout ended it: disarm (pytest-timeout cancels its own)."""
+    item.config.stash[WATCHDOG].disarm()

@@ -72,8 +72,9 @@ class SocketController(Controller):  # type: ignore[misc]
         self.sessions.clear()
         # Each abort scheduled its socket's close with call_soon; callbacks run in order, so once this one has run,
         # so have they.
-        closed = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(closed.set_result, None)
+        loop = asyncio.get_running_loop()
+        closed = loop.create_future()
+        loop.call_soon(closed.set_result, None)
         await closed
         still_open = [sock for sock in open_sockets if sock.fileno() != -1]
         assert not still_open, f"aborted SMTP connections still open: {still_open}"
@@ -83,7 +84,8 @@ class TrackedSession(SMTP):
     """aiosmtpd's SMTP protocol, keeping the transport and socket of its connection as they were at the start.
 
     After STARTTLS aiosmtpd's own ``transport`` is the TLS layer, which may already have dropped its link to the
-    socket below while that socket waits for the client's TLS shutdown.
+    socket below while that socket waits for the client's TLS shutdown; and with implicit TLS even the first
+    transport is a TLS layer, so the socket is read once, at the start, while the link is there.
     """
 
     connection: asyncio.Transport | None = None
