@@ -62,6 +62,7 @@ from library_api.realtime.hub import Hub
 from library_api.realtime.relay import Backlog, Relay
 from library_api.realtime.router import api_router as realtime_router
 from library_api.realtime.router import router as websocket_router
+from library_api.realtime.server_send import ServerSendMiddleware
 from library_api.resilience.breaker import CircuitBreaker, CircuitState
 from library_api.resilience.database import install_database_unavailable_handler
 from library_api.resilience.rate_limits import RateLimiter, RateLimitPolicies, builtin_route_limits
@@ -390,5 +391,6 @@ def create_app(settings: Settings, *, database: Database | None = None) -> FastA
     app.include_router(web_router)
     install_fast_path(app.router.routes)
 
+    app.add_middleware(ServerSendMiddleware)  # added first: the innermost layer (see its module)
     install_middleware(app, context)
     return app

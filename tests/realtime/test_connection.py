@@ -190,6 +190,42 @@ async def test_messages_behind_a_waiting_send_are_queued_then_sent_in_order_and_
     assert peer.sent[-1] == "four"
 
 
+class FutureSender:
+    """A server ``send`` that hands back a future rather than a coroutine (ASGI allows any awaitable)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.waiting: list[asyncio.Future[None]] = []
+        self.hold = False
+
+    def __call__(self, message: dict[str, Any]) -> asyncio.Future[None]:
+        self.sent.append(message["text"])
+        future = asyncio.get_running_loop().create_future()
+        if self.hold:
+            self.waiting.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+
+async def test_a_server_send_that_returns_another_awaitable_is_driven_like_a_coroutine() -> None:
+    peer, owner, server_send = Peer(), Owner(), FutureSender()
+    websocket = WebSocket({"type": "websocket", "path": "/ws/a", "headers": []}, peer.receive, peer.send)
+    await websocket.accept()
+    principal = Principal("user:1", CredentialKind.ACCESS_TOKEN, frozenset(), frozenset())
+    connection = Connection(owner, websocket, "a", principal, "nonce", 10, send=server_send)
+    server_send.hold = True
+    connection.offer("one")  # its future is pending: a writer carries the send on
+    connection.offer("two")
+    assert connection.writer is not None
+    assert list(connection.pending or ()) == ["two"]
+    server_send.hold = False
+    server_send.waiting[0].set_result(None)
+    await wait_until(lambda: connection.writer is None, within=5, what="the writer to empty the queue")
+    connection.offer("three")  # a future already done completes on the spot
+    assert (server_send.sent, peer.sent, owner.messages_sent) == (["one", "two", "three"], [], 3)
+
+
 async def test_a_full_queue_is_reported_to_the_owner_and_closing_drops_the_queue() -> None:
     peer, owner = Peer(), Owner()
     connection = await connected(peer, owner, queue_limit=1)

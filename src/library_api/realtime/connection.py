@@ -21,9 +21,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from library_api.realtime.broker import RESYNC_EPOCH
@@ -89,6 +91,11 @@ class _Resume:
                 return
 
 
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    """A coroutine around a server's ``send`` result that is some other awaitable, so it can be driven alike."""
+    await awaitable
+
+
 class Connection:
     """A registered WebSocket client, as the hub sees it."""
 
@@ -106,6 +113,7 @@ class Connection:
         "principal",
         "queue_limit",
         "replaying",
+        "send",
         "streams",
         "topics",
         "websocket",
@@ -120,9 +128,14 @@ class Connection:
         principal: Principal,
         nonce: str,
         queue_limit: int,
+        send: Send | None = None,
     ) -> None:
         self.hub = hub
         self.websocket = websocket
+        self.send: Send = websocket.send if send is None else send
+        """Where messages go: the server's own ASGI ``send`` when the stack passed it on
+        (:mod:`library_api.realtime.server_send`), else the framework's ``WebSocket.send``. Opening and closing
+        always go through ``websocket``, which keeps the framework's view of the connection's state."""
         self.client_id = client_id
         self.principal = principal
         self.nonce = nonce
@@ -172,7 +185,9 @@ class Connection:
 
     def _send_now(self, text: str) -> None:
         """Start sending ``text``; if the socket makes the send wait, a writer task carries it on."""
-        sending = self.websocket.send({"type": "websocket.send", "text": text})
+        sending = self.send({"type": "websocket.send", "text": text})
+        if not isinstance(sending, CoroutineType):  # ASGI allows any awaitable; the servers here give coroutines
+            sending = _awaiting(sending)
         try:
             waiting_on = sending.send(None)
         except StopIteration:
@@ -223,7 +238,7 @@ class Connection:
         self.offer(control("resync", data))
 
     async def _write(self, in_flight: _Resume) -> None:
-        send = self.websocket.send
+        send = self.send
         try:
             await in_flight
             self.hub.messages_sent += 1

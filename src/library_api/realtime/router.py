@@ -50,6 +50,7 @@ from library_api.realtime.schemas import (
     SubscribeCommand,
     UnsubscribeCommand,
 )
+from library_api.realtime.server_send import SERVER_SEND
 from library_api.realtime.topics import (
     BROADCAST,
     Subscription,
@@ -271,7 +272,13 @@ async def _open(websocket: WebSocket, client_id: str) -> tuple[Connection, str |
         return None
     principal, first_command, credential, claim = admitted
     connection = Connection(
-        hub, websocket, client_id, principal, uuid.uuid4().hex, queue_limit=hub.settings.ws_send_queue_size
+        hub,
+        websocket,
+        client_id,
+        principal,
+        uuid.uuid4().hex,
+        queue_limit=hub.settings.ws_send_queue_size,
+        send=websocket.scope.get(SERVER_SEND),
     )
     connection.credential = Held(credential)
     if not await hub.register(connection):
