@@ -128,6 +128,7 @@ async def open_one(url: str, token: str | None, tally: Tally) -> LoadConnection:
     parsed = parse_uri(url)
     loop = asyncio.get_running_loop()
     for attempt in range(20):
+        connection = None
         try:
             _, connection = await loop.create_connection(
                 lambda: LoadConnection(url, token, tally), parsed.host, parsed.port
@@ -135,6 +136,8 @@ async def open_one(url: str, token: str | None, tally: Tally) -> LoadConnection:
             await asyncio.wait_for(connection.welcomed, timeout=60)
             return connection
         except (OSError, TimeoutError):
+            if connection is not None and connection.transport is not None:
+                connection.transport.abort()  # a handshake that timed out leaves no socket behind
             await asyncio.sleep(0.2 * (attempt + 1))
     raise RuntimeError(f"could not connect to {url}")
 
