@@ -58,6 +58,27 @@ def test_finishes():
     assert True
 """
 
+DISARM_WATCHED = """
+import pathlib
+import signal
+
+from tests.support import hard_timeout
+
+disarm = hard_timeout.Watchdog.disarm
+
+
+def watched(self):
+    pathlib.Path("alarm-left-at-disarm.txt").write_text(repr(signal.getitimer(signal.ITIMER_REAL)[0]))
+    disarm(self)
+
+
+hard_timeout.Watchdog.disarm = watched
+
+
+def test_finishes():
+    assert True
+"""
+
 
 def run_child(
     tmp_path: Path, source: str, grace: int = 1, *options: str, **others: str
@@ -99,7 +120,6 @@ def test_a_test_the_alarm_cannot_reach_ends_its_process_with_the_stacks_written(
 
 
 @pytest.mark.timeout(2 * CHILD_TIMEOUT)
-@pytest.mark.timeout(2 * CHILD_TIMEOUT)
 def test_under_xdist_the_run_goes_on_and_the_hung_test_is_not_run_again(tmp_path: Path) -> None:
     child, logs = run_child(tmp_path, HUNG, 1, "-n", "2", "--dist", "loadfile", "-rA", other=QUICK)
 
@@ -129,4 +149,14 @@ def test_a_test_that_finishes_leaves_no_stacks(tmp_path: Path) -> None:
 
     assert child.returncode == 0, child.stdout + child.stderr
     assert "1 passed" in child.stdout
+    assert logs == ""
+
+
+@pytest.mark.timeout(2 * CHILD_TIMEOUT)
+def test_the_watchdog_stands_until_the_alarm_is_cancelled(tmp_path: Path) -> None:
+    child, logs = run_child(tmp_path, DISARM_WATCHED, 1, "test_case.py")
+
+    assert child.returncode == 0, child.stdout + child.stderr
+    # No alarm can fire once the watchdog is disarmed: pytest-timeout cancelled its timer first.
+    assert float((tmp_path / "alarm-left-at-disarm.txt").read_text()) == 0.0
     assert logs == ""

@@ -21,6 +21,7 @@ import contextlib
 import faulthandler
 import os
 import threading
+from collections.abc import Generator
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,7 +136,15 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
     item.config.stash[WATCHDOG].arm(item, settings.timeout + item.config.stash[GRACE_KEY])
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
-    """The test ended within its limit, or pytest-timeout ended it: disarm (pytest-timeout cancels its own)."""
-    item.config.stash[WATCHDOG].disarm()
+@pytest.hookimpl(optionalhook=True, wrapper=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> Generator[None, object, object]:
+    """The test ended within its limit, or pytest-timeout ended it: disarm once pytest-timeout has cancelled its own.
+
+    In that order, because an alarm that fires while the watchdog is already disarmed has nothing behind it: seen
+    once, the alarm's handler ran inside a garbage callback during the disarming and the worker spun there for
+    good, with both of the watchdog's timers already cancelled.
+    """
+    try:
+        return (yield)
+    finally:
+        item.config.stash[WATCHDOG].disarm()
