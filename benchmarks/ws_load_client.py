@@ -35,8 +35,8 @@ from websockets.uri import parse_uri
 class Tally:
     """What every connection of this process received, and the coordinator's ``got`` lines."""
 
-    def __init__(self) -> None:
-        self.connections = 0
+    def __init__(self, connections: int) -> None:
+        self.connections = connections
         self.received = 0
         self.latencies: list[float] = []
         self.per_broadcast: Counter[int] = Counter()
@@ -151,8 +151,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     args = parser.parse_args()
 
-    tally = Tally()
-    tally.connections = args.count
+    tally = Tally(args.count)
     connections: list[LoadConnection] = []
     for start in range(0, args.count, args.batch):
         names = range(start, min(start + args.batch, args.count))

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from starlette.types import Send
 from starlette.websockets import WebSocket
 
 from library_api.realtime.connection import Connection, _Resume
@@ -156,11 +157,11 @@ class Peer:
             self.sent.append(message["text"])
 
 
-async def connected(peer: Peer, owner: Owner, queue_limit: int = 10) -> Connection:
+async def connected(peer: Peer, owner: Owner, queue_limit: int = 10, send: Send | None = None) -> Connection:
     websocket = WebSocket({"type": "websocket", "path": "/ws/a", "headers": []}, peer.receive, peer.send)
     await websocket.accept()
     principal = Principal("user:1", CredentialKind.ACCESS_TOKEN, frozenset(), frozenset())
-    return Connection(owner, websocket, "a", principal, "nonce", queue_limit)
+    return Connection(owner, websocket, "a", principal, "nonce", queue_limit, send=send)
 
 
 async def test_an_idle_connection_sends_at_once_and_holds_no_queue() -> None:
@@ -210,10 +211,7 @@ class FutureSender:
 
 async def test_a_server_send_that_returns_another_awaitable_is_driven_like_a_coroutine() -> None:
     peer, owner, server_send = Peer(), Owner(), FutureSender()
-    websocket = WebSocket({"type": "websocket", "path": "/ws/a", "headers": []}, peer.receive, peer.send)
-    await websocket.accept()
-    principal = Principal("user:1", CredentialKind.ACCESS_TOKEN, frozenset(), frozenset())
-    connection = Connection(owner, websocket, "a", principal, "nonce", 10, send=server_send)
+    connection = await connected(peer, owner, send=server_send)
     server_send.hold = True
     connection.offer("one")  # its future is pending: a writer carries the send on
     connection.offer("two")

@@ -2,9 +2,9 @@
 
 A message sent through Starlette's ``WebSocket.send`` passes three coroutines before it reaches the server: the
 ``WebSocket`` method (which checks the connection's state) and two exception-handling wrappers that only act on
-HTTP responses. A broadcast sends one message per connection: skipping them took the CPU of a fan-out to
-10,000 connections from 15% above a bare ``await ws.send_text`` loop's to within 3% of it
-(``docs/benchmarks.md``). :class:`ServerSendMiddleware`, the innermost layer of the stack, puts the ``send`` it
+HTTP responses. A broadcast sends one message per connection, so it pays them once per connection
+(``docs/benchmarks.md``, "The server's own send"). :class:`ServerSendMiddleware`, the innermost layer of the
+stack, puts the ``send`` it
 receives into the scope under :data:`SERVER_SEND`; the live-event route gives it to the connection, whose
 stream messages then go straight to it, while opening and closing still go through ``WebSocket`` and keep the
 framework's view of the connection's state right.
