@@ -91,7 +91,8 @@ async def test_many_clients_report_counts_and_latency(start_live: StartLive) -> 
 
     def subscribed() -> bool:
         connections = ctx.hub.connections()
-        return len(connections) == 4 and all("books" in c.topics.values() and not c.replaying for c in connections)
+        replayed = all(position.held is None for c in connections for position in c.streams.values())
+        return len(connections) == 4 and replayed and all("books" in c.topics.values() for c in connections)
 
     await wait_until(subscribed, within=30, what="four clients following books")
     for _ in range(3):

@@ -91,6 +91,10 @@ class _Resume:
                 return
 
 
+_SENT = object()
+"""What stepping a send coroutine gives when the send completed without waiting."""
+
+
 async def _awaiting(awaitable: Awaitable[None]) -> None:
     """A coroutine around a server's ``send`` result that is some other awaitable, so it can be driven alike."""
     await awaitable
@@ -104,7 +108,6 @@ class Connection:
         "client_id",
         "closed",
         "credential",
-        "epochs",
         "handler",
         "hub",
         "listed",
@@ -112,7 +115,6 @@ class Connection:
         "pending",
         "principal",
         "queue_limit",
-        "replaying",
         "send",
         "streams",
         "topics",
@@ -143,14 +145,10 @@ class Connection:
         self.pending: deque[str] | None = None
         """Messages waiting behind a send in progress; made when the first one has to wait, dropped when empty
         (an empty deque costs 600 bytes, which ten thousand idle connections would hold for nothing)."""
-        self.streams: dict[str, int] = {}
-        """Subscribed stream -> id of the last message queued from it (later ones only are sent)."""
-        self.epochs: dict[str, str] = {}
-        """Subscribed stream -> the epoch its position belongs to (unknown until the broker has named one)."""
+        self.streams: dict[str, StreamPosition] = {}
+        """Subscribed stream -> where it stands for this connection (the same object the hub delivers through)."""
         self.topics: dict[str, str] = {}
         """Subscribed stream -> the topic name the client used for it."""
-        self.replaying: dict[str, list[tuple[str | None, int, str]]] = {}
-        """Streams whose history is being fetched, with the live messages that arrived meanwhile."""
         self.closed = False
         self.handler = asyncio.current_task()
         """The task serving this connection (its receive loop), created by the server for the handshake."""
@@ -173,7 +171,7 @@ class Connection:
         if self.closed:
             return
         if self.writer is None:
-            self._send_now(text)
+            self.send_now(text)
             return
         pending = self.pending
         if pending is None:
@@ -183,59 +181,21 @@ class Connection:
             return
         pending.append(text)
 
-    def _send_now(self, text: str) -> None:
-        """Start sending ``text``; if the socket makes the send wait, a writer task carries it on."""
+    def send_now(self, text: str) -> None:
+        """Start sending ``text`` now (nothing may be queued); if the socket makes it wait, a writer carries it on."""
         sending = self.send({"type": "websocket.send", "text": text})
         if not isinstance(sending, CoroutineType):  # ASGI allows any awaitable; the servers here give coroutines
             sending = _awaiting(sending)
         try:
-            waiting_on = sending.send(None)
-        except StopIteration:
-            self.hub.messages_sent += 1
-            return
+            # One step of the coroutine: ``next`` with a default, rather than ``send(None)``, lets a send that completes
+            # on the spot end without raising StopIteration (one exception per message saved).
+            waiting_on = next(sending.__await__(), _SENT)
+            if waiting_on is _SENT:
+                self.hub.messages_sent += 1
+                return
         except (WebSocketDisconnect, OSError, RuntimeError):
             return  # the peer is gone: the receiving side notices and unregisters
         self.writer = asyncio.get_running_loop().create_task(self._write(_Resume(sending, waiting_on)))
-
-    def offer_event(self, stream: str, epoch: str | None, event_id: int, text: str) -> None:
-        """Queue a stream message unless it was already queued (ids only ever move forward per stream).
-
-        A message of another epoch than the one the position belongs to means the stream's numbering
-        restarted under this subscription (the broker lost its history): the client gets a ``resync`` first,
-        and the position starts again in the new epoch, so no message of the new numbering is taken for one
-        already sent.
-        """
-        # A broadcast runs this once per subscriber: the common case (no replay, the epoch known, a new id, nothing
-        # queued) goes straight to the socket.
-        if self.replaying:
-            buffer = self.replaying.get(stream)
-            if buffer is not None:
-                buffer.append((epoch, event_id, text))
-                return
-        if epoch is not None and self.epochs.get(stream) != epoch:
-            self._follow_epoch(stream, epoch)
-        streams = self.streams
-        if event_id <= streams.get(stream, 0):
-            return
-        streams[stream] = event_id
-        if self.writer is None and not self.closed:
-            self._send_now(text)
-        else:
-            self.offer(text)
-
-    def _follow_epoch(self, stream: str, epoch: str) -> None:
-        """The stream's messages now come in ``epoch``: the first one names it; a change restarts the position."""
-        if self.epochs.get(stream) is not None:
-            self._restart(stream, epoch)
-        self.epochs[stream] = epoch
-
-    def _restart(self, stream: str, epoch: str) -> None:
-        """The stream's numbering restarted under a live subscription: tell the client, start the position again."""
-        self.hub.resyncs += 1
-        self.streams[stream] = 0
-        topic = self.topics.get(stream, stream)
-        data = {"topic": topic, "last_event_id": None, "latest": None, "epoch": epoch, "reason": RESYNC_EPOCH}
-        self.offer(control("resync", data))
 
     async def _write(self, in_flight: _Resume) -> None:
         send = self.send
@@ -274,3 +234,65 @@ class Connection:
             if handler is not None and handler is not asyncio.current_task() and not handler.done():
                 self.abandoned = True
                 handler.cancel()
+
+
+class StreamPosition:
+    """One subscription of one connection as delivery sees it: the last id queued from the stream, and its epoch.
+
+    The hub keeps these as the values of its per-stream subscriber map and a broadcast calls :meth:`offer` on each,
+    so a message reaches a subscriber through two small objects, this one and its connection, instead of through
+    lookups in the connection's own per-stream dictionaries. At 10,000 connections those lookups (a dictionary
+    and its table for the position, the same again for the epoch, one more to see whether a replay was under way)
+    were most of what the service's fan-out cost beyond a bare loop of sends; see ``docs/benchmarks.md``.
+    """
+
+    __slots__ = ("connection", "epoch", "held", "last_id", "stream")
+
+    def __init__(self, connection: Connection, stream: str, last_id: int = 0) -> None:
+        self.connection = connection
+        self.stream = stream
+        self.last_id = last_id
+        """Id of the last message queued from the stream (later ones only are sent)."""
+        self.epoch: str | None = None
+        """The epoch ``last_id`` belongs to (unknown until the broker has named one)."""
+        self.held: list[tuple[str | None, int, str]] | None = None
+        """While the stream's history is being fetched: the live messages that arrived meanwhile, sent after it."""
+
+    def offer(self, epoch: str | None, event_id: int, text: str) -> None:
+        """Queue a stream message unless it was already queued (ids only ever move forward per stream).
+
+        A message of another epoch than the one the position belongs to means the stream's numbering
+        restarted under this subscription (the broker lost its history): the client gets a ``resync`` first,
+        and the position starts again in the new epoch, so no message of the new numbering is taken for one
+        already sent.
+        """
+        # A broadcast runs this once per subscriber: the common case (no replay, the epoch known, a new id, nothing
+        # queued) goes straight to the socket.
+        if self.held is not None:
+            self.held.append((epoch, event_id, text))
+            return
+        if epoch is not None and epoch != self.epoch:
+            self._follow(epoch)
+        if event_id <= self.last_id:
+            return
+        self.last_id = event_id
+        connection = self.connection
+        if connection.writer is None and not connection.closed:
+            connection.send_now(text)
+        else:
+            connection.offer(text)
+
+    def _follow(self, epoch: str) -> None:
+        """The stream's messages now come in ``epoch``: the first one names it; a change restarts the position."""
+        if self.epoch is not None:
+            self._restart(epoch)
+        self.epoch = epoch
+
+    def _restart(self, epoch: str) -> None:
+        """The stream's numbering restarted under a live subscription: tell the client, start the position again."""
+        connection = self.connection
+        connection.hub.resyncs += 1
+        self.last_id = 0
+        topic = connection.topics.get(self.stream, self.stream)
+        data = {"topic": topic, "last_event_id": None, "latest": None, "epoch": epoch, "reason": RESYNC_EPOCH}
+        connection.offer(control("resync", data))

@@ -29,7 +29,8 @@ from typing import Any
 from library_api.config import Settings
 from library_api.lifecycle.shutdown import ShutdownCoordinator
 from library_api.realtime.broker import Broker, BrokerUnavailable
-from library_api.realtime.connection import Connection
+from library_api.realtime.connection import Connection, StreamPosition
+from library_api.realtime.fanout import Fanout
 from library_api.realtime.topics import (
     AUTOMATIC_TOPICS,
     HEARTBEAT,
@@ -70,8 +71,8 @@ class Hub:
         self._shutdown = shutdown
         self._lock = asyncio.Lock()
         self._connections: dict[tuple[str, str], Connection] = {}
-        self._subscribers: dict[str, dict[Connection, None]] = {}
-        """Stream -> its local subscribers, in subscription order (a dict as an ordered set)."""
+        self._fanouts: dict[str, Fanout] = {}
+        """Stream -> its local subscribers (:mod:`library_api.realtime.fanout`)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._heartbeat_id = 0
@@ -167,10 +168,9 @@ class Hub:
 
     def deliver(self, stream: str, epoch: str | None, event_id: int, text: str) -> None:
         """Queue a numbered message for every local subscriber of ``stream`` (never awaits)."""
-        subscribers = self._subscribers.get(stream)
-        if subscribers:
-            for connection in list(subscribers):
-                connection.offer_event(stream, epoch, event_id, text)
+        fanout = self._fanouts.get(stream)
+        if fanout is not None:
+            fanout.deliver(epoch, event_id, text)
 
     def on_control(self, notice: dict[str, Any]) -> None:
         """Act on a notice from any worker: a client id reconnected elsewhere, or a fanout gap to resync."""
@@ -186,8 +186,9 @@ class Hub:
                 for stream, topic in connection.topics.items():
                     if stream != HEARTBEAT:
                         self.resyncs += 1
-                        connection.streams[stream] = 0
-                        connection.epochs.pop(stream, None)  # the next message names the epoch to follow
+                        position = self._fanouts[stream].detach(connection)
+                        if position is not None:
+                            position.last_id, position.epoch = 0, None  # the next message names the epoch
                         connection.offer(
                             control("resync", {"topic": topic, "latest": None, "reason": "messages were lost"})
                         )
@@ -218,7 +219,7 @@ class Hub:
             self.connections_opened += 1
             connection.listed = True
             for topic in AUTOMATIC_TOPICS:
-                self._add_subscriber(connection, Subscription(topic, topic), 0)
+                self._add_subscriber(connection, Subscription(topic, topic))
         if previous is not None:
             self.connections_replaced += 1
             await previous.close(CLOSE_REPLACED, REASON_REPLACED, functools.partial(self._forget, previous))
@@ -278,21 +279,21 @@ class Hub:
 
     # ----- subscriptions -----
 
-    def _add_subscriber(self, connection: Connection, subscription: Subscription, last_id: int) -> None:
-        connection.streams[subscription.stream] = last_id
+    def _add_subscriber(self, connection: Connection, subscription: Subscription) -> StreamPosition:
+        position = StreamPosition(connection, subscription.stream)
+        connection.streams[subscription.stream] = position
         connection.topics[subscription.stream] = subscription.topic
-        self._subscribers.setdefault(subscription.stream, {})[connection] = None
+        self._fanouts.setdefault(subscription.stream, Fanout()).add(position)
+        return position
 
     def _remove_subscriber(self, connection: Connection, stream: str) -> None:
         connection.streams.pop(stream, None)
-        connection.epochs.pop(stream, None)
         connection.topics.pop(stream, None)
-        connection.replaying.pop(stream, None)
-        subscribers = self._subscribers.get(stream)
-        if subscribers is not None:
-            subscribers.pop(connection, None)
-            if not subscribers:
-                del self._subscribers[stream]
+        fanout = self._fanouts.get(stream)
+        if fanout is not None:
+            fanout.remove(connection)
+            if not fanout:
+                del self._fanouts[stream]
 
     async def subscribe(
         self, connection: Connection, topic: str, last_event_id: int | None, last_event_epoch: str | None = None
@@ -313,11 +314,11 @@ class Hub:
             )
             return
         self._remove_subscriber(connection, subscription.stream)
-        self._add_subscriber(connection, subscription, 0)
+        position = self._add_subscriber(connection, subscription)
         if not subscription.replayable:
             connection.offer(control("subscribed", {"topic": topic, "last_event_id": None, "replayed": 0}))
             return
-        connection.replaying[subscription.stream] = []
+        position.held = []
         messages: list[tuple[int, str]] = []
         epoch: str | None = None
         reason: str | None = None
@@ -329,9 +330,10 @@ class Hub:
             epoch, start, reason = replay.epoch, replay.latest, replay.reason
             if replay.complete and last_event_id is not None:
                 start, messages = last_event_id, replay.messages
-        held = connection.replaying.pop(subscription.stream, None)
-        if held is None or connection.closed:
-            return  # unsubscribed or closed while the history was read
+        held = position.held
+        if held is None or connection.closed or connection.streams.get(subscription.stream) is not position:
+            return  # unsubscribed, subscribed anew or closed while the history was read
+        position.held = None
         known = None if epoch is None else start
         if reason is not None:
             self.resyncs += 1
@@ -343,13 +345,13 @@ class Hub:
                 {"topic": topic, "last_event_id": known, "epoch": epoch, "replayed": len(messages)},
             )
         )
-        connection.streams[subscription.stream] = start
+        position.last_id = start
         if epoch is not None:
-            connection.epochs[subscription.stream] = epoch
+            position.epoch = epoch
         for event_id, text in messages:
-            connection.offer_event(subscription.stream, epoch, event_id, text)
+            position.offer(epoch, event_id, text)
         for held_epoch, event_id, text in held:
-            connection.offer_event(subscription.stream, held_epoch, event_id, text)
+            position.offer(held_epoch, event_id, text)
 
     def unsubscribe(self, connection: Connection, topic: str) -> bool:
         """Stop a subscription; ``False`` when the connection had none for ``topic``."""
