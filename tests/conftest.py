@@ -20,10 +20,10 @@ from fastapi import FastAPI
 from redis import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from library_api.app import create_app
+from library_api.app import build_context, create_app
 from library_api.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from library_api.config import Settings
-from library_api.db.engine import Database, create_engine
+from library_api.db.engine import Database, create_database, create_engine
 from library_api.dependencies.context import AppContext
 from library_api.resilience.breaker import CircuitBreaker
 from library_api.resilience.redis import GuardedRedis
@@ -219,6 +219,15 @@ async def committed_url(db_template: DatabaseTemplate, tmp_path: Path) -> AsyncI
     url = await db_template.clone(tmp_path)
     yield url
     await db_template.drop_clone(url)
+
+
+@pytest_asyncio.fixture
+async def committed_ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
+    """The services wired against a committed database, to make users and tokens for the servers a test runs."""
+    settings = fast_settings(database_url=committed_url, upload_dir=tmp_path)
+    database = create_database(settings)
+    yield build_context(settings, database)
+    await database.dispose()
 
 
 AppFactory = Callable[..., Awaitable[FastAPI]]

@@ -15,19 +15,15 @@ import re
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from websockets.asyncio.client import connect
 
-from library_api.app import build_context
-from library_api.db.engine import create_database
 from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
-from tests.conftest import fast_settings
 from tests.support.factories import PASSWORD, bearer, create_user, token_for
 from tests.support.live import closed_with, receive, receive_until
 from tests.support.polling import WaitTimeout, wait_until
@@ -49,12 +45,10 @@ CLOSING = re.compile(
 )
 
 
-@pytest_asyncio.fixture
-async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
-    settings = fast_settings(database_url=committed_url, upload_dir=tmp_path)
-    database = create_database(settings)
-    yield build_context(settings, database)
-    await database.dispose()
+@pytest.fixture
+def ctx(committed_ctx: AppContext) -> AppContext:
+    """The services wired against this test's committed database (``committed_ctx``)."""
+    return committed_ctx
 
 
 LAYOUTS = [("uvicorn", 1), ("uvicorn", 2), ("gunicorn", 2)]

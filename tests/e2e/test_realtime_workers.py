@@ -6,21 +6,17 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from library_api.app import build_context
-from library_api.db.engine import create_database
 from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
-from tests.conftest import fast_settings
 from tests.support.factories import bearer, create_user, token_for, unique_isbn
 from tests.support.live import read_until_sentinel, receive, receive_until, subscribe
 from tests.support.processes import ServerProcess
@@ -36,13 +32,10 @@ pytestmark = [
 CLIENTS = 100
 
 
-@pytest_asyncio.fixture
-async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
-    """The services wired against the servers' database, for creating users and tokens directly."""
-    settings = fast_settings(database_url=committed_url, upload_dir=tmp_path)
-    database = create_database(settings)
-    yield build_context(settings, database)
-    await database.dispose()
+@pytest.fixture
+def ctx(committed_ctx: AppContext) -> AppContext:
+    """The services wired against this test's committed database (``committed_ctx``)."""
+    return committed_ctx
 
 
 @pytest.fixture

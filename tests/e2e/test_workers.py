@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.pinning import one_connection, pinned_workers
 from tests.support.databases import empty_postgres_database
 from tests.support.factories import unique_isbn
+from tests.support.metrics import samples
 from tests.support.polling import wait_for
 from tests.support.private_services import PrivateRedis, running_redis
 from tests.support.processes import TEST_ENVIRONMENT, ServerProcess, migrated_server
@@ -118,14 +118,6 @@ def pinned(server: ServerProcess) -> httpx.AsyncClient:
 def own_address() -> dict[str, str]:
     """A client address (forwarded by the trusted proxy) no other test or run uses: a rate-limit window of its own."""
     return {"X-Forwarded-For": f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"}
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 def worker_pids(server: ServerProcess, request_ids: set[str]) -> dict[str, int]:

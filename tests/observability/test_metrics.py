@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from library_api.db.base import utcnow
 from library_api.observability.metrics import Metrics, query_type
@@ -15,19 +14,11 @@ from library_api.security.permissions import Role
 from tests.conftest import AppFactory
 from tests.support.factories import PASSWORD, bearer, create_book, create_user, token_for, unique_email, user_headers
 from tests.support.http import client_for
+from tests.support.metrics import samples
 
 UNCACHED_LIST = "/api/v1/bookings?limit=20&status=active"
 """A reader's booking list that is read from the database every time: a filtered list is never served from the
 reader's page cache (``bookings/page_cache.py``), and this test is about what the database read does."""
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape, keyed by name and sorted labels."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 def value(text: str, name: str, **labels: str) -> float:

@@ -24,7 +24,6 @@ from redis import Redis
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from library_api.app import build_context
 from library_api.books.schemas import BookCreate
 from library_api.db.base import utcnow
 from library_api.db.engine import Database, create_database
@@ -54,12 +53,10 @@ async def database(committed_url: str) -> AsyncIterator[Database]:
     await db.dispose()
 
 
-@pytest_asyncio.fixture
-async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
-    settings = fast_settings(database_url=committed_url, upload_dir=tmp_path)
-    db = create_database(settings)
-    yield build_context(settings, db)
-    await db.dispose()
+@pytest.fixture
+def ctx(committed_ctx: AppContext) -> AppContext:
+    """The services wired against this test's committed database (``committed_ctx``)."""
+    return committed_ctx
 
 
 def book_event(book_id: int, title: str = "T") -> DomainEvent:

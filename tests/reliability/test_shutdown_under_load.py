@@ -27,24 +27,20 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from library_api.app import build_context
-from library_api.db.engine import create_database
 from library_api.dependencies.context import AppContext
 from library_api.security.permissions import Role
-from tests.conftest import fast_settings
 from tests.reliability.conftest import Record
 from tests.support.factories import bearer, create_user, token_for
 from tests.support.live import closed_with, receive, receive_until
+from tests.support.metrics import samples
 from tests.support.processes import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
@@ -128,12 +124,10 @@ class Load:
             await asyncio.sleep(0.02)
 
 
-@pytest_asyncio.fixture
-async def ctx(committed_url: str, tmp_path: Path) -> AsyncIterator[AppContext]:
-    settings = fast_settings(database_url=committed_url, upload_dir=tmp_path)
-    database = create_database(settings)
-    yield build_context(settings, database)
-    await database.dispose()
+@pytest.fixture
+def ctx(committed_ctx: AppContext) -> AppContext:
+    """The services wired against this test's committed database (``committed_ctx``)."""
+    return committed_ctx
 
 
 def serve(committed_url: str, tmp_path: Path, server: str, workers: int) -> ServerProcess:
@@ -250,14 +244,6 @@ def lost_on_open_connections(calls: list[Call]) -> dict[Call, bool]:
             lost[call] = before is not None and before.status is not None and not before.announced_close
         previous[call.caller] = call
     return lost
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 def access_pids(server: ServerProcess) -> dict[str, int]:
