@@ -106,3 +106,84 @@ async def test_an_entry_expires_exactly_ttl_after_it_was_stored() -> None:
     now[0] += 0.5  # PRINCIPAL_CACHE_TTL's promise: a state is never used once its TTL has passed
     assert await cache.get(1, fresh) == "loaded"
     assert fresh.calls == 1
+
+
+class BatchLoader:
+    """A load of many keys at once that records which keys each call asked for and waits for the test's release."""
+
+    def __init__(self, missing: frozenset[int] = frozenset()) -> None:
+        self.calls: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.missing = missing
+        """Keys the load leaves out of its answer (a loader that breaks its contract)."""
+
+    async def __call__(self, keys: list[int]) -> dict[int, str]:
+        self.calls.append(keys)
+        await self.release.wait()
+        return {key: f"state {key}" for key in keys if key not in self.missing}
+
+
+async def test_a_refresh_loads_only_the_stale_keys_in_one_call_and_gets_meanwhile_share_it() -> None:
+    cache: TimedCache[int, str] = TimedCache(ttl=60, max_entries=10)
+    cache.remember(1, "fresh")
+    batch = BatchLoader()
+    refreshing = asyncio.create_task(cache.refresh([1, 2, 3, 3], batch))
+    await asyncio.sleep(0)
+    single = Loader("unused")
+    waiter = asyncio.create_task(cache.get(2, single))  # loading already: shares the batch
+    again = asyncio.create_task(cache.refresh([2, 3], BatchLoader()))  # nothing left to load
+    await asyncio.sleep(0)
+    batch.release.set()
+    await refreshing
+    await again
+    assert await waiter == "state 2"
+    assert batch.calls == [[2, 3]]
+    assert single.calls == 0
+    assert [await cache.get(key, Loader("unused")) for key in (1, 2, 3)] == ["fresh", "state 2", "state 3"]
+
+
+async def test_a_write_during_a_refresh_wins_and_a_fresh_cache_loads_nothing() -> None:
+    cache: TimedCache[int, str] = TimedCache(ttl=60, max_entries=10)
+    batch = BatchLoader()
+    refreshing = asyncio.create_task(cache.refresh([1, 2], batch))
+    await asyncio.sleep(0)
+    cache.remember(1, "written")
+    batch.release.set()
+    await refreshing
+    assert await cache.get(1, Loader("unused")) == "written"
+    idle = BatchLoader()
+    await cache.refresh([1, 2], idle)
+    assert idle.calls == []
+
+
+async def test_a_failed_refresh_reaches_its_caller_and_the_waiters_and_stores_nothing() -> None:
+    cache: TimedCache[int, str] = TimedCache(ttl=60, max_entries=10)
+    batch = BatchLoader(missing=frozenset({2}))
+    refreshing = asyncio.create_task(cache.refresh([1, 2], batch))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(cache.get(1, Loader("unused")))
+    await asyncio.sleep(0)
+    batch.release.set()
+    with pytest.raises(KeyError):
+        await refreshing
+    with pytest.raises(KeyError):
+        await waiter
+    recovered = Loader("recovered")
+    recovered.release.set()
+    assert await cache.get(1, recovered) == "recovered"
+    assert recovered.calls == 1
+
+
+async def test_a_cancelled_refresh_cancels_the_waiters_of_its_keys() -> None:
+    cache: TimedCache[int, str] = TimedCache(ttl=60, max_entries=10)
+    batch = BatchLoader()
+    refreshing = asyncio.create_task(cache.refresh([1], batch))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(cache.get(1, Loader("unused")))
+    await asyncio.sleep(0)
+    refreshing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await refreshing
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert batch.calls == [[1]]

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import event, update
 from websockets.asyncio.client import ClientConnection, connect
 
 from library_api.dependencies.context import AppContext
@@ -27,6 +28,7 @@ from library_api.realtime.topics import Subscription
 from library_api.security.permissions import Role
 from library_api.security.principal import CredentialKind, Principal
 from library_api.security.tokens import TokenService
+from library_api.users.models import User
 from library_api.users.schemas import UserAdminUpdate
 from tests.realtime.conftest import SQLITE_ONLY, StartLive
 from tests.support.certs import PKI
@@ -314,6 +316,39 @@ async def test_connections_opened_with_one_token_share_its_credential_and_each_i
         for client in (one, two, three):
             assert (await closed_with(client))[0] == 4401
     assert ctx.credentials.expired == 3
+
+
+@live_app
+async def test_a_check_of_many_callers_reads_their_accounts_in_one_statement_and_acts_on_what_it_read(
+    start_live: StartLive,
+) -> None:
+    live, ctx = await start_live(**MANUAL)
+    users = [await create_user(ctx, Role.READER) for _ in range(12)]
+    clients = [await open_client(live, f"caller-{n}", token_for(ctx, user)) for n, user in enumerate(users)]
+    deactivated = users[3]
+    async with ctx.database.sessionmaker() as session:  # behind the service's back: only a fresh read can see it
+        await session.execute(update(User).where(User.id == deactivated.id).values(is_active=False))
+        await session.commit()
+    for user in users:
+        ctx.accounts.forget(user.id)  # every cached state expired, as it does every PRINCIPAL_CACHE_TTL
+    account_reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM users" in statement:
+            account_reads.append(statement)
+
+    event.listen(ctx.database.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await ctx.credentials.sweep()
+    finally:
+        event.remove(ctx.database.engine.sync_engine, "before_cursor_execute", record)
+    assert len(account_reads) == 1, account_reads  # one per account before: twelve, one after another
+    assert (await closed_with(clients[3]))[0] == 4401
+    await broadcast(ctx, "sentinel")
+    for n, client in enumerate(clients):
+        if n != 3:
+            assert (await receive(client))["data"]["message"] == "sentinel"
+            await client.close()
 
 
 def test_a_credential_hashes_and_compares_by_what_it_holds() -> None:

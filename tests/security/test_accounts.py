@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from sqlalchemy import update
 
 from library_api.dependencies.context import AppContext
+from library_api.users import accounts
 from library_api.users.accounts import AccountState, AccountStateCache
 from library_api.users.models import User
 from tests.support.factories import create_user
@@ -85,3 +87,25 @@ async def test_ttl_zero_always_reads(ctx: AppContext) -> None:
     state = await uncached.get(user.id)
     assert state == AccountState.of(user)
     assert (state.role, state.token_version, state.email) == ("reader", 0, user.email)
+
+
+async def test_a_refresh_reads_every_stale_account_together_in_chunks_and_caches_the_missing_too(
+    ctx: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accounts, "REFRESH_CHUNK", 2)  # three accounts and a missing id: two statements
+    users = [await create_user(ctx) for _ in range(3)]
+    clock = Clock()
+    cache = AccountStateCache(ctx.database.sessionmaker, ttl=5, clock=clock)
+    assert await name_in(cache, users[0].id) == users[0].full_name
+    for user in users:
+        await rename(ctx, user.id, f"Renamed {user.id}")
+    missing = max(user.id for user in users) + 1000
+    await cache.refresh([*(user.id for user in users), missing])
+    for user in users:
+        await rename(ctx, user.id, "Renamed after the refresh")  # what a get shows now comes from the cache
+    assert await name_in(cache, users[0].id) == users[0].full_name  # still fresh: not read again
+    assert [await name_in(cache, user.id) for user in users[1:]] == [f"Renamed {user.id}" for user in users[1:]]
+    assert await cache.get(missing) is None
+    clock.now += 5
+    await cache.refresh(user.id for user in users)
+    assert [await name_in(cache, user.id) for user in users] == ["Renamed after the refresh"] * 3

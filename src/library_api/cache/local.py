@@ -18,9 +18,10 @@ checked by moving a clock rather than by waiting for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -49,6 +50,39 @@ class TimedCache(Generic[K, V]):
             pending.add_done_callback(lambda done: self._loaded(key, done))
         # Shielded: a waiter that goes away (a client disconnecting) must not cancel the load for the others.
         return await asyncio.shield(pending)
+
+    async def refresh(self, keys: Iterable[K], load: Callable[[list[K]], Awaitable[Mapping[K, V]]]) -> None:
+        """Load, with one call of ``load``, every key of ``keys`` that has no fresh value and no load under way.
+
+        For a caller about to read many keys at once (the periodic check of every live connection's account):
+        one statement for all of them instead of one per key. Each key is loading while the call runs, so a
+        :meth:`get` of it meanwhile awaits the same result, and a write meanwhile wins over it, as with a load of one.
+        """
+        now = self._clock()
+        stale = []
+        for key in dict.fromkeys(keys):
+            cached = self._entries.get(key)
+            if (cached is None or cached[0] <= now) and key not in self._loading:
+                stale.append(key)
+        if not stale:
+            return
+        loop = asyncio.get_running_loop()
+        pending = {key: loop.create_future() for key in stale}
+        for key, future in pending.items():
+            self._loading[key] = future
+            future.add_done_callback(functools.partial(self._loaded, key))
+        try:
+            values = await load(stale)
+            results = [values[key] for key in stale]  # a key the loader left out fails them all, as an error does
+        except BaseException as exc:
+            for future in pending.values():
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            raise
+        for future, value in zip(pending.values(), results, strict=True):
+            future.set_result(value)
 
     def _loaded(self, key: K, done: asyncio.Future[V]) -> None:
         if self._loading.get(key) is not done:

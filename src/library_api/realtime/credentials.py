@@ -6,8 +6,9 @@ everywhere or an API token's revocation. So each connection keeps the credential
 token, an API token or a client certificate, see :class:`Credential`), and every ``WS_CREDENTIAL_CHECK_INTERVAL``
 seconds :class:`CredentialGuard` resolves each distinct credential again through the same
 :class:`~library_api.security.authentication.Authenticator` HTTP uses. Its account and token caches make that
-one lookup per account or token per ``PRINCIPAL_CACHE_TTL``, whatever the number of connections, and the
-check needs no message between workers: each worker sees the change when its cache does.
+one lookup per account or token per ``PRINCIPAL_CACHE_TTL``, whatever the number of connections (and the
+accounts of all the access tokens are read together, a few hundred per statement), and the check needs no
+message between workers: each worker sees the change when its cache does.
 
 The outcome is applied at once, without awaiting in between, so no event is queued for the connection after
 the decision:
@@ -193,6 +194,13 @@ class CredentialGuard:
                 else:
                     group.append(connection)
         self._held = {credential: credential for credential in groups}
+        # The accounts behind every access token, read together: one statement per few hundred callers rather than
+        # one per caller, one after another, whenever their cached state has expired (every PRINCIPAL_CACHE_TTL).
+        await self.authenticator.refresh_accounts(
+            credential.secret
+            for credential in groups
+            if credential.kind is CredentialKind.ACCESS_TOKEN and credential.secret is not None
+        )
         for credential, connections in groups.items():
             try:
                 principal: Principal | None = await self._resolve(credential)

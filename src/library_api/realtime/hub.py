@@ -9,9 +9,9 @@ The hub is a :class:`~library_api.lifecycle.shutdown.Drainer`: on shutdown it re
 accepted and closed at once with 1001, so that browsers see a close code and a reason), tells every client the
 deadline with a ``shutdown`` message, keeps serving them while they leave, and closes the rest with 1001.
 
-The file is longer than most because :class:`Hub` is one cohesive class: the registry, the subscriptions and
-the delivery share one lock and one pass of the event loop, and splitting them would spread that invariant.
-What a connection itself needs of the hub is only :class:`~library_api.realtime.connection.ConnectionOwner`.
+:class:`Hub` is one cohesive class (the registry, the subscriptions and the delivery share one lock and one pass
+of the event loop); how one stream's message reaches its subscribers is :mod:`library_api.realtime.fanout`, and
+what a connection needs of the hub is only :class:`~library_api.realtime.connection.ConnectionOwner`.
 """
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ class Hub:
         self._shutdown = shutdown
         self._lock = asyncio.Lock()
         self._connections: dict[tuple[str, str], Connection] = {}
-        self._fanouts: dict[str, Fanout] = {}
-        """Stream -> its local subscribers (:mod:`library_api.realtime.fanout`)."""
+        self._fanouts: dict[str, Fanout] = {}  # stream -> its local subscribers
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._heartbeat_id = 0

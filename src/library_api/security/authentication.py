@@ -18,6 +18,7 @@ context refused (the extension then carries ``client_cert_error`` and no certifi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from starlette.requests import HTTPConnection
@@ -56,6 +57,9 @@ class AccountLookup(Protocol):
 
     async def get(self, user_id: int, /) -> AccountFacts | None:
         """The account's current state, or ``None`` when it does not exist."""
+
+    async def refresh(self, user_ids: Iterable[int], /) -> None:
+        """Make the state of all these accounts fresh at once (reading the stale ones together)."""
 
 
 class ApiTokenFacts(Protocol):
@@ -147,6 +151,21 @@ class Authenticator:
             permissions=self.policy.permissions_for(roles),
             user_id=claims.user_id,
         )
+
+    async def refresh_accounts(self, tokens: Iterable[str]) -> None:
+        """Read together the accounts behind these access tokens that are not fresh in the cache.
+
+        For callers about to resolve many tokens at once (the live-event credential check): the resolutions
+        that follow then find every account cached. Tokens that are not valid access tokens are left to them.
+        """
+        user_ids = []
+        for token in tokens:
+            if not is_api_token(token):
+                try:
+                    user_ids.append(self.tokens.verify_access(token).user_id)
+                except InvalidToken:
+                    continue
+        await self.accounts.refresh(user_ids)
 
     def from_certificate(self, pem: str) -> Principal:
         """The caller named by a verified client certificate (PEM); the answer is kept per certificate."""
