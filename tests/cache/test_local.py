@@ -23,6 +23,14 @@ class Loader:
         return self.value
 
 
+async def assert_loads_again(cache: TimedCache[int, str], key: int) -> None:
+    """Nothing was stored for ``key``: its next get loads it, once."""
+    recovered = Loader("recovered")
+    recovered.release.set()
+    assert await cache.get(key, recovered) == "recovered"
+    assert recovered.calls == 1
+
+
 async def test_concurrent_misses_share_one_load() -> None:
     cache: TimedCache[int, str] = TimedCache(ttl=60, max_entries=10)
     loader = Loader("state")
@@ -74,10 +82,7 @@ async def test_a_failed_load_reaches_every_waiter_and_is_not_stored() -> None:
     gate.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(result, ConnectionError) for result in results)
-    recovered = Loader("recovered")
-    recovered.release.set()
-    assert await cache.get(1, recovered) == "recovered"
-    assert recovered.calls == 1
+    await assert_loads_again(cache, 1)
 
 
 async def test_bounded_and_ttl_zero_never_stores() -> None:
@@ -168,10 +173,7 @@ async def test_a_failed_refresh_reaches_its_caller_and_the_waiters_and_stores_no
         await refreshing
     with pytest.raises(KeyError):
         await waiter
-    recovered = Loader("recovered")
-    recovered.release.set()
-    assert await cache.get(1, recovered) == "recovered"
-    assert recovered.calls == 1
+    await assert_loads_again(cache, 1)
 
 
 async def test_a_cancelled_refresh_cancels_the_waiters_of_its_keys() -> None:
