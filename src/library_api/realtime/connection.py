@@ -239,11 +239,10 @@ class Connection:
 class StreamPosition:
     """One subscription of one connection as delivery sees it: the last id queued from the stream, and its epoch.
 
-    The hub keeps these as the values of its per-stream subscriber map and a broadcast calls :meth:`offer` on each,
-    so a message reaches a subscriber through two small objects, this one and its connection, instead of through
-    lookups in the connection's own per-stream dictionaries. At 10,000 connections those lookups (a dictionary
-    and its table for the position, the same again for the epoch, one more to see whether a replay was under way)
-    were most of what the service's fan-out cost beyond a bare loop of sends; see ``docs/benchmarks.md``.
+    Shared by the connection and its stream's :class:`~library_api.realtime.fanout.Fanout`, which checks
+    :meth:`offer` only for the subscribers that follow a place of their own (new, replaying, resumed, resynced);
+    for those in step with the stream it checks a message once for all of them, and their fields are brought up to
+    date only when one leaves that group (:meth:`~library_api.realtime.fanout.Fanout.detach`).
     """
 
     __slots__ = ("connection", "epoch", "held", "last_id", "stream")
@@ -266,8 +265,6 @@ class StreamPosition:
         and the position starts again in the new epoch, so no message of the new numbering is taken for one
         already sent.
         """
-        # A broadcast runs this once per subscriber: the common case (no replay, the epoch known, a new id, nothing
-        # queued) goes straight to the socket.
         if self.held is not None:
             self.held.append((epoch, event_id, text))
             return
@@ -276,11 +273,7 @@ class StreamPosition:
         if event_id <= self.last_id:
             return
         self.last_id = event_id
-        connection = self.connection
-        if connection.writer is None and not connection.closed:
-            connection.send_now(text)
-        else:
-            connection.offer(text)
+        self.connection.offer(text)
 
     def _follow(self, epoch: str) -> None:
         """The stream's messages now come in ``epoch``: the first one names it; a change restarts the position."""

@@ -70,7 +70,7 @@ class Fanout:
                     self.detach(connection)
             elif event_id > self.last_id:
                 self.last_id = event_id
-                for connection in list(in_step):
+                for connection in list(in_step):  # Connection.offer, its common case inlined: a call less each
                     if connection.writer is None and not connection.closed:
                         connection.send_now(text)
                     else:

@@ -48,9 +48,9 @@ class AccountState:
         )
 
 
-_COLUMNS = (User.role, User.is_active, User.token_version, User.email, User.full_name, User.created_at)
-_STATE = select(*_COLUMNS).where(User.id == bindparam("user_id"))
-_STATES = select(User.id, *_COLUMNS).where(User.id.in_(bindparam("user_ids", expanding=True)))
+_STATES = select(
+    User.id, User.role, User.is_active, User.token_version, User.email, User.full_name, User.created_at
+).where(User.id.in_(bindparam("user_ids", expanding=True)))
 REFRESH_CHUNK = 500
 """Accounts read by one statement of :meth:`AccountStateCache.refresh` (well under SQLite's 999 parameters)."""
 
@@ -97,9 +97,7 @@ class AccountStateCache:
         return states
 
     async def _load(self, user_id: int) -> AccountState | None:
-        async with self._sessionmaker() as session:
-            row = (await session.execute(_STATE, {"user_id": user_id})).one_or_none()
-        return None if row is None else AccountState(**row._mapping)
+        return (await self._load_many([user_id]))[user_id]
 
     def remember(self, user_id: int, state: AccountState | None) -> None:
         """Store a state just read or written, so the next request of this worker need not read it."""
